@@ -1,0 +1,29 @@
+"""The root `erel-sync` Typer application: registers every command group."""
+
+from __future__ import annotations
+
+import typer
+
+from erel_sync import __version__
+from erel_sync.cli import config
+
+app = typer.Typer(
+    name="erel-sync",
+    help="GitOps for Erlang/OTP releases: validate and plan config revisions, run the publisher "
+    "and agents, operate the cluster.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(config.validate)
+app.command()(config.plan)
+
+
+@app.command()
+def version() -> None:
+    """Print the erel-sync version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""PURE: decisions (matching, planning, status, rendering) over model values. No I/O imports."""

@@ -1,0 +1,235 @@
+"""What a new revision changes against an old one, per group and per host (`erel-sync plan`).
+
+Pure. Compares the *effective* releases of each group (version, artifact, merged config, upgrade
+and health policy) so a change to a Release shows up in every group that uses it, and, given a
+host inventory, resolves each host's group before and after to show hosts that move or become
+unassigned. Rendering lives in `core.plan_render`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from erel_sync.core.matching import GroupMatch, HostIdentity, match_group
+from erel_sync.model.names import compare_versions
+from erel_sync.model.specs import (
+    DesiredState,
+    GroupSpec,
+    HealthSpec,
+    ReleaseConfig,
+    ReleaseVersionSpec,
+    UpgradeMode,
+    thaw,
+)
+
+
+class ChangeKind(StrEnum):
+    GROUP_ADDED = "GroupAdded"
+    GROUP_REMOVED = "GroupRemoved"
+    MEMBERSHIP_CHANGED = "MembershipChanged"
+    RELEASE_ADDED = "ReleaseAdded"
+    RELEASE_REMOVED = "ReleaseRemoved"
+    UPGRADE = "Upgrade"
+    DOWNGRADE = "Downgrade"
+    ARTIFACT_CHANGED = "ArtifactChanged"
+    CONFIG_CHANGED = "ConfigChanged"
+    POLICY_CHANGED = "PolicyChanged"
+    ROLLOUT_CHANGED = "RolloutChanged"
+    SUSPEND_CHANGED = "SuspendChanged"
+    ALLOW_EMPTY_CHANGED = "AllowEmptyChanged"
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: ChangeKind
+    release: str | None = None
+    before: str | None = None
+    after: str | None = None
+    detail: str = ""
+
+    def describe(self) -> str:
+        k = self.kind
+        r = self.release or ""
+        if k is ChangeKind.RELEASE_ADDED:
+            return f"+ {r} {self.after}"
+        if k is ChangeKind.RELEASE_REMOVED:
+            return f"- {r} {self.before} (deleted)"
+        if k in (ChangeKind.UPGRADE, ChangeKind.DOWNGRADE):
+            return f"~ {r} {self.before} -> {self.after} ({k.value.lower()}{self.detail})"
+        if k in (ChangeKind.GROUP_ADDED, ChangeKind.GROUP_REMOVED):
+            return f"{'+' if k is ChangeKind.GROUP_ADDED else '-'} group {self.detail}".rstrip()
+        subject = f"{r}: " if r else ""
+        before_after = (
+            f"{self.before} -> {self.after}" if self.before is not None or self.after else ""
+        )
+        return f"~ {subject}{k.value} {before_after} {self.detail}".rstrip().replace("  ", " ")
+
+
+@dataclass(frozen=True)
+class EffectiveRelease:
+    """What a host in a group is asked to run for one release."""
+
+    version: ReleaseVersionSpec
+    config: ReleaseConfig
+    upgrade: UpgradeMode
+    health: HealthSpec
+    stop_timeout: float
+
+
+def effective_releases(state: DesiredState, group: GroupSpec) -> dict[str, EffectiveRelease]:
+    out: dict[str, EffectiveRelease] = {}
+    for ref in group.releases:
+        rel = state.releases[ref.name]
+        version = rel.version(ref.version)
+        assert version is not None  # guaranteed by semantic validation
+        out[ref.name] = EffectiveRelease(
+            version, rel.config.merged(ref.config), rel.upgrade, rel.health, rel.stop_timeout
+        )
+    return out
+
+
+def diff_releases(
+    before: Mapping[str, EffectiveRelease], after: Mapping[str, EffectiveRelease]
+) -> list[Change]:
+    changes: list[Change] = []
+    for name in sorted(set(before) | set(after)):
+        b, a = before.get(name), after.get(name)
+        if b is None and a is not None:
+            changes.append(Change(ChangeKind.RELEASE_ADDED, name, None, a.version.version))
+        elif a is None and b is not None:
+            changes.append(Change(ChangeKind.RELEASE_REMOVED, name, b.version.version, None))
+        elif a is not None and b is not None:
+            changes.extend(_diff_one(name, b, a))
+    return changes
+
+
+def _diff_one(name: str, b: EffectiveRelease, a: EffectiveRelease) -> list[Change]:
+    out: list[Change] = []
+    bv, av = b.version.version, a.version.version
+    cmp = compare_versions(av, bv)
+    if bv != av:
+        kind = ChangeKind.UPGRADE if cmp >= 0 else ChangeKind.DOWNGRADE
+        out.append(Change(kind, name, bv, av, f", {a.upgrade.value}"))
+    elif b.version.artifact != a.version.artifact:
+        out.append(Change(ChangeKind.ARTIFACT_CHANGED, name, bv, av, "(reinstall)"))
+    if thaw(b.config.sys_config) != thaw(a.config.sys_config) or dict(b.config.vm_args) != dict(
+        a.config.vm_args
+    ):
+        keys = _changed_config_keys(b.config, a.config)
+        out.append(Change(ChangeKind.CONFIG_CHANGED, name, None, None, keys))
+    policy = []
+    if b.upgrade != a.upgrade:
+        policy.append(f"upgrade {b.upgrade.value} -> {a.upgrade.value}")
+    if b.health != a.health:
+        policy.append("health")
+    if b.stop_timeout != a.stop_timeout:
+        policy.append("stop_timeout")
+    if policy:
+        out.append(Change(ChangeKind.POLICY_CHANGED, name, None, None, ", ".join(policy)))
+    return out
+
+
+def _changed_config_keys(b: ReleaseConfig, a: ReleaseConfig) -> str:
+    keys: list[str] = []
+    bs, as_ = thaw(b.sys_config), thaw(a.sys_config)
+    for app in sorted(set(bs) | set(as_)):
+        be, ae = bs.get(app, {}), as_.get(app, {})
+        keys += [f"{app}.{k}" for k in sorted(set(be) | set(ae)) if be.get(k) != ae.get(k)]
+    bv, av = dict(b.vm_args), dict(a.vm_args)
+    keys += [f"vm_args {k}" for k in sorted(set(bv) | set(av)) if bv.get(k) != av.get(k)]
+    return "(" + ", ".join(keys) + ")"
+
+
+def diff_group(
+    base: DesiredState | None, head: DesiredState, name: str
+) -> list[Change]:
+    bg = base.groups.get(name) if base else None
+    hg = head.groups.get(name)
+    if hg is None:
+        assert bg is not None and base is not None
+        return [Change(ChangeKind.GROUP_REMOVED, detail=name)]
+    changes: list[Change] = []
+    if bg is None or base is None:
+        changes.append(Change(ChangeKind.GROUP_ADDED, detail=name))
+        changes += diff_releases({}, effective_releases(head, hg))
+        return changes
+    if bg.hosts != hg.hosts or bg.selector != hg.selector:
+        changes.append(Change(ChangeKind.MEMBERSHIP_CHANGED, detail="(hosts or selector)"))
+    changes += diff_releases(effective_releases(base, bg), effective_releases(head, hg))
+    if bg.rollout != hg.rollout:
+        changes.append(
+            Change(
+                ChangeKind.ROLLOUT_CHANGED,
+                None,
+                str(bg.rollout.max_unavailable),
+                str(hg.rollout.max_unavailable),
+                "max_unavailable",
+            )
+        )
+    if bg.suspend != hg.suspend:
+        what = "suspended: hosts are left as they are" if hg.suspend else "resumed"
+        changes.append(
+            Change(ChangeKind.SUSPEND_CHANGED, None, str(bg.suspend), str(hg.suspend), what)
+        )
+    if bg.allow_empty != hg.allow_empty:
+        changes.append(
+            Change(ChangeKind.ALLOW_EMPTY_CHANGED, None, str(bg.allow_empty), str(hg.allow_empty))
+        )
+    return changes
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    host_id: str
+    before: GroupMatch
+    after: GroupMatch
+    changes: tuple[Change, ...]
+    suspended: bool = False  # the group after is suspended: nothing will actually change
+
+    @property
+    def moved(self) -> bool:
+        return self.before.group != self.after.group
+
+
+@dataclass(frozen=True)
+class RevisionPlan:
+    base_revision: str
+    head_revision: str
+    groups: Mapping[str, tuple[Change, ...]]
+    hosts: tuple[HostPlan, ...] = field(default=())
+    inventory_given: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return any(self.groups.values()) or any(h.changes or h.moved for h in self.hosts)
+
+
+def plan_revisions(
+    base: DesiredState | None,
+    head: DesiredState,
+    hosts: Sequence[HostIdentity] | None = None,
+    *,
+    base_revision: str = "",
+    head_revision: str = "",
+) -> RevisionPlan:
+    names = sorted(set(head.groups) | set(base.groups if base else ()))
+    groups = {n: tuple(diff_group(base, head, n)) for n in names}
+    host_plans: list[HostPlan] = []
+    for host in sorted(hosts or (), key=lambda h: h.host_id):
+        before = match_group(base, host) if base else GroupMatch(None, "Unassigned")
+        after = match_group(head, host)
+        b_rel = (
+            effective_releases(base, base.groups[before.group])
+            if base and before.group
+            else {}
+        )
+        a_rel = effective_releases(head, head.groups[after.group]) if after.group else {}
+        # A host that loses its group keeps what runs: nothing is deleted while unassigned.
+        changes = diff_releases(b_rel, a_rel) if after.group else []
+        suspended = bool(after.group and head.groups[after.group].suspend)
+        host_plans.append(HostPlan(host.host_id, before, after, tuple(changes), suspended))
+    return RevisionPlan(
+        base_revision, head_revision, groups, tuple(host_plans), inventory_given=hosts is not None
+    )

@@ -1,0 +1,1 @@
+"""PURE: the desired-state model (names, specs, documents, validation). Imports no I/O library."""

@@ -1,0 +1,185 @@
+"""The desired-state model: frozen specs for Release and Group documents and the whole state.
+
+Pure. Built by `model.documents` from schema-valid documents; turned back into normalised
+documents for the canonical snapshot body, whose sha256 is the content digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from erel_sync.model.names import Version
+
+JSON = Any  # a JSON value: None, bool, int, float, str, list, dict
+
+
+def freeze(value: JSON) -> Any:
+    """Deep-freeze a JSON value so specs stay immutable (dict -> mappingproxy, list -> tuple)."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> JSON:
+    """Inverse of `freeze`: plain dicts and lists for serialisation."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [thaw(v) for v in value]
+    return value
+
+
+class UpgradeMode(StrEnum):
+    AUTO = "auto"  # hot when the target version has a relup from the running one, else restart
+    HOT = "hot"
+    RESTART = "restart"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    url: str
+    sha256: str
+    size: int | None = None  # bytes; when given, a download of another size is refused
+
+
+@dataclass(frozen=True)
+class ReleaseVersionSpec:
+    version: str
+    artifact: Artifact
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    rpc: str = "erel:health/0"  # Module:Function/0 run in the node; `ok` means healthy
+    timeout: float = 30.0  # how long a single health call may take
+    probation: float = 10.0  # after start or upgrade: health must hold this long
+    start_timeout: float = 60.0  # start -> first healthy answer
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    """Rendered into `sys.config` and `vm.args`. Frozen JSON; see `core.render` for the mapping."""
+
+    sys_config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    vm_args: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def merged(self, override: ReleaseConfig | None) -> ReleaseConfig:
+        """Group-level override on top of the release's config: per application, key by key."""
+        if override is None:
+            return self
+        sys_config = {app: dict(env) for app, env in self.sys_config.items()}
+        for app, env in override.sys_config.items():
+            sys_config.setdefault(app, {}).update(env)
+        return ReleaseConfig(
+            sys_config=freeze(sys_config),
+            vm_args=MappingProxyType({**self.vm_args, **override.vm_args}),
+        )
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    name: str
+    versions: tuple[ReleaseVersionSpec, ...]
+    upgrade: UpgradeMode = UpgradeMode.AUTO
+    health: HealthSpec = HealthSpec()
+    config: ReleaseConfig = ReleaseConfig()
+    stop_timeout: float = 30.0  # graceful stop, then the node is killed
+
+    def version(self, version: str) -> ReleaseVersionSpec | None:
+        for v in self.versions:
+            if v.version == version:
+                return v
+        return None
+
+
+class LabelOperator(StrEnum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+@dataclass(frozen=True)
+class LabelRequirement:
+    key: str
+    operator: LabelOperator
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Kubernetes-style label selector: every `labels` pair and every expression must hold."""
+
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    expressions: tuple[LabelRequirement, ...] = ()
+
+
+@dataclass(frozen=True)
+class GroupRelease:
+    name: str
+    version: str
+    config: ReleaseConfig | None = None  # merged over the Release's own config
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    max_unavailable: int | str = 1  # a count, or a percentage such as "25%"
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    name: str
+    hosts: tuple[str, ...] = ()  # literal host ids and globs
+    selector: Selector | None = None
+    releases: tuple[GroupRelease, ...] = ()
+    rollout: RolloutSpec = RolloutSpec()
+    suspend: bool = False  # true: hosts keep what runs, nothing is changed or healed
+    allow_empty: bool = False  # an empty release list wipes hosts only when this is true
+
+    def release(self, name: str) -> GroupRelease | None:
+        for r in self.releases:
+            if r.name == name:
+                return r
+        return None
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """One revision's whole desired state. Equal content gives an equal digest."""
+
+    releases: Mapping[str, ReleaseSpec]
+    groups: Mapping[str, GroupSpec]
+
+    def canonical_body(self) -> dict[str, Any]:
+        # Imported here: documents imports specs, and the body is made of normalised documents.
+        from erel_sync.model.documents import group_to_document, release_to_document
+
+        return {
+            "releases": [release_to_document(self.releases[n]) for n in sorted(self.releases)],
+            "groups": [group_to_document(self.groups[n]) for n in sorted(self.groups)],
+        }
+
+    def canonical_bytes(self) -> bytes:
+        return canonical_json(self.canonical_body())
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.canonical_bytes()).hexdigest()
+
+
+def canonical_json(value: JSON) -> bytes:
+    """One byte string per JSON value: sorted keys, no spaces, UTF-8."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def sort_versions(versions: tuple[ReleaseVersionSpec, ...]) -> tuple[ReleaseVersionSpec, ...]:
+    return tuple(sorted(versions, key=lambda v: Version(v.version)))
