@@ -88,7 +88,7 @@ def read_revision(repo: git.Repo, rev: str) -> Revision:
     """Every config file of commit `rev`, read from git objects (the working tree is ignored)."""
     sha = resolve_revision(repo, rev)
     tree = repo.commit(sha).tree
-    blobs = {b.path: b for b in tree.traverse() if isinstance(b, git.Blob)}
+    blobs = {str(b.path): b for b in tree.traverse() if isinstance(b, git.Blob)}
     files: list[SourceFile] = []
     problems: list[Problem] = []
     for path in sorted(blobs):
@@ -98,7 +98,7 @@ def read_revision(repo: git.Repo, rev: str) -> Revision:
         hops = 0
         while blob.mode == SYMLINK_MODE and hops < MAX_LINK_HOPS:
             target = blob.data_stream.read().decode("utf-8", "replace")
-            joined = posixpath.normpath(posixpath.join(posixpath.dirname(blob.path), target))
+            joined = posixpath.normpath(posixpath.join(posixpath.dirname(str(blob.path)), target))
             if target.startswith("/") or joined.startswith("../") or joined == "..":
                 problems.append(Problem(path, message="symlink leads outside the repository"))
                 break

@@ -33,9 +33,16 @@ from erel_sync.model.problems import ConfigError, Problem
 
 
 def validate(
-    path: Annotated[Path, typer.Argument(help="Config directory, or git repository with --rev.")] = Path("."),
-    rev: Annotated[str | None, typer.Option("--rev", help="Validate this git revision instead of the working tree.")] = None,
-    output: Annotated[TextJson, typer.Option("-o", "--output", help="Output format.")] = TextJson.text,
+    path: Annotated[
+        Path, typer.Argument(help="Config directory, or git repository with --rev.")
+    ] = Path("."),
+    rev: Annotated[
+        str | None,
+        typer.Option("--rev", help="Validate this git revision instead of the working tree."),
+    ] = None,
+    output: Annotated[
+        TextJson, typer.Option("-o", "--output", help="Output format.")
+    ] = TextJson.text,
 ) -> None:
     """Validate a whole config revision: YAML, JSON Schema and cross-references.
 
@@ -76,10 +83,21 @@ def validate(
 
 def plan(
     repo: Annotated[Path, typer.Option("--repo", help="The config git repository.")] = Path("."),
-    base: Annotated[str, typer.Option("--base", help="Base revision (e.g. the PR's target).")] = "HEAD~1",
-    head: Annotated[str, typer.Option("--head", help="Head revision (e.g. the PR's branch).")] = "HEAD",
-    hosts: Annotated[Path | None, typer.Option("--hosts", help="Host inventory (YAML: hosts: [{id, labels}]) for a per-host plan.")] = None,
-    output: Annotated[PlanFormat, typer.Option("-o", "--output", help="Output format.")] = PlanFormat.text,
+    base: Annotated[
+        str, typer.Option("--base", help="Base revision (e.g. the PR's target).")
+    ] = "HEAD~1",
+    head: Annotated[
+        str, typer.Option("--head", help="Head revision (e.g. the PR's branch).")
+    ] = "HEAD",
+    hosts: Annotated[
+        Path | None,
+        typer.Option(
+            "--hosts", help="Host inventory (YAML: hosts: [{id, labels}]) for a per-host plan."
+        ),
+    ] = None,
+    output: Annotated[
+        PlanFormat, typer.Option("-o", "--output", help="Output format.")
+    ] = PlanFormat.text,
 ) -> None:
     """Show what HEAD changes against BASE, per group and (with --hosts) per host.
 

@@ -44,7 +44,9 @@ def parse_inventory(file: str, data: bytes) -> list[HostIdentity]:
             bad(f"host {host_id!r} is listed twice")
         seen.add(host_id)
         if not isinstance(labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and LABEL_KEY_RE.match(k)
+            isinstance(k, str)
+            and isinstance(v, str)
+            and LABEL_KEY_RE.match(k)
             and LABEL_VALUE_RE.match(v)
             for k, v in labels.items()
         ):

@@ -105,12 +105,17 @@ def render_markdown(plan: RevisionPlan) -> str:
             out.append(f"| `{name}` | {_md(c.describe())} |")
     touched = [h for h in plan.hosts if h.changes or h.moved]
     if touched:
-        out += ["", "<details><summary>Per host ("
-                f"{len(touched)} affected)</summary>", "", "| host | group | changes |", "|---|---|---|"]
+        out += [
+            "",
+            f"<details><summary>Per host ({len(touched)} affected)</summary>",
+            "",
+            "| host | group | changes |",
+            "|---|---|---|",
+        ]
         for h in touched:
             group = _md(_host_line(h).split(" ", 1)[1])
-            changes = "<br>".join(_md(c.describe()) for c in h.changes) or "—"
-            out.append(f"| `{h.host_id}` | {group} | {changes} |")
+            cells = "<br>".join(_md(c.describe()) for c in h.changes) or "—"
+            out.append(f"| `{h.host_id}` | {group} | {cells} |")
         out += ["", "</details>"]
     return "\n".join(out) + "\n"
 

@@ -142,9 +142,7 @@ def _changed_config_keys(b: ReleaseConfig, a: ReleaseConfig) -> str:
     return "(" + ", ".join(keys) + ")"
 
 
-def diff_group(
-    base: DesiredState | None, head: DesiredState, name: str
-) -> list[Change]:
+def diff_group(base: DesiredState | None, head: DesiredState, name: str) -> list[Change]:
     bg = base.groups.get(name) if base else None
     hg = head.groups.get(name)
     if hg is None:
@@ -220,11 +218,7 @@ def plan_revisions(
     for host in sorted(hosts or (), key=lambda h: h.host_id):
         before = match_group(base, host) if base else GroupMatch(None, "Unassigned")
         after = match_group(head, host)
-        b_rel = (
-            effective_releases(base, base.groups[before.group])
-            if base and before.group
-            else {}
-        )
+        b_rel = effective_releases(base, base.groups[before.group]) if base and before.group else {}
         a_rel = effective_releases(head, head.groups[after.group]) if after.group else {}
         # A host that loses its group keeps what runs: nothing is deleted while unassigned.
         changes = diff_releases(b_rel, a_rel) if after.group else []

@@ -53,6 +53,7 @@ def _explain(error: ValidationError) -> Iterator[SchemaIssue]:
     schema = error.schema if isinstance(error.schema, dict) else {}
     value = error.instance
     v = error.validator
+    expected: Any = error.validator_value
     if v == "additionalProperties" and isinstance(value, dict):
         allowed = sorted(schema.get("properties", {}))
         for key in value:
@@ -61,15 +62,16 @@ def _explain(error: ValidationError) -> Iterator[SchemaIssue]:
                 yield (*path, key), f"unknown field {key!r}{hint}", True
         return
     if v == "required":
-        missing = str(error.validator_value)
-        for name in error.validator_value:
+        missing = str(expected)
+        for name in expected:
             if isinstance(value, dict) and name not in value:
                 missing = name
                 break
-        yield path, f"missing required field {missing!r}", False
+        # Pointing at the key of the incomplete mapping ("spec:") reads better than its first child.
+        yield path, f"missing required field {missing!r}", True
         return
     if v == "type":
-        want = error.validator_value
+        want = expected
         got = _json_type(value)
         if want == "string" and got in ("number", "integer"):
             yield (
@@ -88,10 +90,10 @@ def _explain(error: ValidationError) -> Iterator[SchemaIssue]:
     if v in ("pattern", "oneOf", "anyOf", "not", "propertyNames"):
         yield path, f"invalid value {_short(value)}: {description}", v == "propertyNames"
     elif v == "enum":
-        options = ", ".join(str(o) for o in error.validator_value)
+        options = ", ".join(str(o) for o in expected)
         yield path, f"{_short(value)} is not one of: {options}", False
     elif v == "const":
-        yield path, f"must be {error.validator_value!r}, got {_short(value)}", False
+        yield path, f"must be {expected!r}, got {_short(value)}", False
     else:
         yield path, f"{error.message}" + (f" ({description})" if description else ""), False
 

@@ -124,9 +124,7 @@ def _check_group(
             if needs_values and not req.values:
                 report("Group", g, (*path, "operator"), f"{req.operator.value} needs `values`")
             if not needs_values and req.values:
-                report(
-                    "Group", g, (*path, "values"), f"{req.operator.value} takes no `values`"
-                )
+                report("Group", g, (*path, "values"), f"{req.operator.value} takes no `values`")
     mu = group.rollout.max_unavailable
     if isinstance(mu, str) and mu.rstrip("%") == "0":
         report("Group", g, ("spec", "rollout", "max_unavailable"), "0% would never roll out")

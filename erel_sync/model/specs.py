@@ -160,7 +160,10 @@ class DesiredState:
 
     def canonical_body(self) -> dict[str, Any]:
         # Imported here: documents imports specs, and the body is made of normalised documents.
-        from erel_sync.model.documents import group_to_document, release_to_document
+        from erel_sync.model.documents import (  # noqa: PLC0415
+            group_to_document,
+            release_to_document,
+        )
 
         return {
             "releases": [release_to_document(self.releases[n]) for n in sorted(self.releases)],

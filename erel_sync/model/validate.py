@@ -78,7 +78,9 @@ class _Collector:
                 else "missing required field 'kind'",
             )
             return
-        name = data.get("metadata", {}).get("name") if isinstance(data.get("metadata"), dict) else None
+        name = (
+            data.get("metadata", {}).get("name") if isinstance(data.get("metadata"), dict) else None
+        )
         issues = check_document(kind, data)
         for path, message, at_key in issues:
             line, col = doc.where(path, key=at_key)

@@ -40,7 +40,7 @@ class ParsedDoc:
     key_pos: dict[Path, tuple[int, int]] = field(default_factory=dict)
 
     def where(self, path: Path, *, key: bool = False) -> tuple[int, int]:
-        """Best known position for `path`: the key (when asked) or value, else the nearest parent."""
+        """Best position for `path`: its key (when asked) or value, else the nearest parent."""
         if key and path in self.key_pos:
             return self.key_pos[path]
         p = path
@@ -163,7 +163,9 @@ def _pos(node: Any, kind: str, key: Any, default: tuple[int, int]) -> tuple[int,
 def decode_text(file: str, data: bytes) -> tuple[str | None, list[Problem]]:
     """UTF-8 (an optional BOM is dropped) or a problem at the first bad byte."""
     if len(data) > MAX_FILE_BYTES:
-        return None, [Problem(file, message=f"file too large: {len(data)} bytes (limit {MAX_FILE_BYTES})")]
+        return None, [
+            Problem(file, message=f"file too large: {len(data)} bytes (limit {MAX_FILE_BYTES})")
+        ]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -1,0 +1,1 @@
+"""The sync agent: stores snapshots, matches its group and reconciles releases."""

@@ -1,0 +1,1 @@
+"""The publisher: watches the config repository and publishes signed snapshots."""

@@ -1,0 +1,143 @@
+"""Canonical form and digest, documents round trip, names, durations, versions, schemas."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from erel_sync.model.documents import (
+    group_from_document,
+    group_to_document,
+    release_from_document,
+    release_to_document,
+)
+from erel_sync.model.names import compare_versions, format_duration, parse_duration
+from erel_sync.model.problems import ConfigError
+from erel_sync.model.validate import SourceFile, state_from_body, validate_sources
+from tests.configrepo import group_yaml, release_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def state_of(files: dict[str, str]):  # type: ignore[no-untyped-def]
+    result = validate_sources([SourceFile(p, c.encode()) for p, c in files.items()])
+    assert result.ok, result.problems
+    return result.state
+
+
+def test_digest_ignores_file_order_layout_formatting_and_comments() -> None:
+    a = state_of({"r/hello.yaml": release_yaml(), "g/web.yaml": group_yaml()})
+    flow = (
+        "# a comment\n"
+        "{kind: Group, apiVersion: erel/v1, metadata: {name: web},"
+        " spec: {releases: [{version: '0.1.0', name: hello}], hosts: [web-1], suspend: false}}\n"
+    )
+    b = state_of({"all.yaml": flow + "---\n" + release_yaml() + "# trailing\n"})
+    assert a.digest() == b.digest()
+    assert a.canonical_bytes() == b.canonical_bytes()
+
+
+def test_digest_changes_with_content() -> None:
+    a = state_of({"r.yaml": release_yaml(), "g.yaml": group_yaml()})
+    b = state_of({"r.yaml": release_yaml(), "g.yaml": group_yaml(hosts="[web-2]")})
+    assert a.digest() != b.digest()
+
+
+def test_body_round_trip_and_recheck() -> None:
+    sample = validate_sources(
+        [
+            SourceFile(p.relative_to(ROOT / "sample-repo").as_posix(), p.read_bytes())
+            for p in (ROOT / "sample-repo").rglob("*.yaml")
+        ]
+    ).require()
+    body = json.loads(sample.canonical_bytes())
+    again = state_from_body(body)
+    assert again == sample
+    assert again.digest() == sample.digest()
+
+
+def test_agent_recheck_refuses_a_tampered_body() -> None:
+    body: dict[str, Any] = json.loads(
+        state_of({"r.yaml": release_yaml(), "g.yaml": group_yaml()}).canonical_bytes()
+    )
+    body["groups"][0]["spec"]["releases"][0]["version"] = "9.9.9"
+    with pytest.raises(ConfigError, match=re.escape("has no version '9.9.9'")):
+        state_from_body(body)
+    with pytest.raises(ConfigError):
+        state_from_body({"releases": "nope", "groups": []})
+
+
+def test_documents_round_trip() -> None:
+    s = state_of(
+        {
+            "r.yaml": release_yaml(
+                extra="  upgrade: hot\n  health: {probation: 1m30s}\n"
+                "  config: {sys_config: {hello: {k: [1, {$atom: x}]}}, vm_args: {'+K': 'true'}}\n"
+            ),
+            "g.yaml": group_yaml(
+                extra="  selector:\n    labels: {role: web}\n"
+                "    expressions: [{key: zone, operator: In, values: [a, b]}]\n"
+                "  rollout: {max_unavailable: '25%'}\n"
+            ),
+        }
+    )
+    rel, grp = s.releases["hello"], s.groups["web"]
+    assert rel.health.probation == 90.0
+    assert release_from_document(release_to_document(rel)) == rel
+    assert group_from_document(group_to_document(grp)) == grp
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("30s", 30), ("5m", 300), ("1h30m", 5400), ("1m30s", 90)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "30", "1.5s", "30 seconds", "-1s", "1d"])
+def test_bad_durations(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "cmp"),
+    [
+        ("0.10.0", "0.9.0", 1),
+        ("1.0.0", "1.0.0-rc1", 1),
+        ("1.0.0-rc1", "1.0.0-rc2", -1),
+        ("2.0", "2.0", 0),
+        ("1.2.3", "1.10.0", -1),
+    ],
+)
+def test_version_order(a: str, b: str, cmp: int) -> None:
+    assert compare_versions(a, b) == cmp
+
+
+def _walk_properties(schema: Any, where: str) -> list[str]:
+    missing: list[str] = []
+    if isinstance(schema, dict):
+        for name, sub in schema.get("properties", {}).items():
+            if not (isinstance(sub, dict) and sub.get("description")):
+                missing.append(f"{where}.{name}")
+        for key, sub in schema.items():
+            missing += _walk_properties(sub, f"{where}.{key}")
+    elif isinstance(schema, list):
+        for i, sub in enumerate(schema):
+            missing += _walk_properties(sub, f"{where}[{i}]")
+    return missing
+
+
+@pytest.mark.parametrize("name", ["release", "group", "agent-settings"])
+def test_schemas_describe_every_field(name: str) -> None:
+    schema = json.loads((ROOT / "schemas" / f"{name}.schema.json").read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert schema["$id"].endswith(f"{name}.schema.json")
+    assert _walk_properties(schema, name) == []
+    assert schema["additionalProperties"] is False
