@@ -38,7 +38,7 @@ def parse_inventory(file: str, data: bytes) -> list[HostIdentity]:
             continue
         host_id = item["id"]
         labels = item.get("labels", {})
-        if not HOST_ID_RE.match(host_id):
+        if not HOST_ID_RE.fullmatch(host_id):
             bad(f"invalid host id {host_id!r}")
         if host_id in seen:
             bad(f"host {host_id!r} is listed twice")
@@ -46,8 +46,8 @@ def parse_inventory(file: str, data: bytes) -> list[HostIdentity]:
         if not isinstance(labels, dict) or not all(
             isinstance(k, str)
             and isinstance(v, str)
-            and LABEL_KEY_RE.match(k)
-            and LABEL_VALUE_RE.match(v)
+            and LABEL_KEY_RE.fullmatch(k)
+            and LABEL_VALUE_RE.fullmatch(v)
             for k, v in labels.items()
         ):
             bad("labels must map label keys to string values")

@@ -13,6 +13,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import fastjsonschema
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import ValidationError
 
@@ -37,14 +38,31 @@ def validator_for(kind: str) -> Draft7Validator:
     return Draft7Validator(schema_for(kind))
 
 
+@cache
+def _fast_check(kind: str) -> Any:
+    # Compiled to Python once; ~10x faster than walking the schema. It only answers "valid or
+    # not": an invalid document is explained by jsonschema, whose errors carry paths.
+    return fastjsonschema.compile(schema_for(kind))
+
+
 # (path, message, points at the key rather than the value)
 SchemaIssue = tuple[tuple[str | int, ...], str, bool]
 
 
 def check_document(kind: str, doc: Any) -> list[SchemaIssue]:
+    try:
+        _fast_check(kind)(doc)
+        return []
+    except fastjsonschema.JsonSchemaValueException as fast:
+        refusal = fast
     issues: list[SchemaIssue] = []
     for error in validator_for(kind).iter_errors(doc):
         issues.extend(_explain(error))
+    if not issues:
+        # The two disagree only where Python's `$` accepts a trailing newline and the compiled
+        # check (ECMA semantics) does not: the stricter answer wins.
+        path = tuple(p for p in (refusal.path or [])[1:] if isinstance(p, str | int))
+        issues.append((path, f"invalid value: {refusal.message}", False))
     return issues
 
 

@@ -57,7 +57,7 @@ CASES = [
         edit(HELLO, "  name: hello", "  name: hello\n  name: other"),
         HELLO,
         5,
-        "",
+        "$.metadata",
         "duplicate key",
     ),
     Case(
@@ -219,6 +219,14 @@ CASES = [
         4,
         "$.metadata.name",
         "expected a string",
+    ),
+    Case(
+        "name-trailing-newline",
+        edit(HELLO, "  name: hello", '  name: "hello\\n"'),
+        HELLO,
+        4,
+        "$.metadata.name",
+        "invalid value",
     ),
     # --- release fields
     Case(

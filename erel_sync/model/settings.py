@@ -1,0 +1,94 @@
+"""The agent's own settings document (`kind: AgentSettings`), validated like config documents.
+
+Pure: parses bytes. The agent loads its settings once at start (`adapters`/`agent` read the file
+and the environment, then call `settings_from_document` / `load_agent_settings`) and passes them
+down; nothing re-reads them later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+from erel_sync.model.names import parse_duration
+from erel_sync.model.problems import ConfigError, Problem, json_path
+from erel_sync.model.schema import check_document
+from erel_sync.model.yamldocs import parse_documents
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    key_id: str
+    public_key: str  # base64 raw Ed25519 public key
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    host_id: str
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    broker_urls: tuple[str, ...] = ("amqp://guest:guest@127.0.0.1:5672/",)
+    vhost: str = "/"
+    broker_heartbeat: float = 10.0
+    trusted_keys: tuple[TrustedKey, ...] = ()
+    operator_keys: tuple[TrustedKey, ...] = ()
+    state_dir: str = "/var/lib/erel-sync"
+    releases_dir: str = "/var/lib/erel-sync/releases"
+    cache_dir: str = "/var/cache/erel-sync"
+    control_socket: str = "/run/erel-sync/agent.sock"
+    reconcile_interval: float = 30.0
+    heartbeat_interval: float = 5.0
+    node_host: str = "localhost"
+
+    def with_overrides(self, **changes: Any) -> AgentSettings:
+        """Environment and command-line overrides on top of the file (None means not given)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _keys(raw: list[dict[str, str]]) -> tuple[TrustedKey, ...]:
+    return tuple(TrustedKey(k["id"], k["public_key"]) for k in raw)
+
+
+def settings_from_document(doc: Mapping[str, Any]) -> AgentSettings:
+    spec = doc["spec"]
+    broker = spec.get("broker", {})
+    d = AgentSettings(host_id=spec["host_id"])
+    changes: dict[str, Any] = {
+        k: spec[k]
+        for k in ("state_dir", "releases_dir", "cache_dir", "control_socket", "node_host")
+        if k in spec
+    }
+    for k in ("reconcile_interval", "heartbeat_interval"):
+        if k in spec:
+            changes[k] = parse_duration(spec[k])
+    if "heartbeat" in broker:
+        changes["broker_heartbeat"] = parse_duration(broker["heartbeat"])
+    return replace(
+        d,
+        labels=MappingProxyType(dict(spec.get("labels", {}))),
+        broker_urls=tuple(broker.get("urls", d.broker_urls)),
+        vhost=broker.get("vhost", d.vhost),
+        trusted_keys=_keys(spec.get("trusted_keys", [])),
+        operator_keys=_keys(spec.get("operator_keys", [])),
+        **changes,
+    )
+
+
+def load_agent_settings(file: str, data: bytes) -> AgentSettings:
+    """Parse and validate an AgentSettings file; every problem located (raises ConfigError)."""
+    docs, problems = parse_documents(file, data)
+    if problems:
+        raise ConfigError(problems)
+    if len(docs) != 1 or not isinstance(docs[0].data, dict):
+        raise ConfigError([Problem(file, message="expected one AgentSettings document")])
+    doc = docs[0]
+    if doc.data.get("kind") != "AgentSettings":
+        line, col = doc.where(("kind",))
+        raise ConfigError([Problem(file, line, col, "$.kind", "expected kind: AgentSettings")])
+    issues = check_document("AgentSettings", doc.data)
+    if issues:
+        raise ConfigError(
+            [Problem(file, *doc.where(p, key=k), json_path(p), m) for p, m, k in issues]
+        )
+    return settings_from_document(doc.data)
