@@ -14,6 +14,7 @@ Why not ruamel.yaml: its pure-Python scanner took ~4 ms per small file here (4.4
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -54,10 +55,15 @@ for _tag, _regexp, _first in (
 ):
     _Core12Resolver.add_implicit_resolver(_tag, re.compile(_regexp), list(_first))
 
-try:
-    from yaml._yaml import CParser as _CParser
-except ImportError:  # pragma: no cover - PyYAML built without libyaml
-    _CParser = None
+
+def _c_parser() -> Any:
+    try:
+        return importlib.import_module("yaml._yaml").CParser
+    except (ImportError, AttributeError):  # pragma: no cover - PyYAML built without libyaml
+        return None
+
+
+_CParser: Any = _c_parser()
 _ParserBase: Any = _CParser if _CParser is not None else yaml.parser.Parser
 
 
