@@ -21,12 +21,18 @@ def _group_label(m: GroupMatch) -> str:
     return "unassigned"
 
 
+def _group_cell(h: HostPlan) -> str:
+    if not h.moved:
+        text = _group_label(h.after)
+    else:
+        text = f"{_group_label(h.before)} -> {_group_label(h.after)}"
+        if not h.after.group:
+            text += " (keeps what runs; nothing is stopped)"
+    return text + (" [suspended: not applied]" if h.suspended and h.changes else "")
+
+
 def _host_line(h: HostPlan) -> str:
-    moved = f" {_group_label(h.before)} -> {_group_label(h.after)}" if h.moved else ""
-    if h.moved and not h.after.group:
-        moved += " (keeps what runs; nothing is stopped)"
-    suspended = " [suspended: not applied]" if h.suspended and h.changes else ""
-    return f"{h.host_id} ({_group_label(h.after)}){moved}{suspended}"
+    return f"{h.host_id}: {_group_cell(h)}"
 
 
 def _short(rev: str) -> str:
@@ -113,7 +119,7 @@ def render_markdown(plan: RevisionPlan) -> str:
             "|---|---|---|",
         ]
         for h in touched:
-            group = _md(_host_line(h).split(" ", 1)[1])
+            group = _md(_group_cell(h))
             cells = "<br>".join(_md(c.describe()) for c in h.changes) or "—"
             out.append(f"| `{h.host_id}` | {group} | {cells} |")
         out += ["", "</details>"]

@@ -143,7 +143,7 @@ def test_per_host_plan_moves_and_unassigned(repo: GitRepo, tmp_path: Path) -> No
     assert hosts["db-2"]["before"]["group"] is None
     assert hosts["db-2"]["changes"][0]["kind"] == "ReleaseAdded"
     code, text = plan(repo, "--hosts", str(inventory))
-    assert "db-1 (unassigned) db -> unassigned (keeps what runs; nothing is stopped)" in text
+    assert "db-1: db -> unassigned (keeps what runs; nothing is stopped)" in text
 
 
 def test_markdown_is_a_pr_comment(repo: GitRepo) -> None:
