@@ -19,6 +19,7 @@ from erel_sync.model.specs import (
     GroupSpec,
     HealthSpec,
     ReleaseConfig,
+    ReleaseSpec,
     ReleaseVersionSpec,
     UpgradeMode,
     thaw,
@@ -76,6 +77,7 @@ class EffectiveRelease:
     upgrade: UpgradeMode
     health: HealthSpec
     stop_timeout: float
+    spec: ReleaseSpec
 
 
 def effective_releases(state: DesiredState, group: GroupSpec) -> dict[str, EffectiveRelease]:
@@ -85,7 +87,12 @@ def effective_releases(state: DesiredState, group: GroupSpec) -> dict[str, Effec
         version = rel.version(ref.version)
         assert version is not None  # guaranteed by semantic validation
         out[ref.name] = EffectiveRelease(
-            version, rel.config.merged(ref.config), rel.upgrade, rel.health, rel.stop_timeout
+            version,
+            rel.config.merged(ref.config),
+            rel.upgrade,
+            rel.health,
+            rel.stop_timeout,
+            rel,
         )
     return out
 

@@ -1,0 +1,142 @@
+"""The reconcile planner: desired (for this host) + observed + memory -> the few actions needed.
+
+Pure and deterministic (DESIGN.md §4): `plan` reads no clock (`now` is passed), touches nothing,
+and returns actions sorted by release name plus a recorded reason for every release it leaves
+alone. The law, tested: after the actions succeed, planning again yields no actions.
+Called by `agent.reconciler` on every tick; the executor turns actions into driver calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from erel_sync.core.revdiff import EffectiveRelease
+from erel_sync.model.specs import ReleaseConfig, canonical_json, thaw
+
+
+class ActionKind(StrEnum):
+    INSTALL = "Install"  # install the version and start it
+    UPGRADE = "Upgrade"  # change version (hot / restart / auto)
+    RECONFIGURE = "Reconfigure"  # same version, new config: render files + apply live
+    START = "Start"  # installed, same version, not running: self-heal
+    DELETE = "Delete"  # managed by us, no longer desired
+
+
+class SkipReason(StrEnum):
+    UNASSIGNED = "Unassigned"
+    SUSPENDED = "Suspended"
+    HELD = "Held"
+    FAILED_REVISION = "FailedRevision"
+    BACKOFF = "Backoff"
+    NOT_MANAGED = "NotManaged"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the host has for one release, observed right before planning."""
+
+    installed: bool
+    managed: bool  # installed by this agent (only these may be changed or deleted)
+    running: bool = False
+    version: str | None = None  # running version, else the one a boot would start
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What the agent remembers about one release between ticks (persisted in status.json)."""
+
+    applied_config: str | None = None  # config_digest of the config last rendered
+    failed_seq: int | None = None  # the snapshot seq whose change failed here
+    failed_version: str | None = None
+    start_failures: int = 0
+    next_start_at: float = 0.0  # monotonic-free: seconds since epoch, compared with `now`
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    release: str
+    version: str | None = None  # target version
+    from_version: str | None = None
+    desired: EffectiveRelease | None = None
+
+    def describe(self) -> str:
+        if self.kind is ActionKind.UPGRADE:
+            return f"{self.kind.value} {self.release} {self.from_version} -> {self.version}"
+        return f"{self.kind.value} {self.release}" + (f" {self.version}" if self.version else "")
+
+
+@dataclass(frozen=True)
+class Skip:
+    release: str
+    reason: SkipReason
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...] = ()
+    skipped: tuple[Skip, ...] = field(default=())
+
+
+def config_digest(config: ReleaseConfig) -> str:
+    doc = {"sys_config": thaw(config.sys_config), "vm_args": dict(config.vm_args)}
+    return hashlib.sha256(canonical_json(doc)).hexdigest()
+
+
+def start_backoff(failures: int, base: float = 2.0, cap: float = 300.0) -> float:
+    """Seconds to wait before the next start after `failures` consecutive failed starts."""
+    return float(min(cap, base * 2 ** max(0, failures - 1)))
+
+
+def plan(
+    desired: Mapping[str, EffectiveRelease] | None,
+    observed: Mapping[str, Observation],
+    memory: Mapping[str, Memory],
+    *,
+    seq: int,
+    now: float,
+    suspended: bool = False,
+    holds: frozenset[str] = frozenset(),
+) -> Plan:
+    """`desired` is None while the host has no group: then nothing is touched."""
+    names = sorted(set(desired or {}) | {n for n, o in observed.items() if o.managed})
+    if desired is None:
+        return Plan((), tuple(Skip(n, SkipReason.UNASSIGNED) for n in names))
+    if suspended:
+        return Plan((), tuple(Skip(n, SkipReason.SUSPENDED) for n in names))
+    actions: list[Action] = []
+    skipped: list[Skip] = []
+    for name in names:
+        obs = observed.get(name, Observation(installed=False, managed=False))
+        mem = memory.get(name, Memory())
+        want = desired.get(name)
+        if name in holds:
+            skipped.append(Skip(name, SkipReason.HELD))
+            continue
+        if want is None:
+            actions.append(Action(ActionKind.DELETE, name, from_version=obs.version))
+            continue
+        target = want.version.version
+        if obs.installed and not obs.managed:
+            skipped.append(Skip(name, SkipReason.NOT_MANAGED, "installed by someone else"))
+            continue
+        if mem.failed_seq == seq and mem.failed_version == target:
+            skipped.append(Skip(name, SkipReason.FAILED_REVISION, f"{target} failed at seq {seq}"))
+            continue
+        if not obs.installed:
+            actions.append(Action(ActionKind.INSTALL, name, target, None, want))
+        elif obs.version != target:
+            actions.append(Action(ActionKind.UPGRADE, name, target, obs.version, want))
+        elif mem.applied_config != config_digest(want.config):
+            actions.append(Action(ActionKind.RECONFIGURE, name, target, target, want))
+        elif not obs.running:
+            if now < mem.next_start_at:
+                wait = mem.next_start_at - now
+                skipped.append(Skip(name, SkipReason.BACKOFF, f"next start in {wait:.0f}s"))
+            else:
+                actions.append(Action(ActionKind.START, name, target, target, want))
+    return Plan(tuple(actions), tuple(skipped))
