@@ -49,10 +49,12 @@ class Memory:
     """What the agent remembers about one release between ticks (persisted in status.json)."""
 
     applied_config: str | None = None  # config_digest of the config last rendered
-    failed_seq: int | None = None  # the snapshot seq whose change failed here
+    failed_seq: int | None = None  # the snapshot seq whose change stalled here (not retried)
     failed_version: str | None = None
-    start_failures: int = 0
-    next_start_at: float = 0.0  # monotonic-free: seconds since epoch, compared with `now`
+    failures: int = 0  # consecutive transient failures (start, download, ...)
+    next_attempt_at: float = 0.0  # wall-clock seconds; compared with the `now` passed in
+    last_error: str = ""
+    last_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,8 @@ def config_digest(config: ReleaseConfig) -> str:
     return hashlib.sha256(canonical_json(doc)).hexdigest()
 
 
-def start_backoff(failures: int, base: float = 2.0, cap: float = 300.0) -> float:
-    """Seconds to wait before the next start after `failures` consecutive failed starts."""
+def retry_backoff(failures: int, base: float = 2.0, cap: float = 300.0) -> float:
+    """Seconds to wait before the next attempt after `failures` consecutive transient failures."""
     return float(min(cap, base * 2 ** max(0, failures - 1)))
 
 
@@ -127,16 +129,21 @@ def plan(
         if mem.failed_seq == seq and mem.failed_version == target:
             skipped.append(Skip(name, SkipReason.FAILED_REVISION, f"{target} failed at seq {seq}"))
             continue
+        action: Action | None = None
         if not obs.installed:
-            actions.append(Action(ActionKind.INSTALL, name, target, None, want))
+            action = Action(ActionKind.INSTALL, name, target, None, want)
         elif obs.version != target:
-            actions.append(Action(ActionKind.UPGRADE, name, target, obs.version, want))
+            action = Action(ActionKind.UPGRADE, name, target, obs.version, want)
         elif mem.applied_config != config_digest(want.config):
-            actions.append(Action(ActionKind.RECONFIGURE, name, target, target, want))
+            action = Action(ActionKind.RECONFIGURE, name, target, target, want)
         elif not obs.running:
-            if now < mem.next_start_at:
-                wait = mem.next_start_at - now
-                skipped.append(Skip(name, SkipReason.BACKOFF, f"next start in {wait:.0f}s"))
-            else:
-                actions.append(Action(ActionKind.START, name, target, target, want))
+            action = Action(ActionKind.START, name, target, target, want)
+        if action is None:
+            continue
+        if now < mem.next_attempt_at:
+            wait = mem.next_attempt_at - now
+            detail = f"{action.describe()} in {wait:.0f}s ({mem.last_reason or 'retry'})"
+            skipped.append(Skip(name, SkipReason.BACKOFF, detail))
+        else:
+            actions.append(action)
     return Plan(tuple(actions), tuple(skipped))

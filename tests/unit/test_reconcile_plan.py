@@ -14,7 +14,7 @@ from erel_sync.core.reconcile import (
     SkipReason,
     config_digest,
     plan,
-    start_backoff,
+    retry_backoff,
 )
 from erel_sync.core.revdiff import effective_releases
 from erel_sync.model.validate import SourceFile, validate_sources
@@ -145,12 +145,12 @@ def test_failed_revision_is_not_retried_until_a_newer_seq() -> None:
 def test_crash_loop_backs_off() -> None:
     observed = {"hello": replace(running("0.2.0"), running=False), "ticker": running("0.1.0")}
     memory = {
-        "hello": Memory(applied_config=CFG["hello"], start_failures=3, next_start_at=100.0),
+        "hello": Memory(applied_config=CFG["hello"], failures=3, next_attempt_at=100.0),
         "ticker": applied("ticker"),
     }
     assert plan(DESIRED, observed, memory, seq=1, now=99.0).skipped[0].reason is SkipReason.BACKOFF
     assert plan(DESIRED, observed, memory, seq=1, now=100.0).actions[0].kind is ActionKind.START
-    assert [start_backoff(n) for n in (1, 2, 3, 20)] == [2.0, 4.0, 8.0, 300.0]
+    assert [retry_backoff(n) for n in (1, 2, 3, 20)] == [2.0, 4.0, 8.0, 300.0]
 
 
 def test_holds_are_respected() -> None:
