@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from erel_sync import __version__
-from erel_sync.cli import config
+from erel_sync.cli import broker, config, daemons, dev
+from erel_sync.cli.release import app as release_app
 
 app = typer.Typer(
     name="erel-sync",
@@ -17,6 +18,12 @@ app = typer.Typer(
 )
 app.command()(config.validate)
 app.command()(config.plan)
+app.command()(daemons.keygen)
+app.command()(daemons.publisher)
+app.command()(daemons.agent)
+app.command()(dev.dev)
+app.add_typer(broker.app, name="broker")
+app.add_typer(release_app, name="release")
 
 
 @app.command()

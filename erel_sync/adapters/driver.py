@@ -1,0 +1,404 @@
+"""The release driver: install, start, stop, upgrade, observe and delete the Erlang releases of
+ONE host.
+
+Called by the agent's executor (and directly by `erel-sync release ...`). Lives in `adapters`:
+it is the edge where desired state becomes files, processes and RPCs. Decisions that need no
+I/O are in `core.upgrade`; node steps in `adapters.node_ops`; files in `adapters.release_files`.
+
+Layout: `releases_dir/<name>/` is one relx release root shared by all versions (release_handler
+keeps them side by side in `lib/<app>-<vsn>` and `releases/<vsn>/`); the driver's record, the
+cookie and run_erl's pipes live in `<root>/.erel-sync/` (see `adapters.release_meta`).
+
+Upgrade paths (`core.upgrade.choose_upgrade_path`):
+- hot: copy the tarball to `releases/<vsn>.tar.gz`, `erel_rpc:unpack`, render the config files,
+  `erel_rpc:install`, probation (health probes for `health.probation`), `make_permanent`. A bad
+  probe -> `erel_rpc:rollback` (hot downgrade) -> `RolledBack`.
+- restart: unpack beside the running version, stop it, mark the new version `tmp_current` in
+  RELEASES (OTP's own emulator-restart mechanism), boot `bin/<rel>-<vsn>`, wait healthy,
+  probation, `make_permanent`. Failure -> stop it, unmark, boot the permanent version again.
+Each step records `pending` in the release record first, so a restarted agent can `recover`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from erel_sync.adapters import nodeproc, release_files
+from erel_sync.adapters.artifacts import ArtifactSettings, ArtifactStore
+from erel_sync.adapters.erlcall import ErlCall, NodeRef, NodeRpc, ensure_epmd
+from erel_sync.adapters.node_ops import NodeOps
+from erel_sync.adapters.release_meta import ReleaseMeta, home_dir, load_meta, now, save_meta
+from erel_sync.adapters.store import fsync_dir
+from erel_sync.adapters.upgrader import Upgrader, UpgradeResult
+from erel_sync.core import reasons
+from erel_sync.core.observed import ObservedRelease
+from erel_sync.core.render import RpcStatus, encode_config_payload
+from erel_sync.core.upgrade import (
+    RecoveryStep,
+    decide_recovery,
+    node_name,
+)
+from erel_sync.model.names import HOST_ID_RE, NAME_RE
+from erel_sync.model.specs import HealthSpec, ReleaseConfig, ReleaseSpec
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    releases_dir: Path
+    cache_dir: Path
+    host_id: str
+    node_host: str = "localhost"
+    rpc_timeout: float = 10.0  # one ordinary RPC
+    status_timeout: float = 3.0  # the observe probe
+    long_timeout: float = 120.0  # unpack / install / rollback
+    loopback_only: bool = True  # nodes' distribution listens on 127.0.0.1 only
+    max_artifact_bytes: int = 2 * 1024**3
+    max_unpacked_bytes: int = 8 * 1024**3
+    erl_call: str | None = None
+    epmd: str | None = None
+
+    def __post_init__(self) -> None:
+        if not HOST_ID_RE.match(self.host_id):
+            raise ValueError(f"bad host id {self.host_id!r}")
+        for path in (self.releases_dir, self.cache_dir):
+            if "'" in str(path) or "\n" in str(path):
+                raise ValueError(f"unsupported character in {path}")  # reaches a shell line
+
+
+class ReleasePort(Protocol):
+    """What the agent's executor needs from a release driver; a fake implements this in the
+    agent's unit tests. `ReleaseDriver` is the real one."""
+
+    async def install(
+        self, spec: ReleaseSpec, version: str, config: ReleaseConfig | None = None
+    ) -> ObservedRelease: ...
+    async def start(self, name: str) -> ObservedRelease: ...
+    async def stop(self, name: str) -> ObservedRelease: ...
+    async def restart(self, name: str) -> ObservedRelease: ...
+    async def delete(self, name: str) -> None: ...
+    async def upgrade(
+        self, spec: ReleaseSpec, to_version: str, config: ReleaseConfig | None = None
+    ) -> UpgradeResult: ...
+    async def reconfigure(self, spec: ReleaseSpec, config: ReleaseConfig | None = None) -> bool: ...
+    async def observe(self, name: str, *, health: bool = False) -> ObservedRelease: ...
+    async def observe_all(self, *, health: bool = False) -> dict[str, ObservedRelease]: ...
+    async def recover(self, name: str) -> RecoveryStep: ...
+
+
+class ReleaseDriver:
+    def __init__(self, settings: DriverSettings, *, rpc: NodeRpc | None = None) -> None:
+        self.settings = settings
+        self.rpc: NodeRpc = rpc or ErlCall(settings.erl_call)
+        self.ops = NodeOps(
+            self.rpc, rpc_timeout=settings.rpc_timeout, long_timeout=settings.long_timeout
+        )
+        self.artifacts = ArtifactStore(
+            ArtifactSettings(cache_dir=settings.cache_dir, max_bytes=settings.max_artifact_bytes)
+        )
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------------------- identity
+
+    def root(self, name: str) -> Path:
+        if not NAME_RE.match(name):
+            raise reasons.driver_error(reasons.NotManaged, f"bad release name {name!r}")
+        return self.settings.releases_dir / name
+
+    def node(self, name: str) -> NodeRef:
+        full = f"{node_name(name, self.settings.host_id)}@{self.settings.node_host}"
+        return NodeRef(full, home_dir(self.root(name)))
+
+    @contextlib.asynccontextmanager
+    async def _step(self, name: str) -> AsyncIterator[None]:
+        """One operation at a time per release; a stray OSError becomes a DriverError."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            try:
+                yield
+            except OSError as exc:
+                raise reasons.driver_error(
+                    reasons.DiskError, f"{name}: {type(exc).__name__}: {exc}"
+                ) from exc
+
+    def _meta(self, name: str) -> ReleaseMeta:
+        root = self.root(name)
+        meta = load_meta(root)
+        if meta is None:
+            if root.exists():
+                raise reasons.driver_error(
+                    reasons.NotManaged, f"{root} exists but was not installed by erel-sync"
+                )
+            raise reasons.driver_error(reasons.NotInstalled, f"{name} is not installed")
+        if meta.host_id != self.settings.host_id or meta.release != name:
+            raise reasons.driver_error(
+                reasons.NotManaged, f"{root} belongs to host {meta.host_id!r}, not this one"
+            )
+        return meta
+
+    @property
+    def _limits(self) -> tuple[int, int]:
+        return (self.settings.max_unpacked_bytes, ArtifactSettings.max_members)
+
+    # -------------------------------------------------------------------------- install
+
+    async def install(
+        self, spec: ReleaseSpec, version: str, config: ReleaseConfig | None = None
+    ) -> ObservedRelease:
+        """Make `version` present in the release root (first install, or beside the installed
+        versions) with its config files rendered. Starts nothing and switches nothing."""
+        async with self._step(spec.name):
+            await self._install(spec, version, config or spec.config)
+        return await self.observe(spec.name)
+
+    async def _install(self, spec: ReleaseSpec, version: str, config: ReleaseConfig) -> bool:
+        """Returns whether a node was running (the version was then unpacked through it)."""
+        vspec = spec.version(version)
+        if vspec is None:
+            raise reasons.driver_error(
+                reasons.VersionUnknown, f"{spec.name} has no version {version}"
+            )
+        root = self.root(spec.name)
+        node = self.node(spec.name)
+        meta = self._meta(spec.name) if root.exists() else None
+        tarball = await self.artifacts.fetch(vspec.artifact)
+        await asyncio.to_thread(
+            release_files.check_tarball, tarball, spec.name, version, limits=self._limits
+        )
+        if meta is None:
+            meta = ReleaseMeta(release=spec.name, host_id=self.settings.host_id, node=node.name)
+            self._remember(meta, spec, version, vspec.artifact.sha256)
+            await asyncio.to_thread(
+                release_files.install_fresh,
+                tarball,
+                root,
+                meta,
+                version,
+                config,
+                loopback_only=self.settings.loopback_only,
+                limits=self._limits,
+            )
+            return False
+        running = (await self.ops.erel_outcome(node, "status", within=2.0)).status is RpcStatus.OK
+        if version not in release_files.unpacked_versions(root):
+            if running:
+                await asyncio.to_thread(
+                    release_files.stage_tarball_for_node, tarball, root, version
+                )
+                await self.ops.erel(
+                    node,
+                    "unpack",
+                    [version],
+                    within=self.settings.long_timeout,
+                    failure=reasons.InstallFailed,
+                )
+            else:
+                await asyncio.to_thread(
+                    release_files.add_version_offline,
+                    tarball,
+                    root,
+                    spec.name,
+                    version,
+                    limits=self._limits,
+                )
+        release_files.render_version_config(
+            root, version, node.name, config, loopback_only=self.settings.loopback_only
+        )
+        self._remember(meta, spec, version, vspec.artifact.sha256)
+        save_meta(root, meta)
+        return running
+
+    def _remember(self, meta: ReleaseMeta, spec: ReleaseSpec, version: str, sha: str) -> None:
+        meta.versions[version] = {"sha256": sha, "installed_at": now()}
+        meta.health = asdict(spec.health)
+        meta.stop_timeout = spec.stop_timeout
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    async def start(self, name: str) -> ObservedRelease:
+        """Boot the permanent version as a daemon; wait until erel answers and health is ok
+        within `health.start_timeout`. A running release is left alone."""
+        async with self._step(name):
+            meta = self._meta(name)
+            await self._start(name, meta, release_files.boot_version(self.root(name)))
+        return await self.observe(name)
+
+    async def _start(self, name: str, meta: ReleaseMeta, version: str) -> None:
+        root, node, health = self.root(name), self.node(name), HealthSpec(**meta.health)
+        if (await self.ops.erel_outcome(node, "status", within=2.0)).status is RpcStatus.OK:
+            return
+        await ensure_epmd(self.settings.epmd)
+        if not nodeproc.node_pids(root):
+            await self.ops.boot(root, name, version)
+        try:
+            await self.ops.wait_ready(node, root, health, expect_version=version)
+        except reasons.DriverError:
+            await self.ops.kill_now(root)  # a half-started node would block the next attempt
+            raise
+        self._record_pid(meta)
+
+    def _record_pid(self, meta: ReleaseMeta) -> None:
+        root = self.root(meta.release)
+        beam = [p for p in nodeproc.node_pids(root) if _is_vm(p)]
+        meta.os_pid = beam[0] if beam else None
+        save_meta(root, meta)
+
+    async def stop(self, name: str) -> ObservedRelease:
+        """Graceful `init:stop()`, forced kill after the release's stop_timeout."""
+        async with self._step(name):
+            meta = self._meta(name)
+            await self.ops.halt(self.node(name), self.root(name), meta.stop_timeout)
+        return await self.observe(name)
+
+    async def restart(self, name: str) -> ObservedRelease:
+        async with self._step(name):
+            meta = self._meta(name)
+            await self.ops.halt(self.node(name), self.root(name), meta.stop_timeout)
+            await self._start(name, meta, release_files.boot_version(self.root(name)))
+        return await self.observe(name)
+
+    async def delete(self, name: str) -> None:
+        """Stop the node and remove the release root: only a root this host's driver installed."""
+        async with self._step(name):
+            meta = self._meta(name)
+            root = self.root(name)
+            await self.ops.halt(self.node(name), root, meta.stop_timeout)
+            await asyncio.to_thread(shutil.rmtree, root)
+            fsync_dir(root.parent)
+        self._locks.pop(name, None)
+
+    async def reconfigure(self, spec: ReleaseSpec, config: ReleaseConfig | None = None) -> bool:
+        """Render the running version's config files and apply the application env live
+        (`erel_rpc:apply_config`). True when vm.args changed: only a restart applies that."""
+        config = config or spec.config
+        async with self._step(spec.name):
+            meta = self._meta(spec.name)
+            root, node = self.root(spec.name), self.node(spec.name)
+            version = release_files.boot_version(root)
+            outcome = await self.ops.erel_outcome(node, "status", within=2.0)
+            if outcome.status is RpcStatus.OK and isinstance(outcome.value, dict):
+                version = outcome.value.get("current") or version
+            vm_changed = release_files.render_version_config(
+                root, version, meta.node, config, loopback_only=self.settings.loopback_only
+            )
+            if outcome.status is RpcStatus.OK:
+                await self.ops.erel(
+                    node, "apply_config", [encode_config_payload(config.sys_config)]
+                )
+            return vm_changed
+
+    # ------------------------------------------------------------------------ observing
+
+    async def observe(self, name: str, *, health: bool = False) -> ObservedRelease:
+        """One erel status call (plus health when asked); a /proc look only when it fails."""
+        root = self.root(name)
+        meta = load_meta(root)
+        if meta is None or meta.host_id != self.settings.host_id:
+            reason = reasons.NotManaged if root.exists() else reasons.NotInstalled
+            return ObservedRelease(name, installed=root.exists(), reason=reason)
+        node = self.node(name)
+        outcome = await self.ops.erel_outcome(node, "status", within=self.settings.status_timeout)
+        base: dict[str, Any] = {"node": node.name, "pending": meta.pending}
+        if outcome.status is RpcStatus.OK and isinstance(outcome.value, dict):
+            s = outcome.value
+            versions = tuple(
+                (str(v.get("version")), str(v.get("status"))) for v in s.get("versions") or []
+            )
+            healthy: bool | None = None
+            reason, message = reasons.Running, ""
+            if health:
+                answer = await self.ops.health(node, HealthSpec(**meta.health))
+                healthy = answer.healthy
+                reason = reasons.Healthy if healthy else reasons.Unhealthy
+                message = answer.reason
+            if meta.pending:
+                reason = reasons.UpgradePending
+            details = {k: s.get(k) for k in ("uptime_ms", "memory_bytes", "processes")}
+            return ObservedRelease(
+                name,
+                installed=True,
+                running=True,
+                reachable=True,
+                current=s.get("current"),
+                permanent=s.get("permanent"),
+                versions=versions,
+                healthy=healthy,
+                reason=reason,
+                message=message,
+                details=details,
+                **base,
+            )
+        alive = (meta.os_pid is not None and nodeproc.pid_belongs(meta.os_pid, root)) or bool(
+            nodeproc.node_pids(root)
+        )
+        permanent = _safe_boot_version(root)
+        if alive:
+            return ObservedRelease(
+                name,
+                installed=True,
+                running=True,
+                permanent=permanent,
+                healthy=False if health else None,
+                reason=reasons.NodeUnreachable
+                if outcome.status is RpcStatus.UNREACHABLE
+                else reasons.RpcFailed,
+                message=outcome.error,
+                **base,
+            )
+        return ObservedRelease(
+            name, installed=True, permanent=permanent, reason=reasons.Stopped, **base
+        )
+
+    async def observe_all(self, *, health: bool = False) -> dict[str, ObservedRelease]:
+        """Every release this host's driver installed, probed in parallel."""
+        names = sorted(
+            p.name
+            for p in _dirs(self.settings.releases_dir)
+            if NAME_RE.match(p.name)
+            and (m := load_meta(p)) is not None
+            and m.host_id == self.settings.host_id
+        )
+        results = await asyncio.gather(*(self.observe(n, health=health) for n in names))
+        return dict(zip(names, results, strict=True))
+
+    # ------------------------------------------------------------------------- upgrades
+
+    async def upgrade(
+        self, spec: ReleaseSpec, to_version: str, config: ReleaseConfig | None = None
+    ) -> UpgradeResult:
+        async with self._step(spec.name):
+            return await Upgrader(self).upgrade(spec, to_version, config or spec.config)
+
+    async def recover(self, name: str) -> RecoveryStep:
+        """Finish or undo a step a previous agent left `pending` (it died mid-way)."""
+        async with self._step(name):
+            meta = self._meta(name)
+            obs = await self.observe(name)
+            step = decide_recovery(
+                meta.pending, running=obs.running, current=obs.current, permanent=obs.permanent
+            )
+            await Upgrader(self).recover(name, meta, step)
+            return step
+
+
+def _dirs(path: Path) -> list[Path]:
+    try:
+        return [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except FileNotFoundError:
+        return []
+
+
+def _safe_boot_version(root: Path) -> str | None:
+    try:
+        return release_files.boot_version(root)
+    except reasons.DriverError:
+        return None
+
+
+def _is_vm(pid: int) -> bool:
+    argv = nodeproc.cmdline(pid) or []
+    return "-root" in argv

@@ -1,0 +1,166 @@
+"""Node-level steps of the release driver: ask erel, boot a version and wait until it is
+healthy, hold a probation, stop a node gracefully then by force.
+
+Called by `adapters.driver` only; split from it to keep each module one idea. Every wait polls
+a condition against a deadline (no sleeps as synchronisation), and every failure becomes a
+`DriverError` with a reason and a bounded output tail (the node's own log when it has one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from erel_sync.adapters import nodeproc
+from erel_sync.adapters.erlcall import NodeRef, NodeRpc, outcome_value
+from erel_sync.adapters.release_meta import home_dir, log_dir, pipe_dir
+from erel_sync.core import reasons
+from erel_sync.core.erlterm import Atom
+from erel_sync.core.render import RpcOutcome, RpcStatus
+from erel_sync.core.upgrade import probe_interval
+from erel_sync.model.specs import HealthSpec
+
+POLL = 0.02  # seconds between readiness polls: erl_call costs ~1.5 ms
+SPAWN_GRACE = 1.0  # run_erl forks before the VM exists: only then can "no process" mean "died"
+
+
+@dataclass(frozen=True)
+class HealthAnswer:
+    healthy: bool
+    reason: str = ""
+    reachable: bool = True
+
+
+class NodeOps:
+    def __init__(self, rpc: NodeRpc, *, rpc_timeout: float, long_timeout: float) -> None:
+        self.rpc = rpc
+        self.rpc_timeout = rpc_timeout
+        self.long_timeout = long_timeout
+
+    # ------------------------------------------------------------------------------ erel
+
+    async def erel_outcome(
+        self, node: NodeRef, fun: str, args: Sequence[str | Atom] = (), *, within: float
+    ) -> RpcOutcome:
+        return await self.rpc.call(node, "erel_rpc", fun, args, within=within)
+
+    async def erel(
+        self,
+        node: NodeRef,
+        fun: str,
+        args: Sequence[str | Atom] = (),
+        *,
+        within: float | None = None,
+        failure: str = reasons.RpcFailed,
+    ) -> Any:
+        """The value of `erel_rpc:Fun(Args)`; an `ok:false` answer raises with `failure`."""
+        outcome = await self.erel_outcome(node, fun, args, within=within or self.rpc_timeout)
+        if outcome.status is RpcStatus.ERROR:
+            raise reasons.driver_error(failure, f"erel_rpc:{fun}: {outcome.error}")
+        return outcome_value(outcome, f"erel_rpc:{fun}")
+
+    async def health(self, node: NodeRef, spec: HealthSpec) -> HealthAnswer:
+        if spec.rpc in ("erel:health/0", "erel_rpc:health/0"):
+            fun, args = "health", []
+        else:
+            mod, _, rest = spec.rpc.partition(":")
+            fun, args = "check", [Atom(mod), Atom(rest.split("/", 1)[0])]
+        outcome = await self.erel_outcome(node, fun, args, within=spec.timeout)
+        if outcome.status is RpcStatus.UNREACHABLE:
+            return HealthAnswer(False, f"node unreachable: {outcome.error}", reachable=False)
+        if outcome.status is not RpcStatus.OK or not isinstance(outcome.value, dict):
+            return HealthAnswer(False, outcome.error or "health check gave no answer")
+        value = outcome.value
+        return HealthAnswer(bool(value.get("healthy")), str(value.get("reason") or ""))
+
+    # ------------------------------------------------------------------------ boot / wait
+
+    async def boot(self, root: Path, release: str, version: str) -> None:
+        await nodeproc.spawn_daemon(
+            root, release, version, home=home_dir(root), pipe=pipe_dir(root), logs=log_dir(root)
+        )
+
+    async def wait_ready(
+        self, node: NodeRef, root: Path, spec: HealthSpec, *, expect_version: str | None
+    ) -> dict[str, Any]:
+        """Poll until erel answers status (with `expect_version` current) and health is ok,
+        within `spec.start_timeout`. Raises StartFailed (the VM died) or StartTimeout."""
+        started = time.monotonic()
+        deadline = started + spec.start_timeout
+        last = "no answer yet"
+        while True:
+            outcome = await self.erel_outcome(node, "status", within=min(2.0, spec.timeout))
+            if outcome.status is RpcStatus.OK and isinstance(outcome.value, dict):
+                status = outcome.value
+                current = status.get("current")
+                if expect_version is not None and current != expect_version:
+                    last = f"running {current}, expected {expect_version}"
+                else:
+                    answer = await self.health(node, spec)
+                    if answer.healthy:
+                        return status
+                    last = f"unhealthy: {answer.reason}"
+            else:
+                last = outcome.error or outcome.status.value
+            now = time.monotonic()
+            if now - started > SPAWN_GRACE and not nodeproc.node_pids(root):
+                raise reasons.driver_error(
+                    reasons.StartFailed,
+                    f"the node of {root.name} exited while starting ({last})",
+                    nodeproc.log_tail(root),
+                )
+            if now >= deadline:
+                reason = (
+                    reasons.HealthCheckFailed
+                    if last.startswith("unhealthy")
+                    else reasons.StartTimeout
+                )
+                raise reasons.driver_error(
+                    reason,
+                    f"{root.name} not healthy within {spec.start_timeout:g}s ({last})",
+                    nodeproc.log_tail(root),
+                )
+            await asyncio.sleep(POLL if now - started < 2.0 else 0.1)
+
+    async def probation(self, node: NodeRef, spec: HealthSpec, seconds: float) -> HealthAnswer:
+        """Health must hold for `seconds` (at least one probe); the first bad answer ends it."""
+        deadline = time.monotonic() + seconds
+        interval = probe_interval(seconds)
+        while True:
+            answer = await self.health(node, spec)
+            if not answer.healthy:
+                return answer
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return answer
+            await asyncio.sleep(min(interval, remaining))
+
+    # ------------------------------------------------------------------------------ stop
+
+    async def halt(self, node: NodeRef, root: Path, stop_timeout: float) -> bool:
+        """Graceful `init:stop()`, then SIGKILL after `stop_timeout`. True if a node ran."""
+        pids = nodeproc.node_pids(root)
+        outcome = await self.rpc.call(
+            node, "init", "stop", (), within=min(self.rpc_timeout, 5.0), envelope=False
+        )
+        if not pids and outcome.status is RpcStatus.UNREACHABLE:
+            return False
+        if await nodeproc.wait_gone(root, time.monotonic() + stop_timeout):
+            return True
+        nodeproc.kill_pids(nodeproc.node_pids(root), root)
+        if not await nodeproc.wait_gone(root, time.monotonic() + 5.0):
+            raise reasons.driver_error(
+                reasons.StopTimeout,
+                f"{root.name} still has processes after SIGKILL",
+                nodeproc.log_tail(root),
+            )
+        return True
+
+    async def kill_now(self, root: Path) -> None:
+        """No grace: for a node that failed to start or must make room for a rollback."""
+        nodeproc.kill_pids(nodeproc.node_pids(root), root)
+        await nodeproc.wait_gone(root, time.monotonic() + 5.0)

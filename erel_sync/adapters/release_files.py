@@ -1,0 +1,181 @@
+"""Files of a release root: first install, versions added side by side, rendered config files,
+and the release_handler's `RELEASES` / `start_erl.data`.
+
+Called by `adapters.driver`. Lives in `adapters` because it writes the disk; what to write comes
+from pure code (`core.render`, `core.upgrade`). Every tarball is inspected whole before any byte
+of it is written (`adapters.artifacts`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from erel_sync.adapters.artifacts import extract_tarball, inspect_tarball, staging_dir
+from erel_sync.adapters.release_meta import (
+    ReleaseMeta,
+    create_private_dirs,
+    save_meta,
+    write_atomic,
+)
+from erel_sync.adapters.store import fsync_dir
+from erel_sync.core import reasons
+from erel_sync.core.render import RenderError, render_config_files
+from erel_sync.core.upgrade import (
+    ReleasesEntry,
+    clear_tmp_current,
+    mark_tmp_current,
+    parse_releases,
+    parse_start_erl_data,
+    releases_entry_from_rel,
+    render_releases,
+)
+from erel_sync.model.specs import ReleaseConfig
+
+
+def check_tarball(tarball: Path, release: str, version: str, *, limits: tuple[int, int]) -> None:
+    """Refuse an unsafe tarball, or one that does not hold `release` `version`."""
+    max_bytes, max_members = limits
+    members = inspect_tarball(tarball, max_unpacked_bytes=max_bytes, max_members=max_members)
+    names = {m.name.removeprefix("./") for m in members}
+    wanted = f"releases/{version}/{release}.rel"
+    if wanted not in names:
+        raise reasons.driver_error(
+            reasons.InstallFailed,
+            f"the artifact does not hold release {release} {version} (no {wanted})",
+        )
+
+
+def render_version_config(
+    root: Path, version: str, node: str, config: ReleaseConfig, *, loopback_only: bool
+) -> bool:
+    """Write `releases/<vsn>/vm.args` and `sys.config`; True when vm.args changed (a running
+    node only picks that up on its next boot)."""
+    try:
+        files = render_config_files(node, config, loopback_only=loopback_only)
+    except RenderError as exc:
+        raise reasons.driver_error(reasons.InstallFailed, f"config: {exc}") from exc
+    target = root / "releases" / version
+    if not target.is_dir():
+        raise reasons.driver_error(reasons.InstallFailed, f"{target} does not exist")
+    vm_args = target / "vm.args"
+    try:
+        before = vm_args.read_text(encoding="utf-8")
+    except OSError:
+        before = None
+    for name, text in files.items():
+        write_atomic(target / name, text.encode("utf-8"))
+    return before != files["vm.args"]
+
+
+def install_fresh(
+    tarball: Path,
+    root: Path,
+    meta: ReleaseMeta,
+    version: str,
+    config: ReleaseConfig,
+    *,
+    loopback_only: bool,
+    limits: tuple[int, int],
+) -> None:
+    """A first install: unpack into a staging dir beside `root`, render, record, then rename
+    into place, so `root` appears complete or not at all."""
+    max_bytes, max_members = limits
+    for stale in root.parent.glob(f".{root.name}.tmp-*"):  # an install cut short by a crash
+        shutil.rmtree(stale, ignore_errors=True)
+    with staging_dir(root.parent, root.name) as stage:
+        extract_tarball(tarball, stage, max_unpacked_bytes=max_bytes, max_members=max_members)
+        try:
+            _, boot_vsn = parse_start_erl_data(
+                (stage / "releases" / "start_erl.data").read_text(encoding="utf-8")
+            )
+        except (OSError, ValueError) as exc:
+            raise reasons.driver_error(
+                reasons.InstallFailed, f"not a relx release tarball: {exc}"
+            ) from exc
+        if boot_vsn != version:
+            raise reasons.driver_error(
+                reasons.InstallFailed, f"the tarball boots version {boot_vsn}, not {version}"
+            )
+        create_private_dirs(stage)
+        render_version_config(stage, version, meta.node, config, loopback_only=loopback_only)
+        save_meta(stage, meta)
+        if root.exists():
+            raise reasons.driver_error(reasons.NotManaged, f"{root} appeared while installing")
+        os.rename(stage, root)
+    fsync_dir(root.parent)
+
+
+def add_version_offline(
+    tarball: Path, root: Path, release: str, version: str, *, limits: tuple[int, int]
+) -> None:
+    """Unpack another version beside the installed ones while no node runs: existing files are
+    kept (as release_handler does), and RELEASES learns the version as `unpacked`."""
+    max_bytes, max_members = limits
+    extract_tarball(
+        tarball, root, keep_existing=True, max_unpacked_bytes=max_bytes, max_members=max_members
+    )
+    rel_file = root / "releases" / version / f"{release}.rel"
+    try:
+        entry = releases_entry_from_rel(rel_file.read_text(encoding="utf-8"), str(root))
+    except (OSError, ValueError) as exc:
+        raise reasons.driver_error(reasons.InstallFailed, f"{rel_file.name}: {exc}") from exc
+    entries = read_releases(root)
+    if not any(e.version == version for e in entries):
+        write_releases(root, [entry, *entries])
+
+
+def stage_tarball_for_node(tarball: Path, root: Path, version: str) -> None:
+    """Copy the tarball where `erel_rpc:unpack/1` looks for it (`releases/<vsn>.tar.gz`)."""
+    target = root / "releases" / f"{version}.tar.gz"
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        shutil.copyfile(tarball, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_releases(root: Path) -> list[ReleasesEntry]:
+    path = root / "releases" / "RELEASES"
+    try:
+        return parse_releases(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise reasons.driver_error(reasons.InstallFailed, f"releases/RELEASES: {exc}") from exc
+
+
+def write_releases(root: Path, entries: list[ReleasesEntry]) -> None:
+    write_atomic(root / "releases" / "RELEASES", render_releases(entries).encode("utf-8"))
+
+
+def set_boot_candidate(root: Path, version: str) -> None:
+    """Before booting a version that is not permanent: mark it `tmp_current` (core.upgrade)."""
+    write_releases(root, mark_tmp_current(read_releases(root), version))
+
+
+def clear_boot_candidate(root: Path) -> None:
+    entries = read_releases(root)
+    cleared = clear_tmp_current(entries)
+    if cleared != entries:
+        write_releases(root, cleared)
+
+
+def boot_version(root: Path) -> str:
+    """The version a boot starts: release_handler's permanent one (`start_erl.data`)."""
+    try:
+        return parse_start_erl_data(
+            (root / "releases" / "start_erl.data").read_text(encoding="utf-8")
+        )[1]
+    except (OSError, ValueError) as exc:
+        raise reasons.driver_error(
+            reasons.InstallFailed, f"releases/start_erl.data: {exc}"
+        ) from exc
+
+
+def unpacked_versions(root: Path) -> set[str]:
+    try:
+        return {e.version for e in read_releases(root)}
+    except reasons.DriverError:
+        return set()

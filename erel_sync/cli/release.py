@@ -1,0 +1,254 @@
+"""`erel-sync release install|start|stop|restart|status|upgrade|delete`: drive the release driver
+of this host directly, without an agent or a broker.
+
+For operators and for trying a Release document by hand: the Release comes from a YAML file
+validated like a config revision (`model.validate`), the releases and cache dirs and the host
+id from options (or `EREL_SYNC_*` variables). Exit codes: 0 ok, 2 invalid input, 4 runtime
+error; errors are one line on stderr, `Reason: message`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Coroutine
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from erel_sync.adapters.driver import DriverSettings, ReleaseDriver
+from erel_sync.cli.common import Exit, fail
+from erel_sync.core import reasons
+from erel_sync.core.observed import ObservedRelease
+from erel_sync.model.specs import ReleaseSpec
+from erel_sync.model.validate import SourceFile, validate_sources
+
+app = typer.Typer(
+    name="release",
+    help="Install, start, stop, upgrade and inspect releases on this host (no agent needed).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+T = TypeVar("T")
+# Reasons that mean the input was wrong rather than the host: exit 2.
+INPUT_REASONS = frozenset({reasons.VersionUnknown, reasons.UpgradeImpossible})
+
+
+class Output(StrEnum):
+    table = "table"
+    json = "json"
+
+
+FileOpt = Annotated[
+    Path | None,
+    typer.Option("--file", "-f", help="YAML file holding the Release document.", exists=False),
+]
+NameArg = Annotated[
+    str | None, typer.Argument(help="Release name (default: the Release in --file).")
+]
+ReleasesDir = Annotated[
+    Path,
+    typer.Option(
+        "--releases-dir", envvar="EREL_SYNC_RELEASES_DIR", help="Where releases are installed."
+    ),
+]
+CacheDir = Annotated[
+    Path,
+    typer.Option("--cache-dir", envvar="EREL_SYNC_CACHE_DIR", help="Verified tarball cache."),
+]
+HostId = Annotated[
+    str | None,
+    typer.Option("--host-id", envvar="EREL_SYNC_HOST_ID", help="Host id (default: hostname)."),
+]
+OutputOpt = Annotated[Output, typer.Option("-o", "--output", help="Output format.")]
+VersionOpt = Annotated[str, typer.Option("--version", "-V", help="Release version.")]
+
+DEFAULT_RELEASES = Path("/var/lib/erel-sync/releases")
+DEFAULT_CACHE = Path("/var/cache/erel-sync")
+
+
+def _driver(releases_dir: Path, cache_dir: Path, host_id: str | None) -> ReleaseDriver:
+    host = host_id or socket.gethostname().split(".")[0]
+    try:
+        settings = DriverSettings(
+            releases_dir=releases_dir.resolve(), cache_dir=cache_dir.resolve(), host_id=host
+        )
+    except ValueError as exc:
+        fail(str(exc), Exit.INVALID)
+    return ReleaseDriver(settings)
+
+
+def _load_spec(file: Path, name: str | None) -> ReleaseSpec:
+    if file.suffix not in (".yaml", ".yml"):
+        fail(f"{file}: a Release file must end in .yaml or .yml", Exit.INVALID)
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        fail(f"{file}: {exc.strerror or exc}", Exit.INVALID)
+    result = validate_sources([SourceFile(file.name, data)])
+    if result.problems or result.state is None:
+        first = str(result.problems[0]) if result.problems else "invalid"
+        more = f" (and {len(result.problems) - 1} more)" if len(result.problems) > 1 else ""
+        fail(f"{file.parent / first}{more}", Exit.INVALID)
+    releases = result.state.releases
+    if name is not None:
+        if name not in releases:
+            fail(f"{file}: no Release named {name!r}", Exit.INVALID)
+        return releases[name]
+    if len(releases) != 1:
+        fail(f"{file}: holds {len(releases)} Releases; name one", Exit.INVALID)
+    return next(iter(releases.values()))
+
+
+def _name(name: str | None, file: Path | None) -> str:
+    if name:
+        return name
+    if file is not None:
+        return _load_spec(file, None).name
+    fail("name a release (argument) or give --file", Exit.INVALID)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except reasons.DriverError as exc:
+        _fail_driver(exc)
+
+
+def _fail_driver(exc: reasons.DriverError) -> NoReturn:
+    code = Exit.INVALID if exc.reason in INPUT_REASONS else Exit.RUNTIME
+    cause = f" (cause: {exc.cause})" if exc.cause else ""
+    fail(f"{exc.reason}: {exc.message}{cause}", code)
+
+
+def _print(observed: list[ObservedRelease], output: Output) -> None:
+    if output is Output.json:
+        typer.echo(json.dumps([o.to_json() for o in observed], indent=2, sort_keys=True))
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("NAME", "RUNNING", "CURRENT", "PERMANENT", "HEALTHY", "REASON", "MESSAGE"):
+        table.add_column(col)
+    for o in observed:
+        healthy = "-" if o.healthy is None else ("yes" if o.healthy else "no")
+        table.add_row(
+            o.name,
+            "yes" if o.running else "no",
+            o.current or "-",
+            o.permanent or "-",
+            healthy,
+            o.reason,
+            o.message[:80],
+        )
+    Console(width=160).print(table)
+
+
+@app.command()
+def install(
+    file: Annotated[Path, typer.Option("--file", "-f", help="YAML file with the Release.")],
+    version: VersionOpt,
+    name: Annotated[str | None, typer.Option("--name", help="Release in a multi-doc file.")] = None,
+    releases_dir: ReleasesDir = DEFAULT_RELEASES,
+    cache_dir: CacheDir = DEFAULT_CACHE,
+    host_id: HostId = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Fetch, verify and unpack a version, and render its config. Starts nothing."""
+    spec = _load_spec(file, name)
+    driver = _driver(releases_dir, cache_dir, host_id)
+    _print([_run(driver.install(spec, version))], output)
+
+
+@app.command()
+def upgrade(
+    file: Annotated[Path, typer.Option("--file", "-f", help="YAML file with the Release.")],
+    version: VersionOpt,
+    name: Annotated[str | None, typer.Option("--name", help="Release in a multi-doc file.")] = None,
+    releases_dir: ReleasesDir = DEFAULT_RELEASES,
+    cache_dir: CacheDir = DEFAULT_CACHE,
+    host_id: HostId = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Move a release to a version (hot when a relup allows it, else by restart).
+
+    A version that fails its health probation is rolled back automatically (exit 4).
+    """
+    spec = _load_spec(file, name)
+    driver = _driver(releases_dir, cache_dir, host_id)
+
+    async def go() -> ObservedRelease:
+        result = await driver.upgrade(spec, version)
+        typer.echo(
+            f"{spec.name}: {result.from_version} -> {result.to_version} "
+            f"({result.path.value}: {result.why})",
+            err=True,
+        )
+        return await driver.observe(spec.name, health=True)
+
+    _print([_run(go())], output)
+
+
+def _lifecycle(verb: str) -> Any:
+    def command(
+        name: NameArg = None,
+        file: FileOpt = None,
+        releases_dir: ReleasesDir = DEFAULT_RELEASES,
+        cache_dir: CacheDir = DEFAULT_CACHE,
+        host_id: HostId = None,
+        output: OutputOpt = Output.table,
+    ) -> None:
+        driver = _driver(releases_dir, cache_dir, host_id)
+        release = _name(name, file)
+        _print([_run(getattr(driver, verb)(release))], output)
+
+    command.__name__ = verb
+    command.__doc__ = {
+        "start": "Start a release as a daemon and wait until it is healthy.",
+        "stop": "Stop a release: init:stop(), then a kill after its stop_timeout.",
+        "restart": "Stop, then start a release (boots its permanent version).",
+    }[verb]
+    return command
+
+
+for _verb in ("start", "stop", "restart"):
+    app.command(name=_verb)(_lifecycle(_verb))
+
+
+@app.command()
+def status(
+    name: NameArg = None,
+    file: FileOpt = None,
+    health: Annotated[bool, typer.Option("--health", help="Also run the health check.")] = False,
+    releases_dir: ReleasesDir = DEFAULT_RELEASES,
+    cache_dir: CacheDir = DEFAULT_CACHE,
+    host_id: HostId = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Observe one release, or every release this host id installed."""
+    driver = _driver(releases_dir, cache_dir, host_id)
+    if name is None and file is None:
+        seen = _run(driver.observe_all(health=health))
+        _print(list(seen.values()), output)
+        return
+    _print([_run(driver.observe(_name(name, file), health=health))], output)
+
+
+@app.command()
+def delete(
+    name: NameArg = None,
+    file: FileOpt = None,
+    releases_dir: ReleasesDir = DEFAULT_RELEASES,
+    cache_dir: CacheDir = DEFAULT_CACHE,
+    host_id: HostId = None,
+) -> None:
+    """Stop a release and remove its files (only a release this host id installed)."""
+    driver = _driver(releases_dir, cache_dir, host_id)
+    release = _name(name, file)
+    _run(driver.delete(release))
+    typer.echo(f"{release}: deleted", err=True)
