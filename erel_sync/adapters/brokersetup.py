@@ -1,0 +1,332 @@
+"""Prepare a RabbitMQ vhost for erel-sync: vhost, publisher and agent users, permissions, topology.
+
+Called by `erel-sync broker setup` (`cli.broker`) and by the integration tests, which run it
+against a private node. Lives in `adapters` because it runs `rabbitmqctl` and speaks AMQP.
+
+Two channels, because AMQP cannot manage users: users, vhost and permissions go through
+`rabbitmqctl` (which must run where it can reach the node: same Erlang cookie, node name
+resolvable), the topology (`adapters.topology`) is declared over AMQP *as the publisher*, which
+also proves the publisher's permissions are enough. Observe (`list_vhosts`, `list_users`) →
+plan (pure, `plan_ctl`) → apply; a second run changes nothing but passwords and permissions,
+which are set again because neither can be observed cheaply. `--dry-run` observes nothing and
+prints a shell script that does the same, so it also serves a broker this host cannot reach.
+
+The permission regexes are explained in docs/broker.md; they were worked out by experiment on
+RabbitMQ 3.10 and are checked by tests/integration/test_broker_permissions.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import aio_pika
+import aiormq
+
+from erel_sync.adapters import topology as topo
+
+
+class BrokerSetupError(Exception):
+    """rabbitmqctl or the broker refused a step; the message names the step, never a password."""
+
+
+@dataclass(frozen=True)
+class Permissions:
+    configure: str
+    write: str
+    read: str
+
+
+# Publisher: owns everything named erel.* (declares the topology, consumes erel.status and
+# state.request through server-named queues) and answers direct reply-to, which is a publish
+# to the default exchange and so needs write on `amq.default`.
+PUBLISHER_PERMISSIONS = Permissions(
+    configure=r"^(erel\..*|amq\.gen-.*)$",
+    write=r"^(erel\..*|amq\.gen-.*|amq\.default)$",
+    read=r"^(erel\..*|amq\.gen-.*)$",
+)
+
+# Agents: never `erel.config` nor `amq.default` in write (through the default exchange anyone
+# with that write could route into the erel.config stream by its queue name), no read on
+# `erel.status` (no eavesdropping on other hosts' reports). Their own queues, server-named or
+# `erel.agent.<host>.*`, need configure (declare), write (queue.bind) and read (consume).
+AGENT_PERMISSIONS = Permissions(
+    configure=r"^(erel\.agent\..*|amq\.gen-.*)$",
+    write=r"^(erel\.status|erel\.sync|erel\.agent\..*|amq\.gen-.*)$",
+    read=r"^(erel\.config|erel\.control|erel\.sync|erel\.agent\..*|amq\.gen-.*)$",
+)
+
+
+@dataclass(frozen=True)
+class BrokerSetupSpec:
+    """What `broker setup` is asked to make true."""
+
+    vhost: str
+    publisher_user: str
+    publisher_password: str
+    agent_user: str
+    agent_password: str
+
+    def problems(self, *, passwords: bool = True) -> list[str]:
+        """What is wrong with the request; `passwords=False` for a dry run, which needs none."""
+        out = []
+        for what, value in (
+            ("vhost", self.vhost),
+            ("publisher user", self.publisher_user),
+            ("agent user", self.agent_user),
+            ("publisher password", self.publisher_password if passwords else "-"),
+            ("agent password", self.agent_password if passwords else "-"),
+        ):
+            if not value:
+                out.append(f"{what} is empty")
+        if self.publisher_user and self.publisher_user == self.agent_user:
+            out.append("publisher and agent must be different users (agents may not write config)")
+        if self.publisher_user == "guest" or self.agent_user == "guest":
+            out.append("'guest' can only log in from localhost: use dedicated users")
+        return out
+
+
+@dataclass(frozen=True)
+class ObservedBroker:
+    vhosts: frozenset[str]
+    users: frozenset[str]
+
+
+@dataclass(frozen=True)
+class CtlStep:
+    """One rabbitmqctl call. A password is never in `args`: it goes through stdin."""
+
+    args: tuple[str, ...]
+    reason: str
+    password_of: str | None = None  # the user whose password is fed on stdin
+
+    def describe(self) -> str:
+        return f"rabbitmqctl {shlex.join(self.args)}  # {self.reason}"
+
+
+class Ctl(Protocol):
+    """Runs `rabbitmqctl ARGS` against the target node and returns stdout (RabbitNode.ctl fits)."""
+
+    def __call__(self, *args: str, stdin: str | None = None) -> str: ...
+
+
+def rabbitmqctl(
+    executable: str = "rabbitmqctl", node: str | None = None, timeout: float = 60
+) -> Ctl:
+    """A Ctl that runs the real CLI with the caller's environment (its HOME holds the cookie)."""
+
+    def run(*args: str, stdin: str | None = None) -> str:
+        argv = [executable, *(["-n", node] if node else []), *args]
+        try:
+            done = subprocess.run(
+                argv,
+                input=None if stdin is None else stdin.encode(),
+                stdin=subprocess.DEVNULL if stdin is None else None,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise BrokerSetupError(f"rabbitmqctl {args[0] if args else ''}: {e}") from e
+        if done.returncode != 0:
+            err = (done.stderr or done.stdout).decode(errors="replace").strip()
+            raise BrokerSetupError(
+                f"rabbitmqctl {args[0] if args else ''} exited {done.returncode}: {err[-500:]}"
+            )
+        return done.stdout.decode(errors="replace")
+
+    return run
+
+
+# -- observe -------------------------------------------------------------------------------------
+
+
+def parse_names(json_text: str, key: str) -> frozenset[str]:
+    """Names from `rabbitmqctl -q list_* --formatter json` output."""
+    try:
+        rows = json.loads(json_text)
+    except json.JSONDecodeError as e:
+        raise BrokerSetupError(f"unexpected rabbitmqctl output: {json_text[:200]!r}") from e
+    return frozenset(str(row[key]) for row in rows if isinstance(row, dict) and key in row)
+
+
+def observe(ctl: Ctl) -> ObservedBroker:
+    return ObservedBroker(
+        vhosts=parse_names(ctl("-q", "list_vhosts", "--formatter", "json"), "name"),
+        users=parse_names(ctl("-q", "list_users", "--formatter", "json"), "user"),
+    )
+
+
+# -- plan (pure) ---------------------------------------------------------------------------------
+
+
+def plan_ctl(spec: BrokerSetupSpec, observed: ObservedBroker | None) -> list[CtlStep]:
+    """The rabbitmqctl calls that make `spec` true; `observed=None` plans them all (dry run)."""
+    steps: list[CtlStep] = []
+    if observed is None or spec.vhost not in observed.vhosts:
+        steps.append(CtlStep(("add_vhost", spec.vhost), "the vhost erel-sync lives in"))
+    for user, perms, role in (
+        (spec.publisher_user, PUBLISHER_PERMISSIONS, "publisher"),
+        (spec.agent_user, AGENT_PERMISSIONS, "agent"),
+    ):
+        if observed is not None and user in observed.users:
+            steps.append(
+                CtlStep(("change_password", user), f"{role} exists: set the given password", user)
+            )
+        else:
+            steps.append(CtlStep(("add_user", user), f"the {role} user", user))
+        steps.append(
+            CtlStep(
+                (
+                    "set_permissions",
+                    "-p",
+                    spec.vhost,
+                    user,
+                    perms.configure,
+                    perms.write,
+                    perms.read,
+                ),
+                f"{role} permissions (configure, write, read)",
+            )
+        )
+    return steps
+
+
+def render_script(
+    spec: BrokerSetupSpec, steps: Sequence[CtlStep], *, node: str | None, amqp_url: str
+) -> str:
+    """A shell script equivalent to `steps` plus the topology, for `--dry-run`.
+
+    Passwords are read from environment variables so the script can be shown and stored.
+    """
+    ctl = "rabbitmqctl" + (f" -n {shlex.quote(node)}" if node else "")
+    env = {spec.publisher_user: "EREL_PUBLISHER_PASSWORD", spec.agent_user: "EREL_AGENT_PASSWORD"}
+    lines = [
+        "#!/bin/sh",
+        "# erel-sync broker setup: run where rabbitmqctl reaches the node (same Erlang cookie).",
+        "# Needs EREL_PUBLISHER_PASSWORD and EREL_AGENT_PASSWORD in the environment.",
+        "set -e",
+    ]
+    for step in steps:
+        if step.password_of is not None:
+            var = env[step.password_of]
+            user = shlex.quote(step.password_of)
+            lines.append(
+                f'{ctl} add_user {user} "${{{var}:?}}" || '
+                f'{ctl} change_password {user} "${{{var}:?}}"'
+            )
+        else:
+            lines.append(f"{ctl} {shlex.join(step.args)}")
+    lines.append(
+        f"# Then, over AMQP as {spec.publisher_user} on "
+        f"{redact(topology_url(amqp_url, spec.vhost, spec.publisher_user, 'x'))} "
+        "(the publisher also declares these when it starts):"
+    )
+    lines += [f"#   {line}" for line in describe_topology()]
+    return "\n".join(lines) + "\n"
+
+
+def describe_topology() -> list[str]:
+    out = [f"exchange.declare {x.name} type={x.type} durable={x.durable}" for x in topo.EXCHANGES]
+    for q in topo.QUEUES:
+        out.append(f"queue.declare {q.name} durable={q.durable} arguments={q.arguments}")
+    for b in topo.BINDINGS:
+        out.append(f"queue.bind {b.queue} to {b.exchange} routing_key={b.routing_key!r}")
+    return out
+
+
+# -- apply ---------------------------------------------------------------------------------------
+
+
+def apply_ctl(
+    ctl: Ctl, spec: BrokerSetupSpec, steps: Sequence[CtlStep], echo: Callable[[str], None]
+) -> None:
+    passwords = {spec.publisher_user: spec.publisher_password, spec.agent_user: spec.agent_password}
+    for step in steps:
+        stdin = None if step.password_of is None else passwords[step.password_of] + "\n"
+        try:
+            ctl(*step.args, stdin=stdin)
+        except Exception as e:
+            # The wrapped message is the CLI's stderr: it never echoes stdin, so no password.
+            raise BrokerSetupError(f"{step.args[0]} failed: {e}") from e
+        echo(f"ok   {step.describe()}")
+
+
+def topology_url(admin_url: str, vhost: str, user: str, password: str) -> str:
+    """`admin_url`'s scheme, host, port and query with the given credentials and vhost."""
+    parts = urlsplit(admin_url)
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, "/" + quote(vhost, safe=""), parts.query, ""))
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def declare_topology(url: str, deadline_s: float = 30) -> None:
+    """Declare the exchanges, the config stream and its binding (idempotent)."""
+    try:
+        async with asyncio.timeout(deadline_s):
+            connection = await aio_pika.connect(
+                url, client_properties={"connection_name": "erel-sync broker setup"}
+            )
+            async with connection:
+                channel = await connection.channel()
+                for x in topo.EXCHANGES:
+                    await channel.declare_exchange(x.name, x.type, durable=x.durable)
+                for q in topo.QUEUES:
+                    await channel.declare_queue(
+                        q.name, durable=q.durable, arguments=dict(q.arguments)
+                    )
+                for b in topo.BINDINGS:
+                    queue = await channel.get_queue(b.queue, ensure=False)
+                    await queue.bind(b.exchange, routing_key=b.routing_key)
+    except aiormq.exceptions.ChannelPreconditionFailed as e:
+        raise BrokerSetupError(
+            f"topology exists with other settings ({e}); the stream's arguments cannot change: "
+            f"delete {topo.CONFIG_STREAM} (its history goes with it) or match adapters.topology"
+        ) from e
+    except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as e:
+        raise BrokerSetupError(f"declaring the topology on {redact(url)}: {e}") from e
+
+
+# -- the whole job -------------------------------------------------------------------------------
+
+
+def setup_broker(
+    spec: BrokerSetupSpec,
+    ctl: Ctl,
+    amqp_url: str,
+    *,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Observe, plan and apply the rabbitmqctl steps, then declare the topology as the publisher.
+
+    Synchronous (it runs its own event loop for the AMQP part): call it from a thread in async
+    code.
+    """
+    if problems := spec.problems():
+        raise ValueError("; ".join(problems))
+    observed = observe(ctl)
+    if spec.vhost in observed.vhosts:
+        echo(f"skip vhost {spec.vhost!r} exists")
+    apply_ctl(ctl, spec, plan_ctl(spec, observed), echo)
+    url = topology_url(amqp_url, spec.vhost, spec.publisher_user, spec.publisher_password)
+    asyncio.run(declare_topology(url))
+    for line in describe_topology():
+        echo(f"ok   {line}")

@@ -1,0 +1,468 @@
+"""A private RabbitMQ node: start, probe, stop, kill and restart one broker for tests and `dev`.
+
+Called by the test plugin (`tests/rabbit.py`) and by local development commands. Lives in
+`adapters` because it spawns and signals processes and opens sockets.
+
+Everything the node reads or writes lives under one work directory: a `HOME` holding a 0400
+`.erlang.cookie` (the server and `rabbitmqctl`/`erl_call` share it), the Mnesia/stream data,
+logs, `rabbitmq.conf`, an enabled-plugins file holding `[].` and an empty conf-env file that keeps
+`/etc/rabbitmq/rabbitmq-env.conf` out. The node gets its own name (`<name>@localhost`), a free
+AMQP port and a free distribution port, and listens on 127.0.0.1 only, so it never meets the
+host's shared broker (node `rabbit`, port 5672).
+
+The server runs in the foreground under a shell wrapper in a new session (so it is our child
+and a failed boot is seen at once as an exit, instead of the silent failure `-detached` gives on
+a name clash). Readiness is proven twice: the AMQP listener answers with `connection.start`
+carrying our unique `cluster_name` (so a stranger on the port cannot fool us), then
+`rabbit:is_running()` over `erl_call` says `true`.
+
+Blocking calls (subprocess, sockets): from async code run `start`/`stop`/`restart` in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+SERVER_BIN_DIR = Path("/usr/lib/rabbitmq/bin")
+LOCAL_HOST = "127.0.0.1"
+EPMD_PORT = 4369
+
+# Variables kept from the caller: anything else (ERL_*, RABBITMQ_*) would change the node.
+_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "TMPDIR")
+_POLL = 0.05
+_LOOPBACK_DIST = "-kernel inet_dist_use_interface {127,0,0,1}"
+
+
+class RabbitNodeError(Exception):
+    """The node could not be started, reached or stopped; the message carries a log tail."""
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (the kernel's pick, so it is unlikely to collide)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOCAL_HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = LOCAL_HOST) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def epmd_names(port: int = EPMD_PORT) -> dict[str, int] | None:
+    """Names registered with the local epmd (NAMES_REQ), or None when no epmd answers."""
+    try:
+        with socket.create_connection((LOCAL_HOST, port), timeout=1.0) as s:
+            s.sendall(b"\x00\x01n")
+            chunks = []
+            while chunk := s.recv(4096):
+                chunks.append(chunk)
+    except OSError:
+        return None
+    data = b"".join(chunks)[4:].decode("utf-8", errors="replace")
+    names: dict[str, int] = {}
+    for line in data.splitlines():
+        # `name <name> at port <port>`
+        parts = line.split()
+        if len(parts) == 5 and parts[0] == "name" and parts[4].isdigit():
+            names[parts[1]] = int(parts[4])
+    return names
+
+
+def amqp_server_properties(port: int, host: str = LOCAL_HOST, timeout: float = 1.0) -> bytes:
+    """The raw `connection.start` payload the AMQP listener sends, or b"" if there is none.
+
+    Only the protocol header is sent, never credentials; the server then closes the socket.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"AMQP\x00\x00\x09\x01")
+            buf = b""
+            while len(buf) < 7:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return b""
+                buf += chunk
+            if buf[0] != 1:  # not a method frame: not AMQP 0-9-1
+                return b""
+            size = int.from_bytes(buf[3:7], "big")
+            while len(buf) < 7 + size + 1:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return b""
+                buf += chunk
+            return buf[7 : 7 + size]
+    except OSError:
+        return b""
+
+
+def _ppid_and_state(pid: int) -> tuple[int, str] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # `pid (comm) S ppid ...`: comm may hold spaces or parentheses, so split after the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return int(fields[1]), fields[0]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                info = _ppid_and_state(int(entry.name))
+                if info and info[0] == pid:
+                    found.append(int(entry.name))
+        return found
+
+
+def _alive(pid: int) -> bool:
+    info = _ppid_and_state(pid)
+    return info is not None and info[1] not in ("Z", "X")
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class RabbitNode:
+    """One private RabbitMQ node whose files all live under `work_dir`.
+
+    Ports are chosen on the first start and kept, so `url` stays valid across `restart()` and
+    `kill()` + `start()`, and clients can reconnect to the same address.
+    """
+
+    def __init__(
+        self,
+        work_dir: Path,
+        name: str | None = None,
+        *,
+        amqp_port: int | None = None,
+        dist_port: int | None = None,
+        bin_dir: Path = SERVER_BIN_DIR,
+    ) -> None:
+        short = (name or f"erelsync-{secrets.token_hex(4)}").split("@", 1)[0]
+        if not short or short == "rabbit" or not all(c.isalnum() or c in "-_" for c in short):
+            raise ValueError(f"bad node name {name!r}: letters, digits, '-' and '_', not 'rabbit'")
+        self.short_name = short
+        self.node_name = f"{short}@localhost"
+        self.work_dir = Path(work_dir).resolve()
+        self.home = self.work_dir / "home"
+        self.log_file = self.work_dir / "log" / f"{self.node_name}.log"
+        self.console_file = self.work_dir / "console.log"
+        self.amqp_port = amqp_port or 0
+        self.dist_port = dist_port or 0
+        self.bin_dir = bin_dir
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None
+
+    # -- addresses ------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if not self.amqp_port:
+            raise RabbitNodeError("the node has no port yet: start() it first")
+        return f"amqp://guest:guest@{LOCAL_HOST}:{self.amqp_port}/"
+
+    @property
+    def pid(self) -> int | None:
+        """The Erlang VM (beam.smp) of the running node, None when it is not running."""
+        return self._pid if self._pid is not None and _alive(self._pid) else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and not _exited(self._proc.pid)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60) -> None:
+        """Boot the node and return once it accepts AMQP; raise RabbitNodeError otherwise."""
+        if self.running:
+            raise RabbitNodeError(f"{self.node_name} is already running (pid {self.pid})")
+        self._prepare()
+        names = epmd_names()
+        if names is not None and self.short_name in names:
+            raise RabbitNodeError(
+                f"node name {self.short_name!r} is already registered with epmd "
+                f"(port {names[self.short_name]}): another node uses it"
+            )
+        if port_open(self.amqp_port):
+            raise RabbitNodeError(f"AMQP port {self.amqp_port} is already in use")
+        with self.console_file.open("ab") as console:
+            self._proc = subprocess.Popen(
+                [str(self.bin_dir / "rabbitmq-server")],
+                env=self.env(),
+                cwd=self.work_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: a failed boot is swept with killpg
+            )
+        try:
+            self._await_boot(time.monotonic() + timeout)
+        except BaseException:
+            self._sweep(graceful=False, timeout=10)
+            raise
+
+    def stop(self, timeout: float = 30) -> None:
+        """Graceful `rabbitmqctl stop`; kill the VM if it lingers; return once all is gone."""
+        if self._proc is None:
+            return
+        self._sweep(graceful=True, timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the VM (a crash, for fault tests); data stays for the next start()."""
+        if self._proc is None:
+            return
+        self._sweep(graceful=False, timeout=10)
+
+    def restart(self, timeout: float = 60) -> None:
+        """Stop (if running) and start again with the same name, ports and data."""
+        self.stop()
+        self.start(timeout=timeout)
+
+    def __enter__(self) -> RabbitNode:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- talking to the node ----------------------------------------------------------------------
+
+    def ctl(self, *args: str, stdin: str | None = None, timeout: float = 60) -> str:
+        """Run `rabbitmqctl -n <node> ARGS` against this node; return stdout.
+
+        `stdin` feeds commands that read a secret from standard input (`add_user NAME`).
+        """
+        argv = [str(self.bin_dir / "rabbitmqctl"), "-n", self.node_name, *args]
+        try:
+            done = subprocess.run(
+                argv,
+                env=self.env(),
+                input=None if stdin is None else stdin.encode(),
+                stdin=subprocess.DEVNULL if stdin is None else None,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise RabbitNodeError(f"rabbitmqctl {' '.join(args)} timed out after {timeout}s") from e
+        if done.returncode != 0:
+            err = (done.stderr or done.stdout).decode(errors="replace").strip()
+            raise RabbitNodeError(
+                f"rabbitmqctl {' '.join(args)} exited {done.returncode}: {err[-2000:]}"
+            )
+        return done.stdout.decode(errors="replace")
+
+    def eval(self, expr: str, timeout: float = 30) -> str:
+        """Evaluate Erlang expressions on the node through `erl_call` (ms, where ctl takes ~0.7 s).
+
+        Returns the printed result term; raises RabbitNodeError when the node is unreachable or
+        the expressions raise.
+        """
+        erl_call = self._erl_call()
+        if erl_call is None:
+            raise RabbitNodeError("erl_call not found (package erlang-base)")
+        text = expr.strip()
+        if not text.endswith("."):
+            text += "."
+        try:
+            done = subprocess.run(
+                [erl_call, "-R", "-sname", self.node_name, "-e"],
+                env=self.env(),
+                input=(text + "\n").encode(),
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise RabbitNodeError(f"erl_call to {self.node_name} failed: {e}") from e
+        out = done.stdout.decode(errors="replace").strip()
+        if done.returncode != 0 or not out.startswith("{ok,"):
+            err = done.stderr.decode(errors="replace").strip()
+            raise RabbitNodeError(f"eval on {self.node_name} failed: {(out or err)[-2000:]}")
+        return out[len("{ok,") : -1].strip()
+
+    def _erl_call(self) -> str | None:
+        return shutil.which("erl_call", path=self.env()["PATH"])
+
+    def log_tail(self, lines: int = 40) -> str:
+        parts = [
+            f"--- {path.name} ---\n{text}"
+            for path in (self.console_file, self.log_file)
+            if (text := _tail(path, lines))
+        ]
+        if (self.work_dir / "erl_crash.dump").exists():
+            parts.append(f"--- an erl_crash.dump is in {self.work_dir} ---")
+        return "\n".join(parts) or "(no log output)"
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        for sub in ("home", "mnesia", "log"):
+            (self.work_dir / sub).mkdir(parents=True, exist_ok=True)
+        cookie = self.home / ".erlang.cookie"
+        if not cookie.exists():
+            alphabet = string.ascii_uppercase
+            fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+            with os.fdopen(fd, "w") as f:
+                f.write("".join(secrets.choice(alphabet) for _ in range(32)))
+        if not self.amqp_port:
+            self.amqp_port = free_port()
+        while not self.dist_port or self.dist_port == self.amqp_port:
+            self.dist_port = free_port()
+        (self.work_dir / "enabled_plugins").write_text("[].\n")
+        (self.work_dir / "rabbitmq-env.conf").write_text("# kept empty on purpose\n")
+        (self.work_dir / "rabbitmq.conf").write_text(
+            "\n".join(
+                [
+                    # The AMQP probe recognises our node by this name in connection.start.
+                    f"cluster_name = {self.node_name}",
+                    "log.console = false",
+                    "log.file.level = info",
+                    # Test machines often have little disk; the default 50 MB alarm would
+                    # block publishers and turn into flaky timeouts.
+                    "disk_free_limit.absolute = 10MB",
+                    "",
+                ]
+            )
+        )
+
+    def env(self) -> dict[str, str]:
+        """The environment `rabbitmqctl`/`erl_call` need to reach this node (HOME: the cookie)."""
+        env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        w = self.work_dir
+        env.update(
+            {
+                "HOME": str(self.home),
+                "RABBITMQ_NODENAME": self.node_name,
+                "RABBITMQ_NODE_IP_ADDRESS": LOCAL_HOST,
+                "RABBITMQ_NODE_PORT": str(self.amqp_port),
+                "RABBITMQ_DIST_PORT": str(self.dist_port),
+                "RABBITMQ_MNESIA_BASE": str(w / "mnesia"),
+                "RABBITMQ_LOG_BASE": str(w / "log"),
+                "RABBITMQ_LOGS": str(self.log_file),
+                "RABBITMQ_CONFIG_FILE": str(w / "rabbitmq"),
+                "RABBITMQ_ADVANCED_CONFIG_FILE": str(w / "advanced.config"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(w / "enabled_plugins"),
+                "RABBITMQ_CONF_ENV_FILE": str(w / "rabbitmq-env.conf"),
+                "RABBITMQ_PID_FILE": str(w / "rabbitmq.pid"),
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": _LOOPBACK_DIST,
+                # CLI tools listen for distribution too; the default 35672-35682 range is shared
+                # by every rabbitmqctl on the host, so let the kernel pick a port instead.
+                "RABBITMQ_CTL_DIST_PORT_MIN": "0",
+                "RABBITMQ_CTL_DIST_PORT_MAX": "0",
+                "ERL_CRASH_DUMP": str(w / "erl_crash.dump"),
+            }
+        )
+        return env
+
+    def _fail(self, why: str) -> RabbitNodeError:
+        return RabbitNodeError(
+            f"{self.node_name} (AMQP port {self.amqp_port}): {why}\n{self.log_tail()}"
+        )
+
+    def _await_boot(self, deadline: float) -> None:
+        assert self._proc is not None
+        token = self.node_name.encode()
+        while True:
+            if _exited(self._proc.pid):
+                raise self._fail("rabbitmq-server exited during boot")
+            props = amqp_server_properties(self.amqp_port)
+            if props:
+                if token not in props:
+                    raise self._fail(f"another AMQP server answers on port {self.amqp_port}")
+                break
+            if time.monotonic() > deadline:
+                raise self._fail("did not accept AMQP before the deadline")
+            time.sleep(_POLL)
+        # The listener opens near the end of boot; wait until the app reports it is running.
+        if self._erl_call() is None:
+            left = max(1, int(deadline - time.monotonic()))
+            self.ctl("await_startup", "--timeout", str(left), timeout=left + 10)
+        while self._erl_call() is not None:
+            with contextlib.suppress(RabbitNodeError):
+                if self.eval("rabbit:is_running().", timeout=5) == "true":
+                    break
+            if _exited(self._proc.pid) or time.monotonic() > deadline:
+                raise self._fail("AMQP is up but rabbit:is_running() never said true")
+            time.sleep(_POLL)
+        self._pid = next(iter(_children(self._proc.pid)), None)
+
+    def _sweep(self, *, graceful: bool, timeout: float) -> None:
+        """Bring the node down and reap everything it started; the data dir stays."""
+        proc = self._proc
+        assert proc is not None
+        deadline = time.monotonic() + timeout
+        vm = self._pid if self._pid is not None and _alive(self._pid) else None
+        # Never reap before the sweep below (no poll()/wait()): while the wrapper shell is an
+        # unreaped zombie, its pid (our process group id) cannot be reused by anyone else.
+        if _exited(proc.pid):
+            pass
+        elif graceful:
+            try:
+                self.ctl("stop", timeout=max(1.0, timeout / 2))
+            except RabbitNodeError:
+                if vm is not None:
+                    os.kill(vm, signal.SIGTERM)  # RabbitMQ treats SIGTERM as `stop`
+                else:
+                    _killpg(proc.pid)
+        elif vm is not None:
+            os.kill(vm, signal.SIGKILL)
+        else:
+            _killpg(proc.pid)  # boot failed before we knew the VM's pid
+        # The wrapper shell exits once the VM has.
+        while not _exited(proc.pid) and time.monotonic() < deadline:
+            time.sleep(_POLL)
+        # erl_child_setup, inet_gethost and, after a timeout, the VM itself.
+        _killpg(proc.pid)
+        proc.wait(timeout=10)
+        self._proc = None
+        self._pid = None
+        while time.monotonic() < deadline + 5:
+            names = epmd_names() or {}
+            if self.short_name not in names and not port_open(self.amqp_port):
+                return
+            time.sleep(_POLL)
+        raise RabbitNodeError(f"{self.node_name} still listed by epmd or port still open")
+
+
+def _exited(pid: int) -> bool:
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return info is not None
+
+
+def _killpg(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)

@@ -1,0 +1,106 @@
+"""The RabbitMQ topology of erel-sync: names, types and arguments of every exchange and queue.
+
+Used by `adapters.brokersetup` (the `erel-sync broker setup` command declares it once), by the
+publisher and agent broker adapter (which re-declare or passively check it) and by tests. It
+lives in one module because a stream re-declared with different arguments fails with
+PRECONDITION_FAILED, and because the permission regexes in `brokersetup` are written against
+these exact names. Pure data: no I/O, no aio-pika.
+
+Topology (docs/broker.md has the why):
+- `erel.config` fanout exchange -> `erel.config` stream queue. The publisher publishes to the
+  exchange, never through the default exchange, so that agents can be denied `amq.default`.
+- `erel.status` (topic): heartbeats and reports, routing key `host.<id>`.
+- `erel.control` (topic): commands to `host.<id>` or `group.<name>`.
+- `erel.sync` (topic): `state.request` (reply-to `amq.rabbitmq.reply-to`, answered by a
+  publisher) and peer replies `reply.<host>` (agents cannot publish to direct reply-to).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+ExchangeType = Literal["fanout", "topic", "direct"]
+
+PREFIX: Final = "erel."
+
+CONFIG_EXCHANGE: Final = "erel.config"
+CONFIG_EXCHANGE_TYPE: Final[ExchangeType] = "fanout"
+CONFIG_ROUTING_KEY: Final = ""  # fanout ignores it; kept so every publish names one
+CONFIG_STREAM: Final = "erel.config"
+STATUS_EXCHANGE: Final = "erel.status"
+CONTROL_EXCHANGE: Final = "erel.control"
+SYNC_EXCHANGE: Final = "erel.sync"
+
+# Names of built-in resources as RabbitMQ's permission checks see them.
+DEFAULT_EXCHANGE_RESOURCE: Final = "amq.default"  # publishing with exchange "" checks this name
+DIRECT_REPLY_TO: Final = "amq.rabbitmq.reply-to"
+SERVER_NAMED_PREFIX: Final = "amq.gen-"  # queues declared with an empty name
+AGENT_QUEUE_PREFIX: Final = "erel.agent."  # client-named agent queues: erel.agent.<host>.<use>
+
+# Routing keys.
+STATE_REQUEST_KEY: Final = "state.request"  # on erel.sync
+PUBLISHER_REJECTED_KEY: Final = "publisher.rejected"  # on erel.status: a revision refused
+
+# Stream retention. Snapshots are whole states, so only the tail matters; the publisher also
+# republishes the current snapshot on a timer, so age-based expiry never empties a live stream.
+# Retention drops whole segments, hence segments much smaller than the byte cap.
+CONFIG_STREAM_MAX_BYTES: Final = 256 * 1024 * 1024
+CONFIG_STREAM_SEGMENT_BYTES: Final = 16 * 1024 * 1024
+CONFIG_STREAM_MAX_AGE: Final = "30D"
+
+
+@dataclass(frozen=True)
+class ExchangeSpec:
+    name: str
+    type: ExchangeType
+    durable: bool = True
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    arguments: dict[str, str | int] = field(default_factory=dict)
+    durable: bool = True
+
+
+@dataclass(frozen=True)
+class BindingSpec:
+    exchange: str
+    queue: str
+    routing_key: str = ""
+
+
+CONFIG_STREAM_ARGUMENTS: Final[dict[str, str | int]] = {
+    "x-queue-type": "stream",
+    "x-max-length-bytes": CONFIG_STREAM_MAX_BYTES,
+    "x-stream-max-segment-size-bytes": CONFIG_STREAM_SEGMENT_BYTES,
+    "x-max-age": CONFIG_STREAM_MAX_AGE,
+}
+
+EXCHANGES: Final = (
+    ExchangeSpec(CONFIG_EXCHANGE, CONFIG_EXCHANGE_TYPE),
+    ExchangeSpec(STATUS_EXCHANGE, "topic"),
+    ExchangeSpec(CONTROL_EXCHANGE, "topic"),
+    ExchangeSpec(SYNC_EXCHANGE, "topic"),
+)
+QUEUES: Final = (QueueSpec(CONFIG_STREAM, dict(CONFIG_STREAM_ARGUMENTS)),)
+BINDINGS: Final = (BindingSpec(CONFIG_EXCHANGE, CONFIG_STREAM, CONFIG_ROUTING_KEY),)
+
+
+def host_key(host: str) -> str:
+    """Routing key of one host's heartbeats on erel.status and of commands to it on erel.control."""
+    return f"host.{host}"
+
+
+def group_key(group: str) -> str:
+    return f"group.{group}"
+
+
+def reply_key(host: str) -> str:
+    """Where peer agents send `state.request` answers (they may not use direct reply-to)."""
+    return f"reply.{host}"
+
+
+def agent_queue(host: str, use: str) -> str:
+    return f"{AGENT_QUEUE_PREFIX}{host}.{use}"

@@ -1,0 +1,116 @@
+"""`erel-sync broker setup`: make a RabbitMQ vhost ready (users, permissions, topology).
+
+A Typer sub-app (`app`) that the root application mounts as `broker`. The work is done by
+`adapters.brokersetup`; this module only reads options, wires the real `rabbitmqctl` and maps
+errors to exit codes (2: bad input, 4: the broker or rabbitmqctl refused).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from erel_sync.adapters.brokersetup import (
+    BrokerSetupError,
+    BrokerSetupSpec,
+    plan_ctl,
+    rabbitmqctl,
+    render_script,
+    setup_broker,
+)
+from erel_sync.cli.common import Exit, fail
+
+app = typer.Typer(
+    name="broker",
+    help="Prepare the RabbitMQ broker erel-sync uses.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def broker() -> None:
+    """Prepare the RabbitMQ broker erel-sync uses (a group, even with one command)."""
+
+
+@app.command()
+def setup(
+    amqp_url: Annotated[
+        str,
+        typer.Option(
+            "--amqp-url",
+            envvar="EREL_AMQP_URL",
+            help="Broker address (amqp:// or amqps://, host, port, query). The topology is "
+            "declared as the publisher user on this host; credentials in the URL are not used.",
+        ),
+    ],
+    publisher_password: Annotated[
+        str,
+        typer.Option(
+            "--publisher-password",
+            envvar="EREL_PUBLISHER_PASSWORD",
+            help="Prefer the env var (command lines show in `ps`). Not needed with --dry-run.",
+        ),
+    ] = "",
+    agent_password: Annotated[
+        str,
+        typer.Option(
+            "--agent-password",
+            envvar="EREL_AGENT_PASSWORD",
+            help="Prefer the env var. Not needed with --dry-run.",
+        ),
+    ] = "",
+    vhost: Annotated[str, typer.Option("--vhost", help="Virtual host to use (created).")] = "/",
+    publisher_user: Annotated[
+        str, typer.Option("--publisher-user", help="User the publisher logs in as.")
+    ] = "erel-publisher",
+    agent_user: Annotated[
+        str, typer.Option("--agent-user", help="User every agent logs in as.")
+    ] = "erel-agent",
+    node: Annotated[
+        str | None,
+        typer.Option("--node", help="rabbitmqctl -n NODE (default: rabbitmqctl's own default)."),
+    ] = None,
+    ctl_path: Annotated[
+        str, typer.Option("--rabbitmqctl", help="The rabbitmqctl executable.")
+    ] = "rabbitmqctl",
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Contact nothing; print an equivalent shell script (passwords from env vars).",
+        ),
+    ] = False,
+) -> None:
+    """Create the vhost, the publisher and agent users with their permissions, and the topology.
+
+    Idempotent: existing users get the given password and permissions again. rabbitmqctl must
+    reach the broker node from here (same Erlang cookie in $HOME); if it cannot, use --dry-run
+    and run the script on a broker host.
+
+    Examples:
+      EREL_PUBLISHER_PASSWORD=... EREL_AGENT_PASSWORD=... \\
+        erel-sync broker setup --amqp-url amqp://broker:5672/ --vhost erel
+      erel-sync broker setup --amqp-url amqp://broker:5672/ --vhost erel --dry-run > setup.sh
+    """
+    spec = BrokerSetupSpec(
+        vhost=vhost,
+        publisher_user=publisher_user,
+        publisher_password=publisher_password,
+        agent_user=agent_user,
+        agent_password=agent_password,
+    )
+    if problems := spec.problems(passwords=not dry_run):
+        fail("; ".join(problems), Exit.INVALID)
+    if dry_run:
+        sys.stdout.write(render_script(spec, plan_ctl(spec, None), node=node, amqp_url=amqp_url))
+        return
+    try:
+        setup_broker(spec, rabbitmqctl(ctl_path, node), amqp_url, echo=typer.echo)
+    except BrokerSetupError as e:
+        fail(str(e), Exit.RUNTIME)
+    except ValueError as e:
+        fail(str(e), Exit.INVALID)
