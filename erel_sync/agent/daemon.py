@@ -1,0 +1,297 @@
+"""The sync agent daemon for one host: broker in, reconcile, heartbeats out.
+
+Called by `erel-sync agent` (and `erel-sync dev`, and the scale benchmark, which runs several
+`Agent`s in one process, each with its own connection and store). Starts even when the broker is
+down: it reconciles from the snapshot on disk and keeps retrying the broker with backoff.
+
+Snapshot intake (`on_snapshot`): verify the signature against the trusted keys and re-check the
+body, refuse a seq not newer than the one held (counted), write `snapshot.json` atomically, and
+only then return so the delivery is acked; then trigger a reconcile. Join: consume the config
+stream from `last`; if nothing arrives within a short window (empty stream), ask the cluster with
+`state.request` and take the highest valid answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from erel_sync import __version__
+from erel_sync.adapters import broker, store
+from erel_sync.adapters import topology as topo
+from erel_sync.adapters.driver import DriverSettings, ReleaseDriver
+from erel_sync.agent.reconciler import Driver, Reconciler, utc_now
+from erel_sync.core.matching import HostIdentity
+from erel_sync.core.snapshot import Snapshot, SnapshotRejected, peek_seq, verify_envelope
+from erel_sync.core.status import memory_from_json, memory_to_json
+from erel_sync.model.settings import AgentSettings
+
+log = logging.getLogger("erel_sync.agent")
+
+JOIN_WINDOW = 0.15  # wait this long for the stream tail before asking peers
+STOP_GRACE = 60.0  # SIGTERM: how long a running tick may take to finish
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, *, driver: Driver | None = None) -> None:
+        self.s = settings
+        self.state_dir = Path(settings.state_dir)
+        self.snapshot_file = self.state_dir / "snapshot.json"
+        self.status_file = self.state_dir / "status.json"
+        self.instance = uuid.uuid4().hex[:12]
+        self.counters: Counter[str] = Counter()
+        self.trusted = {k.key_id: k.public_key for k in settings.trusted_keys}
+        self.connected = False
+        self.driver: Driver = driver or ReleaseDriver(
+            DriverSettings(
+                releases_dir=Path(settings.releases_dir),
+                cache_dir=Path(settings.cache_dir),
+                host_id=settings.host_id,
+                node_host=settings.node_host,
+            )
+        )
+        saved = store.read_json(self.status_file) or {}
+        self.reconciler = Reconciler(
+            host=HostIdentity(settings.host_id, settings.labels),
+            driver=self.driver,
+            memory=memory_from_json(saved.get("memory")),
+            holds=dict(saved.get("holds", {})),
+        )
+        self.reconciler.applied = saved.get("applied")
+        self.reconciler.attempted = saved.get("attempted")
+        self._load_snapshot()
+        self._trigger = asyncio.Event()
+        self._snapshot_seen = asyncio.Event()
+        self._channels: broker.Channels | None = None
+        self._heartbeat_now = asyncio.Event()
+
+    # --- snapshots
+    def _load_snapshot(self) -> None:
+        store.remove_stale_temps(self.state_dir)
+        raw = store.read_bytes(self.snapshot_file)
+        if raw is None:
+            return
+        try:
+            self.reconciler.snapshot = verify_envelope(raw, self.trusted)
+        except SnapshotRejected as e:
+            # A key rotation or a damaged disk: start empty and rejoin rather than trust it.
+            log.error("%s: stored snapshot refused (%s); rejoining", self.s.host_id, e)
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self.reconciler.snapshot
+
+    async def on_snapshot(self, raw: bytes) -> None:
+        """Verify, refuse stale, store atomically; returns only after the write (then acked)."""
+        self._snapshot_seen.set()
+        try:
+            snap = verify_envelope(raw, self.trusted)
+        except SnapshotRejected as e:
+            self.counters[f"rejected.{e.reason}"] += 1
+            log.warning("%s: snapshot refused: %s", self.s.host_id, e)
+            return
+        current = self.snapshot
+        if current is not None and snap.seq <= current.seq:
+            kind = "duplicate" if snap.seq == current.seq else "stale"
+            self.counters[kind] += 1
+            return
+        await asyncio.to_thread(store.write_atomic, self.snapshot_file, raw)
+        self.reconciler.snapshot = snap
+        self.counters["applied_snapshots"] += 1
+        log.info("%s: snapshot seq %d (%s) stored", self.s.host_id, snap.seq, snap.revision[:12])
+        self._trigger.set()
+
+    def stored_envelope(self) -> bytes | None:
+        snap = self.snapshot
+        return snap.raw if snap else None
+
+    async def _join(self, channel: Any) -> None:
+        """After (re)connecting: if the stream gave nothing, ask the publisher and peers."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(JOIN_WINDOW):
+                await self._snapshot_seen.wait()
+        if self._snapshot_seen.is_set():
+            return
+        answers = await broker.request_state(channel, self.s.host_id)
+        for raw in sorted(answers, key=lambda r: peek_seq(r) or 0, reverse=True):
+            before = self.snapshot.seq if self.snapshot else 0
+            await self.on_snapshot(raw)
+            if self.snapshot and self.snapshot.seq > before:
+                break
+
+    # --- status
+    def persist(self) -> None:
+        r = self.reconciler
+        store.write_json(
+            self.status_file,
+            {
+                "memory": memory_to_json(r.memory),
+                "holds": r.holds,
+                "applied": r.applied,
+                "attempted": r.attempted,
+                "report": r.report,
+                "counters": dict(self.counters),
+            },
+        )
+
+    def heartbeat(self) -> dict[str, Any]:
+        doc = dict(self.reconciler.report) or {
+            "format": 1,
+            "kind": "heartbeat",
+            "host_id": self.s.host_id,
+            "labels": dict(self.s.labels),
+        }
+        doc.update(
+            {
+                "agent_version": __version__,
+                "instance": self.instance,
+                "pid": os.getpid(),
+                "hostname": socket.gethostname(),
+                "broker": "connected" if self.connected else "BrokerDisconnected",
+                "counters": dict(self.counters),
+                "sent": utc_now(),
+            }
+        )
+        return doc
+
+    async def _publish_heartbeat(self) -> None:
+        if self._channels is None or not self.connected:
+            return
+        channel = await self._channels.publishing()
+        await broker.publish(
+            channel,
+            topo.STATUS_EXCHANGE,
+            f"host.{self.s.host_id}",
+            json.dumps(self.heartbeat()).encode(),
+            mandatory=False,
+        )
+
+    # --- loops
+    async def _reconcile_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._trigger.wait()
+            self._trigger.clear()
+            if stop.is_set():
+                return
+            try:
+                await self.reconciler.tick()
+                await asyncio.to_thread(self.persist)
+            except store.StoreError as e:
+                log.error("%s: cannot persist status: %s", self.s.host_id, e)
+            except Exception:
+                log.exception("%s: reconcile tick crashed", self.s.host_id)
+            self._heartbeat_now.set()
+
+    async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.s.heartbeat_interval):
+                    await self._heartbeat_now.wait()
+            self._heartbeat_now.clear()
+            with contextlib.suppress(broker.BrokerError):
+                await self._publish_heartbeat()
+
+    async def _broker_loop(self, stop: asyncio.Event) -> None:
+        """Keep a broker session up; any failure (broker down, topology missing, refused) is
+        reported and retried with backoff while reconciling goes on from the disk."""
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                await self._broker_session(stop)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.connected = False
+                self.counters["broker_errors"] += 1
+                log.warning(
+                    "%s: broker session failed (%s); retry in %.1fs", self.s.host_id, e, delay
+                )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+                delay = min(5.0, delay * 2)
+
+    async def _broker_session(self, stop: asyncio.Event) -> None:
+        connection = await broker.connect(
+            self.s.broker_urls,
+            name=f"erel-agent:{self.s.host_id}",
+            heartbeat=self.s.broker_heartbeat,
+            stop=stop,
+        )
+        self._channels = broker.Channels(connection)
+        try:
+            consume = await self._channels.consuming()
+            await broker.consume_snapshots(consume, self.on_snapshot, offset="last", passive=True)
+            await broker.serve_state_requests(
+                consume, self.stored_envelope, queue_name=topo.agent_queue(self.s.host_id, "state")
+            )
+            self.connected = True
+            self.counters["connects"] += 1
+
+            async def on_reconnect(*_: Any) -> None:
+                self.connected = True
+                self.counters["reconnects"] += 1
+                self._snapshot_seen.clear()
+                self._trigger.set()
+                with contextlib.suppress(Exception):
+                    await self._join(await self._channels.publishing())  # type: ignore[union-attr]
+
+            def on_close(*_: Any) -> None:
+                self.connected = False
+
+            connection.reconnect_callbacks.add(on_reconnect)
+            connection.close_callbacks.add(on_close)
+            await self._join(await self._channels.publishing())
+            self._heartbeat_now.set()
+            await stop.wait()
+        finally:
+            self.connected = False
+            self._channels = None
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        scheduler = AsyncIOScheduler()
+        scheduler.add_job(
+            self._trigger.set,
+            "interval",
+            seconds=self.s.reconcile_interval,
+            max_instances=1,
+            coalesce=True,
+            jitter=max(0.0, self.s.reconcile_interval * 0.1),
+            id="reconcile",
+        )
+        scheduler.start()
+        tasks = [
+            asyncio.create_task(self._reconcile_loop(stop)),
+            asyncio.create_task(self._heartbeat_loop(stop)),
+            asyncio.create_task(self._broker_loop(stop)),
+        ]
+        self._trigger.set()  # reconcile from what is on disk while the broker is away
+        if ready is not None:
+            ready.set()
+        try:
+            await stop.wait()
+        finally:
+            scheduler.shutdown(wait=False)
+            reconcile, others = tasks[0], tasks[1:]
+            for t in others:
+                t.cancel()
+            # A tick in progress finishes its current steps (the driver journals each one)
+            # rather than being cut in the middle of an upgrade.
+            self._trigger.set()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(reconcile, timeout=STOP_GRACE)
+            await asyncio.gather(*tasks, return_exceptions=True)

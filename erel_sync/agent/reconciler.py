@@ -1,0 +1,237 @@
+"""One host's reconcile loop: snapshot -> match -> observe -> plan -> execute -> report.
+
+Called by `agent.daemon` on every trigger (new snapshot, reconnect, timer). Single-flight: a
+trigger during a tick marks the state dirty and the tick runs once more afterwards, so two
+reconciles never overlap and no trigger is lost. Execution is serial per release (one action per
+release per tick) and parallel across releases. Transient driver failures back off; stalled ones
+mark the snapshot's seq failed for that release so it is not retried in a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, Protocol
+
+from erel_sync.core import reasons
+from erel_sync.core.matching import GroupMatch, HostIdentity, match_group
+from erel_sync.core.reconcile import (
+    Action,
+    ActionKind,
+    Memory,
+    Observation,
+    Plan,
+    config_digest,
+    plan,
+    retry_backoff,
+)
+from erel_sync.core.revdiff import EffectiveRelease, effective_releases
+from erel_sync.core.snapshot import Snapshot
+from erel_sync.core.status import host_report
+
+log = logging.getLogger("erel_sync.agent")
+
+
+class Driver(Protocol):
+    """The part of `adapters.driver.ReleaseDriver` the reconciler uses (fakes in unit tests)."""
+
+    async def observe_all(self, *, health: bool = False) -> Mapping[str, Any]: ...
+    async def install(self, spec: Any, version: str, config: Any) -> Any: ...
+    async def start(self, name: str) -> Any: ...
+    async def upgrade(self, spec: Any, to_version: str, config: Any) -> Any: ...
+    async def reconfigure(self, spec: Any, config: Any = None) -> Any: ...
+    async def delete(self, name: str) -> Any: ...
+
+
+def to_observation(o: Any) -> Observation:
+    """The driver's ObservedRelease, reduced to what planning needs."""
+    managed = o.installed and o.reason != reasons.NotManaged
+    return Observation(
+        installed=bool(o.installed),
+        managed=bool(managed),
+        running=bool(o.running),
+        version=o.current or o.permanent,
+    )
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        host: HostIdentity,
+        driver: Driver,
+        memory: dict[str, Memory],
+        holds: dict[str, dict[str, Any]],
+    ) -> None:
+        self.host = host
+        self.driver = driver
+        self.memory = memory
+        self.holds = holds
+        self.snapshot: Snapshot | None = None
+        self.applied: dict[str, Any] | None = None
+        self.attempted: dict[str, Any] | None = None
+        self.report: dict[str, Any] = {}
+        self.ticks = 0
+        self._lock = asyncio.Lock()
+        self._dirty = False
+
+    async def tick(self, why: str = "") -> dict[str, Any]:
+        """Run one reconcile, or mark dirty if one is running (it then runs once more)."""
+        if self._lock.locked():
+            self._dirty = True
+            async with self._lock:
+                return self.report
+        async with self._lock:
+            while True:
+                self._dirty = False
+                await self._tick_once(why)
+                if not self._dirty:
+                    return self.report
+                why = "coalesced"
+
+    def desired(self) -> tuple[GroupMatch | None, Mapping[str, EffectiveRelease] | None, bool]:
+        snap = self.snapshot
+        if snap is None:
+            return None, None, False
+        match = match_group(snap.state, self.host)
+        if match.group is None:
+            return match, None, False
+        group = snap.state.groups[match.group]
+        return match, effective_releases(snap.state, group), group.suspend
+
+    async def _observe(self, health: bool = False) -> tuple[dict[str, Observation], dict[str, Any]]:
+        raw = await self.driver.observe_all(health=health)
+        return {n: to_observation(o) for n, o in raw.items()}, dict(raw)
+
+    async def _tick_once(self, why: str) -> None:
+        self.ticks += 1
+        match, desired, suspended = self.desired()
+        observed, _ = await self._observe()
+        snap = self.snapshot
+        seq = snap.seq if snap else 0
+        holds = frozenset(self.holds)
+        first = plan(
+            desired,
+            observed,
+            self.memory,
+            seq=seq,
+            now=time.time(),
+            suspended=suspended,
+            holds=holds,
+        )
+        if first.actions:
+            log.info(
+                "%s: tick (%s) seq %d: %s",
+                self.host.host_id,
+                why,
+                seq,
+                "; ".join(a.describe() for a in first.actions),
+            )
+            self.attempted = {"seq": seq, "revision": snap.revision if snap else None}
+            await asyncio.gather(*(self._execute(a, seq) for a in first.actions))
+            observed, _ = await self._observe()
+        after = plan(
+            desired,
+            observed,
+            self.memory,
+            seq=seq,
+            now=time.time(),
+            suspended=suspended,
+            holds=holds,
+        )
+        if snap is not None and self.attempted is None:
+            self.attempted = {"seq": seq, "revision": snap.revision}
+        health = await self._health(observed)
+        self.report = host_report(
+            host_id=self.host.host_id,
+            labels=self.host.labels,
+            match=match,
+            snapshot={"seq": seq, "revision": snap.revision, "digest": snap.digest}
+            if snap
+            else None,
+            applied=self.applied,
+            attempted=self.attempted,
+            desired=desired,
+            observed=observed,
+            health=health,
+            memory=self.memory,
+            plan_after=after,
+            holds=self.holds,
+            extra={},
+            now=utc_now(),
+        )
+        if self.report["converged"] and snap is not None:
+            self.applied = {"seq": seq, "revision": snap.revision}
+            self.report["applied"] = dict(self.applied)
+
+    async def _health(self, observed: Mapping[str, Observation]) -> dict[str, bool | None]:
+        if not any(o.running for o in observed.values()):
+            return {}
+        raw = await self.driver.observe_all(health=True)
+        return {n: getattr(o, "healthy", None) for n, o in raw.items()}
+
+    async def _execute(self, action: Action, seq: int) -> None:
+        name = action.release
+        mem = self.memory.get(name, Memory())
+        want = action.desired
+        try:
+            if action.kind is ActionKind.DELETE:
+                await self.driver.delete(name)
+                self.memory.pop(name, None)
+                return
+            assert want is not None and action.version is not None
+            if action.kind is ActionKind.INSTALL:
+                await self.driver.install(want.spec, action.version, want.config)
+                await self.driver.start(name)
+            elif action.kind is ActionKind.UPGRADE:
+                await self.driver.upgrade(want.spec, action.version, want.config)
+            elif action.kind is ActionKind.RECONFIGURE:
+                await self.driver.reconfigure(want.spec, want.config)
+                await self.driver.start(name)
+            elif action.kind is ActionKind.START:
+                await self.driver.start(name)
+            self.memory[name] = Memory(applied_config=config_digest(want.config))
+        except reasons.DriverError as e:
+            log.warning("%s: %s failed: %s", self.host.host_id, action.describe(), e)
+            self.memory[name] = self._failed(mem, action, e, seq)
+        except Exception as e:  # a bug must not kill the loop; it is reported like a failure
+            log.exception("%s: %s crashed", self.host.host_id, action.describe())
+            err = reasons.TransientError("InternalError", f"{type(e).__name__}: {e}")
+            self.memory[name] = self._failed(mem, action, err, seq)
+
+    def _failed(self, mem: Memory, action: Action, e: reasons.DriverError, seq: int) -> Memory:
+        applied = mem.applied_config
+        if action.kind is ActionKind.INSTALL:
+            applied = None
+        message = f"{action.describe()}: {e.reason}: {e.message}"[:2000]
+        if isinstance(e, reasons.StalledError) and action.kind is not ActionKind.START:
+            return replace(
+                mem,
+                applied_config=applied,
+                failed_seq=seq,
+                failed_version=action.version,
+                last_error=message,
+                last_reason=e.reason,
+            )
+        failures = mem.failures + 1
+        delay = max(retry_backoff(failures), e.retry_after or 0.0)
+        return replace(
+            mem,
+            applied_config=applied,
+            failures=failures,
+            next_attempt_at=time.time() + delay,
+            last_error=message,
+            last_reason=e.reason,
+        )
+
+
+def plan_summary(p: Plan) -> list[str]:
+    return [a.describe() for a in p.actions]

@@ -1,0 +1,167 @@
+"""`erel-sync publisher`, `erel-sync agent` and `erel-sync keygen`.
+
+Settings are read once here (file, then environment, then flags) and passed down; the daemons
+never re-read them. SIGTERM/SIGINT set a stop event: the daemons finish their current step and
+exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from yarl import URL
+
+from erel_sync.adapters import store
+from erel_sync.cli.common import Exit, fail
+from erel_sync.core.snapshot import generate_key
+from erel_sync.model.problems import ConfigError
+from erel_sync.model.settings import AgentSettings, TrustedKey, load_agent_settings
+
+DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aio_pika").setLevel(logging.WARNING)
+    logging.getLogger("aiormq").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+async def run_until_signalled(main: object) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await main(stop)  # type: ignore[operator]
+
+
+def keygen(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the key pair.")] = Path("."),
+    key_id: Annotated[
+        str, typer.Option("--key-id", help="Key id agents will trust.")
+    ] = "publisher",
+) -> None:
+    """Make the publisher's Ed25519 signing key pair.
+
+    Writes OUT/<key-id>.key (private, 0600) and OUT/<key-id>.pub, and prints the
+    `trusted_keys` entry for the agents' settings.
+
+    Example: erel-sync keygen --out /etc/erel-sync --key-id publisher-2026
+    """
+    pem, pub = generate_key()
+    key_file = out / f"{key_id}.key"
+    if key_file.exists():
+        fail(f"{key_file} exists; refusing to overwrite a signing key", Exit.INVALID)
+    store.write_atomic(key_file, pem, mode=0o600)
+    store.write_atomic(out / f"{key_id}.pub", (pub + "\n").encode(), mode=0o644)
+    typer.echo(f"wrote {key_file} and {out / (key_id + '.pub')}")
+    typer.echo(f"agents' settings:\n  trusted_keys:\n    - {{id: {key_id}, public_key: {pub}}}")
+
+
+def publisher(
+    repo: Annotated[Path, typer.Option("--repo", help="Bare or working git repository.")],
+    key: Annotated[Path, typer.Option("--key", help="Ed25519 private key (PEM) from keygen.")],
+    key_id: Annotated[str, typer.Option("--key-id", help="Key id the agents trust.")] = "publisher",
+    branch: Annotated[str, typer.Option("--branch", help="Tracked branch.")] = "main",
+    state_dir: Annotated[
+        Path, typer.Option("--state-dir", help="Seq and current snapshot.")
+    ] = Path("/var/lib/erel-sync/publisher"),
+    amqp_url: Annotated[
+        list[str] | None,
+        typer.Option("--amqp-url", envvar="EREL_AMQP_URL", help="Broker URL(s)."),
+    ] = None,
+    republish: Annotated[float, typer.Option(help="Republish interval, seconds.")] = 60.0,
+    poll: Annotated[float, typer.Option(help="Fallback poll of the branch, seconds.")] = 5.0,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Watch a config repository and publish each valid commit as a signed snapshot.
+
+    Example: erel-sync publisher --repo /srv/config.git --key /etc/erel-sync/publisher.key
+    """
+    from erel_sync.publisher.daemon import Publisher, PublisherSettings  # noqa: PLC0415
+
+    setup_logging(log_level)
+    urls = tuple(amqp_url or [DEFAULT_AMQP])
+    if not key.is_file():
+        fail(f"{key}: no such key file (make one with `erel-sync keygen`)", Exit.INVALID)
+    settings = PublisherSettings(
+        repo=repo,
+        key_file=key,
+        key_id=key_id,
+        state_dir=state_dir,
+        amqp_urls=urls,
+        branch=branch,
+        republish_interval=republish,
+        poll_interval=poll,
+        broker_user=URL(urls[0]).user,
+    )
+    try:
+        pub = Publisher(settings)
+    except (OSError, ValueError, store.StoreError) as e:
+        fail(str(e), Exit.INVALID)
+    asyncio.run(run_until_signalled(pub.run))
+
+
+def load_settings(config: Path | None, **overrides: object) -> AgentSettings:
+    if config is not None:
+        try:
+            settings = load_agent_settings(str(config), config.read_bytes())
+        except OSError as e:
+            fail(f"{config}: {e.strerror or e}", Exit.INVALID)
+        except ConfigError as e:
+            for p in e.problems:
+                sys.stderr.write(f"{p}\n")
+            raise typer.Exit(int(Exit.INVALID)) from None
+    else:
+        host = overrides.get("host_id") or os.environ.get("EREL_HOST_ID")
+        if not host:
+            fail("no --config and no --host-id / EREL_HOST_ID", Exit.INVALID)
+        settings = AgentSettings(host_id=str(host))
+    return settings.with_overrides(**overrides)
+
+
+def agent(
+    config: Annotated[Path | None, typer.Option("--config", help="AgentSettings YAML.")] = None,
+    host_id: Annotated[str | None, typer.Option("--host-id", envvar="EREL_HOST_ID")] = None,
+    amqp_url: Annotated[
+        list[str] | None, typer.Option("--amqp-url", envvar="EREL_AMQP_URL", help="Broker URL(s).")
+    ] = None,
+    trusted_key: Annotated[
+        list[str] | None, typer.Option("--trusted-key", help="ID=BASE64 publisher key.")
+    ] = None,
+    state_dir: Annotated[str | None, typer.Option("--state-dir")] = None,
+    releases_dir: Annotated[str | None, typer.Option("--releases-dir")] = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Run the sync agent of one host: store snapshots, match its group, reconcile releases.
+
+    Example: erel-sync agent --config /etc/erel-sync/agent.yaml
+    """
+    from erel_sync.agent.daemon import Agent  # noqa: PLC0415
+
+    setup_logging(log_level)
+    keys = None
+    if trusted_key:
+        keys = tuple(TrustedKey(*k.split("=", 1)) for k in trusted_key if "=" in k)
+    settings = load_settings(
+        config,
+        host_id=host_id,
+        broker_urls=tuple(amqp_url) if amqp_url else None,
+        trusted_keys=keys,
+        state_dir=state_dir,
+        releases_dir=releases_dir,
+    )
+    if not settings.trusted_keys:
+        fail("no trusted publisher keys: every snapshot would be refused", Exit.INVALID)
+    asyncio.run(run_until_signalled(Agent(settings).run))

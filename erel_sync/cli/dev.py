@@ -1,0 +1,160 @@
+"""`erel-sync dev`: start a local cluster and watch it converge (the README's `make demo`).
+
+Starts (unless `--amqp-url`/`EREL_AMQP_URL` is given) a private RabbitMQ node, builds the example
+releases, copies `sample-repo/` into a work git repository pointing at them, starts the publisher
+and three agents, and shows a live table of the hosts from their heartbeats. Ctrl-C stops
+everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from erel_sync.adapters import broker
+from erel_sync.cli.common import Exit, fail
+from erel_sync.dev.cluster import DevCluster
+
+console = Console(stderr=True)
+
+
+def hosts_table(beats: dict[str, dict[str, Any]], title: str) -> Table:
+    table = Table(title=title, expand=False)
+    for col in ("host", "group", "seq", "applied", "releases", "broker"):
+        table.add_column(col)
+    for host_id in sorted(beats):
+        b = beats[host_id]
+        rels = ", ".join(
+            f"{r['name']} {r.get('version') or '-'} {r['state']}" for r in b.get("releases", [])
+        )
+        snap = (b.get("snapshot") or {}).get("seq", "-")
+        applied = (b.get("applied") or {}).get("seq", "-")
+        ok = "[green]" if b.get("converged") else "[yellow]"
+        table.add_row(
+            host_id,
+            b.get("group") or b.get("match", "-"),
+            str(snap),
+            f"{ok}{applied}",
+            rels or "-",
+            b.get("broker", "-"),
+        )
+    return table
+
+
+def all_converged(beats: dict[str, dict[str, Any]], hosts: list[str]) -> bool:
+    if set(beats) < set(hosts):
+        return False
+    seqs = {(beats[h].get("snapshot") or {}).get("seq") for h in hosts}
+    return len(seqs) == 1 and all(beats[h].get("converged") for h in hosts)
+
+
+async def watch(cluster: DevCluster, stop: asyncio.Event, *, exit_when_converged: bool) -> bool:
+    hosts = [h.host_id for h in cluster.hosts]
+    beats: dict[str, dict[str, Any]] = {}
+    connection = await broker.connect([cluster.url], name="erel-dev-watch", stop=stop)
+    started = time.monotonic()
+    converged_at: float | None = None
+    try:
+        channel = await connection.channel()
+
+        async def on_status(key: str, body: bytes) -> None:
+            with contextlib.suppress(ValueError):
+                doc = json.loads(body)
+                if key.startswith("host.") and isinstance(doc, dict):
+                    beats[doc.get("host_id", key[5:])] = doc
+                elif doc.get("kind") == "rejected":
+                    console.print(f"[red]publisher rejected {doc['revision'][:12]}:[/red]")
+                    for p in doc.get("problems", []):
+                        console.print(f"  {p['file']}:{p['line']}:{p['col']}: {p['message']}")
+
+        while True:
+            try:
+                await broker.consume_status(channel, on_status)
+                break
+            except Exception:  # the publisher declares the exchange; wait for it
+                channel = await connection.channel()
+                await asyncio.sleep(0.2)  # poll until the topology exists
+        with Live(
+            hosts_table(beats, "erel-sync dev"), console=console, refresh_per_second=4
+        ) as live:
+            while not stop.is_set():
+                done = all_converged(beats, hosts)
+                if done and converged_at is None:
+                    converged_at = time.monotonic() - started
+                title = (
+                    f"converged in {converged_at:.1f}s"
+                    if done and converged_at is not None
+                    else f"converging… {time.monotonic() - started:.0f}s"
+                )
+                live.update(hosts_table(beats, f"erel-sync dev — {title}"))
+                if done and exit_when_converged:
+                    return True
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.25):
+                        await stop.wait()
+    finally:
+        await connection.close()
+    return converged_at is not None
+
+
+def dev(
+    work_dir: Annotated[Path, typer.Option("--work-dir", help="Where everything lives.")] = Path(
+        ".work/dev"
+    ),
+    amqp_url: Annotated[
+        str | None, typer.Option("--amqp-url", envvar="EREL_AMQP_URL", help="Use this broker.")
+    ] = None,
+    exit_when_converged: Annotated[
+        bool, typer.Option("--exit-when-converged", help="Stop everything once converged.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600.0,
+) -> None:
+    """Run a local cluster: private RabbitMQ, the publisher and three agents on sample-repo.
+
+    Example: erel-sync dev        (then edit .work/dev/config and `git commit -am ...`)
+    """
+    cluster = DevCluster(work_dir.resolve(), amqp_url=amqp_url)
+    console.print(f"[bold]erel-sync dev[/bold] in {cluster.work}")
+    try:
+        console.print("building example releases (cached) and the work repository …")
+        cluster.prepare()
+        console.print("starting broker, publisher and agents …")
+        cluster.start()
+        console.print(
+            f"config repo: {cluster.repo}\n"
+            "try:  cd "
+            f'{cluster.repo} && sed -i \'s/"0.2.0"/"0.1.0"/\' groups/web.yaml && '
+            "git commit -qam 'web: back to hello 0.1.0'\n"
+            f"logs: {cluster.work / 'logs'}   Ctrl-C stops everything."
+        )
+
+        async def main() -> bool:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            loop.call_later(timeout, stop.set)
+            return await watch(cluster, stop, exit_when_converged=exit_when_converged)
+
+        converged = asyncio.run(main())
+    except KeyboardInterrupt:
+        converged = False
+    except Exception as e:
+        console.print("stopping …")
+        cluster.stop()
+        fail(f"dev cluster failed: {e}")
+    console.print("stopping …")
+    cluster.stop()
+    console.print("stopped: broker, publisher, agents and their releases.")
+    if exit_when_converged and not converged:
+        raise typer.Exit(int(Exit.PARTIAL))

@@ -1,0 +1,1 @@
+"""`erel-sync dev`: a whole local cluster (broker, publisher, agents) for demos and e2e tests."""

@@ -1,0 +1,245 @@
+"""A local erel-sync cluster in one work directory: what `erel-sync dev` and the e2e tests run.
+
+Application layer (beside `agent` and `publisher`): it orchestrates real processes — a private
+RabbitMQ node (unless a broker URL is given), the publisher and N agents as separate
+`python -m erel_sync` processes in their own sessions — on a work copy of `sample-repo/` whose
+artifacts point at the example release tarballs built from `erlang/examples`. `stop()` ends
+every process it started, by PID, and stops the releases the agents started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from erel_sync.adapters import nodeproc, store
+from erel_sync.adapters.configsource import read_directory
+from erel_sync.adapters.examples import ExampleManifest, build_examples
+from erel_sync.adapters.rabbitnode import RabbitNode
+from erel_sync.core.snapshot import generate_key
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_URL = re.compile(
+    r"url: https://artifacts\.example\.com/([a-z0-9_-]+)/\1-([0-9A-Za-z.+_-]+)\.tar\.gz\n"
+    r"(\s+)sha256: [0-9a-f]{64}"
+)
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "erel-sync dev",
+    "GIT_AUTHOR_EMAIL": "dev@erel-sync.local",
+    "GIT_COMMITTER_NAME": "erel-sync dev",
+    "GIT_COMMITTER_EMAIL": "dev@erel-sync.local",
+}
+
+
+@dataclass(frozen=True)
+class DevHost:
+    host_id: str
+    labels: dict[str, str]
+
+
+DEFAULT_HOSTS = (
+    DevHost("web-1", {"role": "web"}),
+    DevHost("edge-1", {"role": "edge"}),
+    DevHost("batch-1", {"role": "batch", "region": "us-east"}),
+)
+
+
+def point_at_artifacts(text: str, manifest: ExampleManifest) -> str:
+    """Rewrite the sample's https artifact URLs to the built tarballs (URL + sha256 + size)."""
+
+    def swap(m: re.Match[str]) -> str:
+        art = manifest.get(m.group(1), m.group(2))
+        indent = m.group(3)
+        return f"url: {art.url()}\n{indent}sha256: {art.sha256}\n{indent}size: {art.size}"
+
+    return SAMPLE_URL.sub(swap, text)
+
+
+def git(repo: Path, *args: str) -> str:
+    out = subprocess.run(
+        ["git", "-C", str(repo), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **GIT_ENV},
+    )
+    return out.stdout.strip()
+
+
+@dataclass
+class DevCluster:
+    work: Path
+    hosts: tuple[DevHost, ...] = DEFAULT_HOSTS
+    amqp_url: str | None = None
+    reconcile_interval: str = "5s"
+    heartbeat_interval: str = "1s"
+    examples_dir: Path = field(default_factory=lambda: REPO_ROOT / "build" / "examples")
+    rabbit: RabbitNode | None = None
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    key_id: str = "dev-publisher"
+
+    @property
+    def repo(self) -> Path:
+        return self.work / "config"
+
+    @property
+    def url(self) -> str:
+        if self.amqp_url:
+            return self.amqp_url
+        assert self.rabbit is not None
+        return self.rabbit.url
+
+    def host_dir(self, host_id: str) -> Path:
+        return self.work / "hosts" / host_id
+
+    # --- preparation
+    def prepare(
+        self, sample: Path = REPO_ROOT / "sample-repo", files: dict[str, str] | None = None
+    ) -> None:
+        """The work repo: a copy of `sample` (or exactly `files`) pointing at built tarballs."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        manifest = build_examples(self.examples_dir)
+        if not self.repo.exists():
+            if files is None:
+                shutil.copytree(sample, self.repo)
+            else:
+                for rel, text in files.items():
+                    (self.repo / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (self.repo / rel).write_text(text)
+            for f in sorted(self.repo.rglob("*.yaml")):
+                f.write_text(point_at_artifacts(f.read_text(), manifest))
+            result = read_directory(self.repo).validate()
+            if not result.ok:
+                raise RuntimeError("work repo invalid: " + "; ".join(map(str, result.problems)))
+            git(self.repo, "init", "-q", "-b", "main")
+            git(self.repo, "add", "-A")
+            git(self.repo, "commit", "-q", "-m", "sample cluster")
+        keys = self.work / "keys"
+        if not (keys / f"{self.key_id}.key").exists():
+            pem, pub = generate_key()
+            store.write_atomic(keys / f"{self.key_id}.key", pem)
+            store.write_atomic(keys / f"{self.key_id}.pub", pub.encode())
+
+    def public_key(self) -> str:
+        return (self.work / "keys" / f"{self.key_id}.pub").read_text().strip()
+
+    def agent_settings(self, host: DevHost) -> Path:
+        d = self.host_dir(host.host_id)
+        labels = ", ".join(f"{k}: {v}" for k, v in host.labels.items())
+        text = f"""apiVersion: erel/v1
+kind: AgentSettings
+metadata: {{name: {host.host_id}}}
+spec:
+  host_id: {host.host_id}
+  labels: {{{labels}}}
+  broker: {{urls: ["{self.url}"], heartbeat: 5s}}
+  trusted_keys: [{{id: {self.key_id}, public_key: "{self.public_key()}"}}]
+  state_dir: {d / "state"}
+  releases_dir: {d / "releases"}
+  cache_dir: {d / "cache"}
+  control_socket: {d / "agent.sock"}
+  reconcile_interval: {self.reconcile_interval}
+  heartbeat_interval: {self.heartbeat_interval}
+"""
+        path = d / "agent.yaml"
+        store.write_atomic(path, text.encode(), mode=0o644)
+        return path
+
+    # --- processes
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = (self.work / "logs" / f"{name}.log").open("ab")
+        self.work.joinpath("logs").mkdir(exist_ok=True)
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "erel_sync", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in the terminal reaches dev only; dev stops them
+        )
+        log.close()
+
+    def start_broker(self) -> None:
+        if self.amqp_url is None and self.rabbit is None:
+            self.rabbit = RabbitNode(self.work / "rabbit", name=f"ereldev-{os.getpid()}")
+            self.rabbit.start()
+
+    def start_publisher(self) -> None:
+        self._spawn(
+            "publisher",
+            [
+                "publisher",
+                "--repo", str(self.repo),
+                "--key", str(self.work / "keys" / f"{self.key_id}.key"),
+                "--key-id", self.key_id,
+                "--state-dir", str(self.work / "publisher"),
+                "--amqp-url", self.url,
+                "--poll", "2",
+            ],
+        )  # fmt: skip
+
+    def start_agent(self, host: DevHost) -> None:
+        (self.work / "logs").mkdir(parents=True, exist_ok=True)
+        self._spawn(host.host_id, ["agent", "--config", str(self.agent_settings(host))])
+
+    def start(self) -> None:
+        (self.work / "logs").mkdir(parents=True, exist_ok=True)
+        self.start_broker()
+        self.start_publisher()
+        for h in self.hosts:
+            self.start_agent(h)
+
+    def stop_process(self, name: str, timeout: float = 30.0) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def kill_process(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+    def stop_releases(self) -> None:
+        """The releases the agents started are daemons (not their children): stop them too."""
+        for host in self.hosts:
+            _stop_nodes_under(self.host_dir(host.host_id) / "releases")
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.stop_process(name)
+        self.stop_releases()
+        if self.rabbit is not None:
+            self.rabbit.stop()
+            self.rabbit = None
+
+    def commit(self, message: str, edits: dict[str, str]) -> str:
+        for rel, text in edits.items():
+            (self.repo / rel).write_text(text)
+        git(self.repo, "add", "-A")
+        git(self.repo, "commit", "-q", "-m", message)
+        return git(self.repo, "rev-parse", "HEAD")
+
+
+def _stop_nodes_under(releases_dir: Path) -> None:
+    """Stop every release VM installed under `releases_dir`: SIGTERM (a clean init:stop), then
+    SIGKILL what is left at the deadline. PIDs are re-checked against their root each time."""
+    roots = [r for r in sorted(releases_dir.glob("*")) if r.is_dir()]
+    for root in roots:
+        nodeproc.kill_pids(nodeproc.node_pids(root), root, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for root in roots:
+        if not asyncio.run(nodeproc.wait_gone(root, deadline)):
+            nodeproc.kill_pids(nodeproc.node_pids(root), root, signal.SIGKILL)

@@ -1,0 +1,282 @@
+"""The publisher daemon: each new commit of the tracked branch -> one signed snapshot.
+
+Called by `erel-sync publisher` (and by `erel-sync dev`). Flow per new head: read the revision
+from git objects, validate it as a whole; an invalid one is logged and announced on `erel.status`
+(`publisher.rejected`, with every problem) while the last good snapshot stays current; a head
+that is an ancestor of the published revision (a force-push rewind) is refused the same way, so
+hosts never move backwards. A valid head gets `seq + 1` (persisted before it is published), is
+signed, stored, and published with confirms until the broker confirms it. The current snapshot is
+republished at start and on a slow timer (heals a wiped broker) and answers `state.request`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from erel_sync.adapters import broker, store
+from erel_sync.adapters import topology as topo
+from erel_sync.adapters.configsource import SourceError, open_repo, read_revision
+from erel_sync.adapters.gitwatch import RefWatcher, branch_head, is_ancestor
+from erel_sync.core.snapshot import (
+    SnapshotRejected,
+    build_envelope,
+    load_private_key,
+    peek_seq,
+    public_key_b64,
+    verify_envelope,
+)
+from erel_sync.model.problems import Problem
+
+log = logging.getLogger("erel_sync.publisher")
+
+
+@dataclass(frozen=True)
+class PublisherSettings:
+    repo: Path
+    key_file: Path
+    key_id: str
+    state_dir: Path
+    amqp_urls: tuple[str, ...]
+    branch: str = "main"
+    republish_interval: float = 60.0
+    poll_interval: float = 5.0
+    debounce: float = 0.005
+    broker_user: str | None = None  # sets AMQP user_id, which the broker validates
+
+
+@dataclass
+class Counters:
+    published: int = 0
+    rejected: int = 0
+    publish_failures: int = 0
+    answered_requests: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Publisher:
+    def __init__(self, settings: PublisherSettings) -> None:
+        self.s = settings
+        self.key = load_private_key(settings.key_file.read_bytes())
+        self.trusted = {settings.key_id: public_key_b64(self.key)}
+        self.state_file = settings.state_dir / "publisher.json"
+        self.envelope_file = settings.state_dir / "current.envelope.json"
+        self.counters = Counters()
+        state = store.read_json(self.state_file) or {}
+        self.seq: int = int(state.get("seq", 0))
+        self.revision: str | None = state.get("revision")
+        self.rejected: str | None = state.get("rejected")
+        self.envelope: bytes | None = store.read_bytes(self.envelope_file)
+        self._kick = asyncio.Event()
+        self._publish_needed = asyncio.Event()
+        self._published = asyncio.Condition()
+        self._channels: broker.Channels | None = None
+        self._pending_events: list[dict[str, Any]] = []
+
+    # --- state
+    def _persist(self) -> None:
+        store.write_json(
+            self.state_file,
+            {"seq": self.seq, "revision": self.revision, "rejected": self.rejected},
+        )
+
+    def published_seq(self) -> int:
+        return self.seq if self.envelope else 0
+
+    # --- processing a head
+    def process_head(self) -> str:
+        """Look at the branch head once; returns what happened (for logs and tests)."""
+        head = branch_head(self.s.repo, self.s.branch)
+        if head is None:
+            return "NoBranch"
+        if head in (self.revision, self.rejected):
+            return "Unchanged"
+        if self.revision and is_ancestor(self.s.repo, head, self.revision):
+            problem = Problem(
+                "<git>",
+                message=f"{self.s.branch} moved back to {head[:12]}, an ancestor of the "
+                f"published {self.revision[:12]}; hosts never move backwards: "
+                "revert in a new commit",
+            )
+            self._reject(head, [problem], reason="Rewind")
+            return "Rewind"
+        try:
+            result = read_revision(open_repo(self.s.repo), head).validate()
+        except SourceError as e:
+            self._reject(head, [Problem("<git>", message=str(e))], reason="Unreadable")
+            return "Unreadable"
+        if not result.ok or result.state is None:
+            self._reject(head, list(result.problems), reason="Invalid")
+            return "Invalid"
+        self.seq += 1
+        envelope = build_envelope(
+            result.state,
+            seq=self.seq,
+            revision=head,
+            created=utc_now(),
+            key=self.key,
+            key_id=self.s.key_id,
+        )
+        # seq is persisted before the publish: a crash in between republishes the same seq.
+        store.write_atomic(self.envelope_file, envelope)
+        self.revision, self.rejected, self.envelope = head, None, envelope
+        self._persist()
+        log.info("revision %s valid: snapshot seq %d", head[:12], self.seq)
+        self._publish_needed.set()
+        return "Published"
+
+    def _reject(self, head: str, problems: list[Problem], *, reason: str) -> None:
+        self.rejected = head
+        self.counters.rejected += 1
+        self._persist()
+        log.error("revision %s rejected (%s): %d problem(s)", head[:12], reason, len(problems))
+        for p in problems:
+            log.error("  %s", p)
+        self._pending_events.append(
+            {
+                "kind": "rejected",
+                "reason": reason,
+                "revision": head,
+                "published_revision": self.revision,
+                "published_seq": self.seq,
+                "problems": [p.to_json() for p in problems[:200]],
+                "time": utc_now(),
+            }
+        )
+        self._publish_needed.set()
+
+    # --- broker side
+    async def _recover_seq_from_stream(self, channel: Any) -> None:
+        """A publisher on a new machine learns the last seq from the stream tail."""
+        found: list[int] = []
+        arrived = asyncio.Event()
+
+        async def on_snapshot(raw: bytes) -> None:
+            with contextlib.suppress(SnapshotRejected):
+                found.append(verify_envelope(raw, self.trusted).seq)
+                arrived.set()
+
+        queue, tag = await broker.consume_snapshots(channel, on_snapshot, offset="last")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await arrived.wait()
+        with contextlib.suppress(Exception):
+            await queue.cancel(tag)
+        if found and max(found) > self.seq:
+            log.warning("stream holds seq %d > local %d: continuing from it", max(found), self.seq)
+            self.seq = max(found)
+            self._persist()
+
+    async def _publish_current(self) -> None:
+        assert self._channels is not None
+        channel = await self._channels.publishing()
+        while self._pending_events:
+            event = self._pending_events[0]
+            await broker.publish(
+                channel,
+                topo.STATUS_EXCHANGE,
+                topo.PUBLISHER_REJECTED_KEY,
+                json.dumps(event).encode(),
+                mandatory=False,
+            )
+            self._pending_events.pop(0)
+        if self.envelope is not None:
+            seq = peek_seq(self.envelope)
+            await broker.publish(
+                channel,
+                topo.CONFIG_EXCHANGE,
+                topo.CONFIG_ROUTING_KEY,
+                self.envelope,
+                message_id=f"snapshot-{seq}",
+                user_id=self.s.broker_user,
+                headers={"seq": seq, "revision": self.revision or ""},
+                persistent=True,
+            )
+            self.counters.published += 1
+            async with self._published:
+                self._published.notify_all()
+
+    async def _publisher_loop(self, stop: asyncio.Event) -> None:
+        delay = 0.05
+        while not stop.is_set():
+            await self._publish_needed.wait()
+            self._publish_needed.clear()
+            try:
+                await self._publish_current()
+                delay = 0.05
+            except broker.BrokerError as e:
+                self.counters.publish_failures += 1
+                log.warning("publish failed, retrying in %.1fs: %s", delay, e)
+                self._publish_needed.set()
+                await asyncio.sleep(delay)  # backoff
+                delay = min(5.0, delay * 2)
+
+    async def _watch_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.s.poll_interval):
+                    await self._kick.wait()
+            self._kick.clear()
+            if self.s.debounce:
+                await asyncio.sleep(self.s.debounce)  # debounce: coalesce a burst of ref events
+                self._kick.clear()
+            try:
+                # Validation of a big revision takes a few hundred ms: keep the loop responsive.
+                await asyncio.to_thread(self.process_head)
+            except store.StoreError as e:
+                log.error("cannot persist publisher state: %s", e)
+
+    async def _republish_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.s.republish_interval):
+                    await stop.wait()
+            self._publish_needed.set()
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        self.s.state_dir.mkdir(parents=True, exist_ok=True)
+        connection = await broker.connect(
+            self.s.amqp_urls, name=f"erel-publisher:{self.s.key_id}", stop=stop
+        )
+        self._channels = broker.Channels(connection)
+        watcher = RefWatcher(self.s.repo)
+        try:
+            channel = await self._channels.publishing()
+            await broker.declare_topology(channel)
+            consume = await self._channels.consuming()
+            await self._recover_seq_from_stream(consume)
+            await broker.serve_state_requests(
+                consume, self._answer, queue_name="erel.publisher.state"
+            )
+            await asyncio.to_thread(self.process_head)
+            self._publish_needed.set()
+            watcher.start(asyncio.get_running_loop(), self._kick.set)
+            connection.reconnect_callbacks.add(lambda *_: self._publish_needed.set())
+            tasks = [
+                asyncio.create_task(self._publisher_loop(stop)),
+                asyncio.create_task(self._watch_loop(stop)),
+                asyncio.create_task(self._republish_loop(stop)),
+            ]
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            watcher.stop()
+            await connection.close()
+
+    def _answer(self) -> bytes | None:
+        self.counters.answered_requests += 1
+        return self.envelope

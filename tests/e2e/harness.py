@@ -1,0 +1,146 @@
+"""An e2e cluster for tests: DevCluster (real publisher and agent processes) on a test vhost,
+plus a status watcher that follows `erel.status` in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from erel_sync.adapters import broker, nodeproc, store
+from erel_sync.adapters.driver import DriverSettings, ReleaseDriver
+from erel_sync.dev.cluster import DevCluster, DevHost
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T], timeout: float = 60.0, every: float = 0.05) -> T:
+    """Poll `check` until it returns something truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            last = e
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(every)  # poll
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class StatusWatcher(threading.Thread):
+    """Heartbeats by host and every publisher event, as the CLI would see them."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.beats: dict[str, dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        connection = await broker.connect([self.url], name="e2e-watch", attempts=50)
+        try:
+            channel = await connection.channel()
+
+            async def on_status(key: str, body: bytes) -> None:
+                doc = json.loads(body)
+                if key.startswith("host."):
+                    self.beats[doc["host_id"]] = doc
+                else:
+                    self.events.append(doc)
+
+            while True:
+                try:
+                    await broker.consume_status(channel, on_status)
+                    break
+                except Exception:  # exchange not declared yet by the publisher
+                    channel = await connection.channel()
+                    await asyncio.sleep(0.1)  # poll until the topology exists
+            self.ready.set()
+            await self._stop.wait()
+        finally:
+            await connection.close()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self.join(10)
+
+
+class E2ECluster(DevCluster):
+    watcher: StatusWatcher | None = None
+
+    def report(self, host_id: str) -> dict[str, Any]:
+        doc = store.read_json(self.host_dir(host_id) / "state" / "status.json") or {}
+        return dict(doc.get("report") or {})
+
+    def releases(self, host_id: str) -> dict[str, dict[str, Any]]:
+        return {r["name"]: r for r in self.report(host_id).get("releases", [])}
+
+    def publisher_seq(self) -> int:
+        doc = store.read_json(self.work / "publisher" / "publisher.json") or {}
+        return int(doc.get("seq", 0))
+
+    def converged(self, host_id: str, seq: int | None = None) -> bool:
+        rep = self.report(host_id)
+        seq = self.publisher_seq() if seq is None else seq
+        return bool(rep.get("converged")) and (rep.get("applied") or {}).get("seq") == seq
+
+    def wait_converged(self, hosts: list[str], seq: int | None = None, timeout: float = 60) -> None:
+        wait_for(
+            f"{hosts} converged at seq {seq or self.publisher_seq()}",
+            lambda: all(self.converged(h, seq) for h in hosts),
+            timeout,
+        )
+
+    def driver(self, host_id: str) -> ReleaseDriver:
+        d = self.host_dir(host_id)
+        return ReleaseDriver(
+            DriverSettings(releases_dir=d / "releases", cache_dir=d / "cache", host_id=host_id)
+        )
+
+    def observe(self, host_id: str) -> dict[str, Any]:
+        return asyncio.run(self.driver(host_id).observe_all())
+
+    def add_host(self, host_id: str, **labels: str) -> DevHost:
+        host = DevHost(host_id, labels)
+        self.hosts = (*self.hosts, host)
+        self.start_agent(host)
+        return host
+
+    def vm_pid(self, host_id: str, name: str) -> int:
+        """The Erlang VM of a release (the process started with `-root <release root>`)."""
+        root = self.host_dir(host_id) / "releases" / name
+        for pid in nodeproc.node_pids(root):
+            argv = nodeproc.cmdline(pid) or []
+            if "-root" in argv:
+                return pid
+        return 0
+
+    def commit(self, message: str, edits: dict[str, str]) -> str:
+        """Commit, then wait until the publisher has taken the commit (published or rejected),
+        so that a following wait_converged() waits for the right seq."""
+        sha = super().commit(message, edits)
+        if "publisher" in self.procs:
+
+            def taken() -> bool:
+                doc = store.read_json(self.work / "publisher" / "publisher.json") or {}
+                return sha in (doc.get("revision"), doc.get("rejected"))
+
+            wait_for(f"the publisher to take {sha[:12]}", taken, timeout=30)
+        return sha
+
+    def file(self, rel: str) -> Path:
+        return self.repo / rel
