@@ -7,7 +7,7 @@ BUILD := build
 EXAMPLES := $(BUILD)/examples
 APT_PACKAGES := git rabbitmq-server erlang-base erlang-dev erlang-eunit erlang-syntax-tools erlang-tools rebar3
 
-.PHONY: setup system-packages venv lint test test-unit test-integration test-e2e erlang-test examples demo bench clean
+.PHONY: setup system-packages venv lint test test-unit test-integration test-e2e erlang-test examples demo demo-plan bench clean
 
 setup: system-packages venv
 
@@ -54,12 +54,19 @@ test-e2e: venv examples
 test: setup lint erlang-test examples
 	$(BIN)/pytest -q
 
-demo: setup
+# The whole system on this machine: private RabbitMQ, publisher, three agents, real releases.
+demo: setup examples
 	$(BIN)/erel-sync validate sample-repo
+	$(BIN)/erel-sync dev --work-dir .work/dev
+
+# The review half only (validate + plan of a pull request), no broker needed.
+demo-plan: setup
 	bash scripts/demo-plan.sh
 
 bench: setup examples
 	$(BIN)/python bench/load_validate.py
+	$(BIN)/python bench/release_driver.py
+	$(BIN)/python bench/gitops.py
 
 clean:
-	rm -rf $(BUILD) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(BUILD) .work .pytest_cache .mypy_cache .ruff_cache

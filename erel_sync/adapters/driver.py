@@ -111,7 +111,8 @@ class ReleaseDriver:
         return self.settings.releases_dir / name
 
     def node(self, name: str) -> NodeRef:
-        full = f"{node_name(name, self.settings.host_id)}@{self.settings.node_host}"
+        place = str(self.settings.releases_dir.resolve())
+        full = f"{node_name(name, self.settings.host_id, place)}@{self.settings.node_host}"
         return NodeRef(full, home_dir(self.root(name)))
 
     @contextlib.asynccontextmanager

@@ -45,6 +45,7 @@ class Driver(Protocol):
     async def upgrade(self, spec: Any, to_version: str, config: Any) -> Any: ...
     async def reconfigure(self, spec: Any, config: Any = None) -> Any: ...
     async def delete(self, name: str) -> Any: ...
+    async def recover(self, name: str) -> Any: ...
 
 
 def to_observation(o: Any) -> Observation:
@@ -114,7 +115,9 @@ class Reconciler:
     async def _tick_once(self, why: str) -> None:
         self.ticks += 1
         match, desired, suspended = self.desired()
-        observed, _ = await self._observe()
+        observed, raw = await self._observe()
+        if await self._recover(raw):
+            observed, raw = await self._observe()
         snap = self.snapshot
         seq = snap.seq if snap else 0
         holds = frozenset(self.holds)
@@ -171,6 +174,20 @@ class Reconciler:
         if self.report["converged"] and snap is not None:
             self.applied = {"seq": seq, "revision": snap.revision}
             self.report["applied"] = dict(self.applied)
+
+    async def _recover(self, raw: Mapping[str, Any]) -> bool:
+        """A step left `pending` by an agent that died mid-way is finished or undone first
+        (RELIABILITY.md: agent killed mid-upgrade), before anything new is planned."""
+        stuck = [n for n, o in raw.items() if getattr(o, "pending", None) and o.installed]
+        for name in stuck:
+            try:
+                step = await self.driver.recover(name)
+                log.warning(
+                    "%s: recovered unfinished step of %s: %s", self.host.host_id, name, step
+                )
+            except reasons.DriverError as e:
+                log.error("%s: recovery of %s failed: %s", self.host.host_id, name, e)
+        return bool(stuck)
 
     async def _health(self, observed: Mapping[str, Observation]) -> dict[str, bool | None]:
         if not any(o.running for o in observed.values()):

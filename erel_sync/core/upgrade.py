@@ -29,16 +29,19 @@ NODE_HOST_CHARS = 16
 NODE_HASH_CHARS = 16  # 64 bits of sha256 over the exact (release, host id) pair
 
 
-def node_name(release: str, host_id: str) -> str:
-    """A short node name (the part before `@`) unique to (release, host id).
+def node_name(release: str, host_id: str, place: str = "") -> str:
+    """A short node name (the part before `@`) unique to (release, host id, place).
 
     Readable prefix (release, host id with dots as dashes, both cut) plus a hash of the exact
-    pair: cutting or mapping characters can make two prefixes equal, the hash tells them
-    apart. At most 66 characters, only `[A-Za-z0-9_-]`.
+    triple: cutting or mapping characters can make two prefixes equal, the hash tells them
+    apart. `place` is the releases directory: two agents that share a machine (tests, `dev`, a
+    second run next to a stale one) never fight over one epmd name. At most 66 characters,
+    only `[A-Za-z0-9_-]`.
     """
     if not release or not host_id:
         raise ValueError("release and host id must be non-empty")
-    digest = hashlib.sha256(f"{release}\0{host_id}".encode()).hexdigest()[:NODE_HASH_CHARS]
+    key = f"{release}\0{host_id}\0{place}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:NODE_HASH_CHARS]
     rel = re.sub(r"[^A-Za-z0-9_-]", "_", release)[:NODE_RELEASE_CHARS]
     host = re.sub(r"[^A-Za-z0-9_-]", "-", host_id)[:NODE_HOST_CHARS]
     return f"{rel}_{host}_{digest}"

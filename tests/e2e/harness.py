@@ -43,13 +43,13 @@ class StatusWatcher(threading.Thread):
         self.events: list[dict[str, Any]] = []
         self.ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
+        self._halt: asyncio.Event | None = None
 
     def run(self) -> None:
         asyncio.run(self._main())
 
     async def _main(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        self._loop, self._halt = asyncio.get_running_loop(), asyncio.Event()
         connection = await broker.connect([self.url], name="e2e-watch", attempts=50)
         try:
             channel = await connection.channel()
@@ -69,13 +69,13 @@ class StatusWatcher(threading.Thread):
                     channel = await connection.channel()
                     await asyncio.sleep(0.1)  # poll until the topology exists
             self.ready.set()
-            await self._stop.wait()
+            await self._halt.wait()
         finally:
             await connection.close()
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._loop is not None and self._halt is not None:
+            self._loop.call_soon_threadsafe(self._halt.set)
         self.join(10)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -84,10 +85,12 @@ def cluster(rabbit: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
         c.watcher.start()
         yield c
     finally:
-        if c.watcher is not None:
-            c.watcher.stop()
-        c.stop()
-        rabbit.delete_vhost(vhost)
+        try:
+            c.stop()  # processes and releases first: nothing may outlive a failed run
+        finally:
+            if c.watcher is not None:
+                c.watcher.stop()
+            rabbit.delete_vhost(vhost)
 
 
 def edit(c: E2ECluster, rel: str, old: str, new: str) -> str:
@@ -253,3 +256,26 @@ def test_09_forged_and_stale_snapshots_are_refused_and_counted(cluster: E2EClust
     wait_for("every agent counted the forged and the stale snapshot", counted, timeout=30)
     for host in ("web-1", "web-2", "batch-1"):
         assert (cluster.report(host).get("snapshot") or {}).get("seq") == seq
+
+
+def test_10_agent_killed_mid_upgrade_finishes_it_after_restart(cluster: E2ECluster) -> None:
+    record = cluster.host_dir("web-1") / "releases" / "hello" / ".erel-sync" / "release.json"
+    text = cluster.file("releases/hello.yaml").read_text()
+    slow = text.replace("probation: 300ms", "probation: 4s")
+    slow_web = cluster.file("groups/web.yaml").read_text().replace('"0.2.0"', '"0.1.0"')
+    cluster.commit("slow downgrade", {"releases/hello.yaml": slow, "groups/web.yaml": slow_web})
+
+    def mid_step() -> bool:
+        doc = json.loads(record.read_text())
+        return bool(doc.get("pending"))
+
+    wait_for("web-1 in the middle of the version change", mid_step, timeout=30, every=0.01)
+    cluster.kill_process("web-1")  # SIGKILL, mid-step
+    assert mid_step(), (
+        record.read_text(),
+        (cluster.work / "logs" / "web-1.log").read_text()[-3000:],
+    )
+    cluster.start_agent(next(h for h in cluster.hosts if h.host_id == "web-1"))
+    cluster.wait_converged(["web-1", "web-2"], timeout=90)
+    assert cluster.observe("web-1")["hello"].current == "0.1.0"
+    assert not mid_step()

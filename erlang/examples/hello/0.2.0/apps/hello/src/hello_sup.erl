@@ -1,0 +1,12 @@
+-module(hello_sup).
+-behaviour(supervisor).
+-vsn(1).
+
+-export([start_link/0, init/1]).
+
+start_link() -> supervisor:start_link({local, ?MODULE}, ?MODULE, []).
+
+init([]) ->
+    {ok, {#{strategy => one_for_one, intensity => 5, period => 10},
+          [#{id => hello_server, start => {hello_server, start_link, []},
+             modules => [hello_server]}]}}.
