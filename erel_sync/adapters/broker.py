@@ -23,7 +23,6 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
-    AbstractRobustConnection,
 )
 from yarl import URL
 
@@ -58,14 +57,18 @@ async def connect(
     stop: asyncio.Event | None = None,
     max_delay: float = 5.0,
     attempts: int | None = None,
-) -> AbstractRobustConnection:
-    """First connection with retries over all URLs (connect_robust fails fast on the first try);
-    once connected, aio-pika's robust connection reconnects by itself."""
+    robust: bool = True,
+) -> Any:
+    """First connection with retries over all URLs (connect_robust fails fast on the first try).
+
+    `robust`: aio-pika reconnects and restores by itself (publisher, CLI). Agents pass False
+    and own the whole session: any loss ends it and they rebuild it (see agent.daemon)."""
+    connect_fn: Any = aio_pika.connect_robust if robust else aio_pika.connect
     delay, tries = 0.1, 0
     while True:
         for url in urls:
             try:
-                return await aio_pika.connect_robust(
+                return await connect_fn(
                     url,
                     client_properties={"connection_name": name},
                     heartbeat=int(max(1, heartbeat)),
@@ -86,7 +89,7 @@ async def connect(
 class Channels:
     """A connection's channels: one with confirms for publishing, one for consuming."""
 
-    def __init__(self, connection: AbstractRobustConnection) -> None:
+    def __init__(self, connection: Any) -> None:
         self.connection = connection
         self._publish: AbstractChannel | None = None
         self._consume: AbstractChannel | None = None

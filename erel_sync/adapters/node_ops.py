@@ -80,6 +80,11 @@ class NodeOps:
     # ------------------------------------------------------------------------ boot / wait
 
     async def boot(self, root: Path, release: str, version: str) -> None:
+        """Spawn the VM of `version`. Callers boot only when no node of this root should run,
+        so a VM still found here is the leftover of an interrupted step (an agent killed while
+        that VM was booting): it would hold the node name, so it goes first."""
+        if nodeproc.node_pids(root):
+            await self.kill_now(root)
         await nodeproc.spawn_daemon(
             root, release, version, home=home_dir(root), pipe=pipe_dir(root), logs=log_dir(root)
         )

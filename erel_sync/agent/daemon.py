@@ -214,47 +214,48 @@ class Agent:
             except Exception as e:
                 self.connected = False
                 self.counters["broker_errors"] += 1
-                log.warning(
-                    "%s: broker session failed (%s); retry in %.1fs", self.s.host_id, e, delay
-                )
+                log.warning("%s: BrokerDisconnected (%s); retry in %.1fs", self.s.host_id, e, delay)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await stop.wait()
                 delay = min(5.0, delay * 2)
 
     async def _broker_session(self, stop: asyncio.Event) -> None:
+        """One connection's life: consume the stream, answer peers, join; returns at stop and
+        raises when anything of it is lost (connection, channel, or the stream consumer, which
+        the broker cancels when the stream is deleted), so `_broker_loop` rebuilds it."""
         connection = await broker.connect(
             self.s.broker_urls,
             name=f"erel-agent:{self.s.host_id}",
             heartbeat=self.s.broker_heartbeat,
             stop=stop,
+            robust=False,
         )
+        broken = asyncio.Event()
         self._channels = broker.Channels(connection)
         try:
+            connection.close_callbacks.add(lambda *_: broken.set())
             consume = await self._channels.consuming()
+            consume.close_callbacks.add(lambda *_: broken.set())
+            underlay = await consume.get_underlay_channel()
+            underlay.on_consumer_cancel_callbacks.add(lambda *_: broken.set())
+            self._snapshot_seen.clear()
             await broker.consume_snapshots(consume, self.on_snapshot, offset="last", passive=True)
             await broker.serve_state_requests(
                 consume, self.stored_envelope, queue_name=topo.agent_queue(self.s.host_id, "state")
             )
             self.connected = True
             self.counters["connects"] += 1
-
-            async def on_reconnect(*_: Any) -> None:
-                self.connected = True
-                self.counters["reconnects"] += 1
-                self._snapshot_seen.clear()
-                self._trigger.set()
-                with contextlib.suppress(Exception):
-                    await self._join(await self._channels.publishing())  # type: ignore[union-attr]
-
-            def on_close(*_: Any) -> None:
-                self.connected = False
-
-            connection.reconnect_callbacks.add(on_reconnect)
-            connection.close_callbacks.add(on_close)
             await self._join(await self._channels.publishing())
+            self._trigger.set()  # after a gap, reconcile even if no newer snapshot came
             self._heartbeat_now.set()
-            await stop.wait()
+            stopped = asyncio.create_task(stop.wait())
+            lost = asyncio.create_task(broken.wait())
+            await asyncio.wait({stopped, lost}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (stopped, lost):
+                t.cancel()
+            if not stop.is_set():
+                raise broker.BrokerError("connection, channel or stream consumer lost")
         finally:
             self.connected = False
             self._channels = None

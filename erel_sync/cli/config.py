@@ -13,13 +13,6 @@ from typing import Annotated
 
 import typer
 
-from erel_sync.adapters.configsource import (
-    Revision,
-    SourceError,
-    open_repo,
-    read_directory,
-    read_revision,
-)
 from erel_sync.cli.common import Exit, PlanFormat, TextJson, fail
 from erel_sync.core.inventory import parse_inventory
 from erel_sync.core.plan_render import (
@@ -52,6 +45,14 @@ def validate(
       erel-sync validate sample-repo
       erel-sync validate . --rev origin/main -o json
     """
+    # Imported here: GitPython costs ~10 MiB that `erel-sync agent` never needs.
+    from erel_sync.adapters.configsource import (  # noqa: PLC0415
+        SourceError,
+        open_repo,
+        read_directory,
+        read_revision,
+    )
+
     try:
         revision = read_revision(open_repo(path), rev) if rev else read_directory(path)
     except SourceError as e:
@@ -107,10 +108,16 @@ def plan(
       erel-sync plan --repo . --base origin/main --head HEAD
       erel-sync plan --base main --head feature --hosts .erel/hosts.yaml -o markdown
     """
+    from erel_sync.adapters.configsource import (  # noqa: PLC0415
+        SourceError,
+        open_repo,
+        read_revision,
+    )
+
     try:
         r = open_repo(repo)
         head_rev = read_revision(r, head)
-        base_rev: Revision | None = read_revision(r, base)
+        base_rev = read_revision(r, base)
     except SourceError as e:
         fail(str(e), Exit.INVALID)
     inventory = None

@@ -14,21 +14,28 @@ import json
 import signal
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
-from erel_sync.adapters import broker
 from erel_sync.cli.common import Exit, fail
-from erel_sync.dev.cluster import DevCluster
 
-console = Console(stderr=True)
+if TYPE_CHECKING:  # the cluster machinery (git, rich, RabbitMQ node) loads only for `dev`
+    from rich.console import Console
+    from rich.table import Table
+
+    from erel_sync.dev.cluster import DevCluster
+
+
+def _console() -> Console:
+    from rich.console import Console  # noqa: PLC0415
+
+    return Console(stderr=True)
 
 
 def hosts_table(beats: dict[str, dict[str, Any]], title: str) -> Table:
+    from rich.table import Table  # noqa: PLC0415
+
     table = Table(title=title, expand=False)
     for col in ("host", "group", "seq", "applied", "releases", "broker"):
         table.add_column(col)
@@ -59,6 +66,11 @@ def all_converged(beats: dict[str, dict[str, Any]], hosts: list[str]) -> bool:
 
 
 async def watch(cluster: DevCluster, stop: asyncio.Event, *, exit_when_converged: bool) -> bool:
+    from rich.live import Live  # noqa: PLC0415
+
+    from erel_sync.adapters import broker  # noqa: PLC0415
+
+    console = _console()
     hosts = [h.host_id for h in cluster.hosts]
     beats: dict[str, dict[str, Any]] = {}
     connection = await broker.connect([cluster.url], name="erel-dev-watch", stop=stop)
@@ -123,6 +135,9 @@ def dev(
 
     Example: erel-sync dev        (then edit .work/dev/config and `git commit -am ...`)
     """
+    from erel_sync.dev.cluster import DevCluster  # noqa: PLC0415
+
+    console = _console()
     cluster = DevCluster(work_dir.resolve(), amqp_url=amqp_url)
     console.print(f"[bold]erel-sync dev[/bold] in {cluster.work}")
     try:

@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from erel_sync.adapters.driver import DriverSettings, ReleaseDriver
 from erel_sync.cli.common import Exit, fail
@@ -132,6 +130,9 @@ def _print(observed: list[ObservedRelease], output: Output) -> None:
     if output is Output.json:
         typer.echo(json.dumps([o.to_json() for o in observed], indent=2, sort_keys=True))
         return
+    from rich.console import Console  # noqa: PLC0415 - rich only when a table is printed
+    from rich.table import Table  # noqa: PLC0415
+
     table = Table(box=None, pad_edge=False)
     for col in ("NAME", "RUNNING", "CURRENT", "PERMANENT", "HEALTHY", "REASON", "MESSAGE"):
         table.add_column(col)

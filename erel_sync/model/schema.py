@@ -11,11 +11,13 @@ import json
 from collections.abc import Iterator
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastjsonschema
-from jsonschema import Draft7Validator
-from jsonschema.exceptions import ValidationError
+
+if TYPE_CHECKING:  # jsonschema is imported only to explain an invalid document (~8 MiB)
+    from jsonschema import Draft7Validator
+    from jsonschema.exceptions import ValidationError
 
 from erel_sync.model.problems import json_path
 
@@ -35,6 +37,8 @@ def schema_for(kind: str) -> dict[str, Any]:
 
 @cache
 def validator_for(kind: str) -> Draft7Validator:
+    from jsonschema import Draft7Validator  # noqa: PLC0415
+
     return Draft7Validator(schema_for(kind))
 
 

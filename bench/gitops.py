@@ -1,0 +1,280 @@
+"""Benchmark of the GitOps loop on a private RabbitMQ node, printing its figures.
+
+- `git push` -> every agent's snapshot on disk, p50/p99 over COMMITS commits, for 10 and 100
+  agents (agents run in-process, 25 per worker process, each with its own connection and store,
+  as the agent core allows), next to the raw aio-pika fan-out floor measured in the same run
+  with the same process layout (a 4 KiB-ish message to N consumers, publish -> last receipt).
+- join: agent start -> snapshot on disk (the stream holds the newest snapshot).
+- idle agent: RSS and CPU of one real `erel-sync agent` process over a quiet interval.
+Targets (docs/performance.md): p99 <= 120 ms at 100 agents, join <= 200 ms, idle <= 50 MiB and
+<= 0.5 % CPU. Run: `make bench` or `.venv/bin/python bench/gitops.py [--commits N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+
+from erel_sync.adapters import store
+from erel_sync.adapters.rabbitnode import RabbitNode
+from erel_sync.agent.daemon import Agent
+from erel_sync.core.snapshot import generate_key
+from erel_sync.model.settings import AgentSettings, TrustedKey
+
+PER_WORKER = 25
+HERE = Path(__file__).resolve().parent
+GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x",
+           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"}  # fmt: skip
+RELEASE = """apiVersion: erel/v1
+kind: Release
+metadata: {name: hello}
+spec:
+  versions:
+    - version: "0.1.0"
+      artifact: {url: "https://artifacts.example.com/hello-0.1.0.tar.gz", sha256: %s}
+"""
+GROUP = """apiVersion: erel/v1
+kind: Group
+metadata: {name: web}
+spec:
+  hosts: ["nobody-*"]
+  releases: [{name: hello, version: "0.1.0"}]
+  rollout: {max_unavailable: %d}
+"""
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env=GIT_ENV)
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+class Workers:
+    """Worker processes; their stdout lines are collected by reader threads."""
+
+    def __init__(self, mode: str, hosts: list[str], base: dict[str, Any]) -> None:
+        self.events: list[tuple[str, str, int, float]] = []
+        self.lock = threading.Lock()
+        self.procs = []
+        for i in range(0, len(hosts), PER_WORKER):
+            spec = {**base, "hosts": hosts[i : i + PER_WORKER]}
+            p = subprocess.Popen(
+                [sys.executable, str(HERE / "gitops_worker.py"), mode, json.dumps(spec)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            self.procs.append(p)
+            threading.Thread(target=self._read, args=(p,), daemon=True).start()
+        self.wait(lambda: sum(1 for e in self.events if e[0] == "ready") == len(self.procs), 60)
+
+    def _read(self, p: subprocess.Popen[str]) -> None:
+        assert p.stdout is not None
+        for line in p.stdout:
+            kind, host, seq, t = line.split()
+            with self.lock:
+                self.events.append((kind, host, int(seq), float(t)))
+
+    def wait(self, cond: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                raise TimeoutError("workers did not report in time")
+            time.sleep(0.001)  # poll the reader threads' results
+
+    def times(self, kind: str, seq: int) -> list[float]:
+        with self.lock:
+            return [t for k, _, s, t in self.events if k == kind and s == seq]
+
+    def close(self) -> None:
+        for p in self.procs:
+            assert p.stdin is not None
+            p.stdin.close()
+        for p in self.procs:
+            p.wait(30)
+
+
+def push_latencies(
+    work: Path, url: str, key_id: str, pub: str, n: int, commits: int
+) -> list[float]:
+    hosts = [f"bench-{n}-{i:03d}" for i in range(n)]
+    workers = Workers("agents", hosts, {"url": url, "work": str(work / f"agents-{n}"),
+                                        "key_id": key_id, "public_key": pub})  # fmt: skip
+    clone = work / "clone"
+    state = store.read_json(work / "publisher" / "publisher.json") or {}
+    seq = int(state.get("seq", 0))
+    workers.wait(lambda: len(workers.times("disk", seq)) == n, 60)  # joined at the current seq
+    out: list[float] = []
+    try:
+        for i in range(commits):
+            (clone / "groups" / "web.yaml").write_text(GROUP % (i + 2 + n * 1000))
+            git(clone, "commit", "-qam", f"bench {i}")
+            seq += 1
+            t0 = time.time()
+            git(clone, "push", "-q", "origin", "main")
+            workers.wait(lambda s=seq: len(workers.times("disk", s)) >= n, 30)
+            out.append((max(workers.times("disk", seq)) - t0) * 1000)
+    finally:
+        workers.close()
+    return out
+
+
+def floor_latencies(url: str, n: int, rounds: int, size: int) -> list[float]:
+    hosts = [f"floor-{i}" for i in range(n)]
+    workers = Workers("floor", hosts, {"url": url})
+    out: list[float] = []
+
+    async def publish_all() -> None:
+        conn = await aio_pika.connect(url)
+        async with conn:
+            ch = await conn.channel()
+            ex = await ch.declare_exchange("bench.floor", aio_pika.ExchangeType.FANOUT)
+            for seq in range(1, rounds + 1):
+                body = json.dumps({"seq": seq, "pad": "x" * size}).encode()
+                t0 = time.time()
+                await ex.publish(aio_pika.Message(body), routing_key="")
+                while len(workers.times("recv", seq)) < n:
+                    await asyncio.sleep(0.0005)  # poll the reader threads
+                out.append((max(workers.times("recv", seq)) - t0) * 1000)
+
+    try:
+        asyncio.run(publish_all())
+    finally:
+        workers.close()
+    return out
+
+
+def join_times(work: Path, url: str, key_id: str, pub: str, runs: int = 5) -> list[float]:
+    out = []
+
+    async def one(i: int) -> float:
+        d = work / f"join-{i}"
+        agent = Agent(AgentSettings(
+            host_id=f"join-{i}", broker_urls=(url,), trusted_keys=(TrustedKey(key_id, pub),),
+            state_dir=str(d / "state"), releases_dir=str(d / "rel"), cache_dir=str(d / "cache"),
+            reconcile_interval=300.0, heartbeat_interval=30.0,
+        ))  # fmt: skip
+        stop = asyncio.Event()
+        t0 = time.monotonic()
+        task = asyncio.create_task(agent.run(stop))
+        while not (agent.snapshot_file.exists() and agent.snapshot):
+            await asyncio.sleep(0.001)  # poll: the moment the snapshot is on disk
+        took = time.monotonic() - t0
+        stop.set()
+        await task
+        return took * 1000
+
+    for i in range(runs):
+        out.append(asyncio.run(one(i)))
+    return out
+
+
+def idle_agent(work: Path, url: str, key_id: str, pub: str, seconds: float) -> tuple[float, float]:
+    d = work / "idle"
+    d.mkdir()
+    cfg = d / "agent.yaml"
+    cfg.write_text(
+        f"apiVersion: erel/v1\nkind: AgentSettings\nmetadata: {{name: idle}}\nspec:\n"
+        f"  host_id: idle-1\n  broker: {{urls: ['{url}']}}\n"
+        f"  trusted_keys: [{{id: {key_id}, public_key: '{pub}'}}]\n"
+        f"  state_dir: {d}/state\n  releases_dir: {d}/rel\n  cache_dir: {d}/cache\n"
+    )
+    p = subprocess.Popen([sys.executable, "-m", "erel_sync", "agent", "--config", str(cfg),
+                          "--log-level", "warning"])  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (d / "state" / "snapshot.json").exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("idle agent did not join")
+            time.sleep(0.05)  # poll for the join
+        time.sleep(3)  # let start-up work settle: the measurement is of an idle agent
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def cpu() -> float:
+            fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick
+
+        c0, t0 = cpu(), time.monotonic()
+        time.sleep(seconds)  # the idle interval being measured
+        c1, t1 = cpu(), time.monotonic()
+        rss_kb = next(
+            int(line.split()[1])
+            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines()
+            if line.startswith("VmRSS:")
+        )
+        return rss_kb / 1024, (c1 - c0) / (t1 - t0) * 100
+    finally:
+        p.terminate()
+        p.wait(30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--commits", type=int, default=50)
+    ap.add_argument("--idle-seconds", type=float, default=20.0)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="erel-bench-") as tmp:
+        work = Path(tmp)
+        node = RabbitNode(work / "rabbit", name=f"erelbench-{os.getpid()}")
+        node.start()
+        publisher = None
+        try:
+            bare, clone = work / "config.git", work / "clone"
+            git(work, "init", "-q", "--bare", "-b", "main", str(bare))
+            git(work, "clone", "-q", str(bare), str(clone))
+            (clone / "releases").mkdir()
+            (clone / "groups").mkdir()
+            (clone / "releases" / "hello.yaml").write_text(RELEASE % ("ab" * 32))
+            (clone / "groups" / "web.yaml").write_text(GROUP % 1)
+            git(clone, "add", "-A")
+            git(clone, "commit", "-qm", "init")
+            git(clone, "push", "-q", "origin", "main")
+            pem, pub = generate_key()
+            store.write_atomic(work / "pub.key", pem)
+            publisher = subprocess.Popen(
+                [sys.executable, "-m", "erel_sync", "publisher", "--repo", str(bare),
+                 "--key", str(work / "pub.key"), "--key-id", "bench",
+                 "--state-dir", str(work / "publisher"), "--amqp-url", node.url,
+                 "--log-level", "warning"],
+            )  # fmt: skip
+            deadline = time.monotonic() + 30
+            while not (store.read_json(work / "publisher" / "publisher.json") or {}).get("seq"):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("publisher did not publish")
+                time.sleep(0.05)  # poll for the first snapshot
+            print(f"RabbitMQ {node.node_name}, {os.cpu_count()} cores; {args.commits} commits each")
+            for n in (10, 100):
+                lat = push_latencies(work, node.url, "bench", pub, n, args.commits)
+                fl = floor_latencies(node.url, n, args.commits, 4096)
+                print(
+                    f"{n:4d} agents: git push -> all on disk p50 {pct(lat, 0.5):6.1f} ms  "
+                    f"p99 {pct(lat, 0.99):6.1f} ms | aio-pika fan-out floor p50 "
+                    f"{pct(fl, 0.5):5.1f} ms p99 {pct(fl, 0.99):5.1f} ms"
+                )
+            joins = join_times(work, node.url, "bench", pub)
+            print(f"join (agent start -> snapshot on disk): median {statistics.median(joins):.0f} ms"
+                  f", max {max(joins):.0f} ms over {len(joins)} runs")  # fmt: skip
+            rss, cpu = idle_agent(work, node.url, "bench", pub, args.idle_seconds)
+            print(f"idle agent: RSS {rss:.1f} MiB, CPU {cpu:.2f} % over {args.idle_seconds:.0f} s")
+        finally:
+            if publisher is not None:
+                publisher.terminate()
+                publisher.wait(30)
+            node.stop()
+
+
+if __name__ == "__main__":
+    main()

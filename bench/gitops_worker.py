@@ -1,0 +1,77 @@
+"""Worker process for bench/gitops.py: runs N agents (or N raw aio-pika consumers) in one
+process and prints one line per event to stdout: `<kind> <host> <seq> <unix time>`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import aio_pika
+
+from erel_sync.agent.daemon import Agent
+from erel_sync.core.snapshot import peek_seq
+from erel_sync.model.settings import AgentSettings, TrustedKey
+
+
+class TimedAgent(Agent):
+    async def on_snapshot(self, raw: bytes) -> None:
+        before = self.snapshot.seq if self.snapshot else 0
+        await super().on_snapshot(raw)
+        if self.snapshot and self.snapshot.seq > before:
+            print(f"disk {self.s.host_id} {self.snapshot.seq} {time.time():.6f}", flush=True)
+
+
+async def agents(spec: dict[str, object]) -> None:
+    stop = asyncio.Event()
+    hosts = list(spec["hosts"])  # type: ignore[call-overload]
+    work = Path(str(spec["work"]))
+    key = TrustedKey(str(spec["key_id"]), str(spec["public_key"]))
+    tasks = []
+    for host in hosts:
+        d = work / host
+        settings = AgentSettings(
+            host_id=host,
+            broker_urls=(str(spec["url"]),),
+            trusted_keys=(key,),
+            state_dir=str(d / "state"),
+            releases_dir=str(d / "releases"),
+            cache_dir=str(d / "cache"),
+            reconcile_interval=300.0,
+            heartbeat_interval=30.0,
+        )
+        tasks.append(asyncio.create_task(TimedAgent(settings).run(stop)))
+    print("ready - 0 0", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def floor(spec: dict[str, object]) -> None:
+    conns = []
+    for host in list(spec["hosts"]):  # type: ignore[call-overload]
+        conn = await aio_pika.connect(str(spec["url"]))
+        conns.append(conn)
+        ch = await conn.channel()
+        await ch.set_qos(prefetch_count=16)
+        ex = await ch.declare_exchange("bench.floor", aio_pika.ExchangeType.FANOUT)
+        q = await ch.declare_queue("", exclusive=True)
+        await q.bind(ex)
+
+        async def on(msg: aio_pika.abc.AbstractIncomingMessage, host: str = host) -> None:
+            seq = peek_seq(msg.body) or 0
+            print(f"recv {host} {seq} {time.time():.6f}", flush=True)
+            await msg.ack()
+
+        await q.consume(on)
+    print("ready - 0 0", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    for conn in conns:
+        await conn.close()
+
+
+if __name__ == "__main__":
+    mode, spec = sys.argv[1], json.loads(sys.argv[2])
+    asyncio.run(agents(spec) if mode == "agents" else floor(spec))
