@@ -33,7 +33,7 @@ from erel_sync.agent.daemon import Agent
 from erel_sync.core.snapshot import generate_key
 from erel_sync.model.settings import AgentSettings, TrustedKey
 
-PER_WORKER = 25
+PER_WORKER = int(os.environ.get("BENCH_PER_WORKER", "25"))
 HERE = Path(__file__).resolve().parent
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@x",
            "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"}  # fmt: skip

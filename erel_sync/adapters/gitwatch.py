@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import git
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
@@ -30,24 +31,29 @@ def git_dir(repo: Path) -> Path:
     return Path(out.stdout.strip())
 
 
-def branch_head(repo: Path, branch: str) -> str | None:
-    out = subprocess.run(
-        ["git", "-C", str(repo), "rev-parse", "--verify", "-q", f"refs/heads/{branch}^{{commit}}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return out.stdout.strip() or None if out.returncode == 0 else None
+def branch_head(repo: git.Repo, branch: str) -> str | None:
+    """The commit the branch points at, read from the ref files (no process spawn)."""
+    try:
+        return str(repo.commit(f"refs/heads/{branch}").hexsha)
+    except (git.BadName, ValueError, git.GitCommandError):
+        return None
 
 
-def is_ancestor(repo: Path, older: str, newer: str) -> bool:
-    """True when `older` is reachable from `newer` (so moving to `older` is a rewind)."""
-    out = subprocess.run(
-        ["git", "-C", str(repo), "merge-base", "--is-ancestor", older, newer],
-        capture_output=True,
-        check=False,
-    )
-    return out.returncode == 0
+def is_ancestor(repo: git.Repo, older: str, newer: str) -> bool:
+    """True when `older` is reachable from `newer`, i.e. moving the branch to `older` would be a
+    rewind. The common case, a new commit on top of `newer`, is answered from the commit's own
+    parents (no `git merge-base` spawn): a child of `newer` cannot be its ancestor."""
+    try:
+        if any(str(p.hexsha) == newer for p in repo.commit(older).parents):
+            return False
+        return bool(repo.is_ancestor(repo.commit(older), repo.commit(newer)))
+    except (git.BadName, ValueError, git.GitCommandError):
+        return False
+
+
+# Only changes count. watchdog also reports opens and closes-without-write, and reading a ref
+# (our own `git rev-parse`) would then wake us again: a busy loop.
+_CHANGES = frozenset({"created", "modified", "moved", "deleted", "closed"})
 
 
 class _Handler(FileSystemEventHandler):
@@ -55,6 +61,8 @@ class _Handler(FileSystemEventHandler):
         self.notify = notify
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in _CHANGES:
+            return
         path = str(getattr(event, "dest_path", "") or event.src_path)
         if "/refs/" in path or path.endswith(("packed-refs", "HEAD")):
             self.notify()

@@ -47,7 +47,7 @@ class PublisherSettings:
     branch: str = "main"
     republish_interval: float = 60.0
     poll_interval: float = 5.0
-    debounce: float = 0.005
+    debounce: float = 0.002
     broker_user: str | None = None  # sets AMQP user_id, which the broker validates
 
 
@@ -82,6 +82,9 @@ class Publisher:
         self._published = asyncio.Condition()
         self._channels: broker.Channels | None = None
         self._pending_events: list[dict[str, Any]] = []
+        # One repository object for the daemon's life: GitPython keeps its `cat-file` processes,
+        # so reading a revision costs no process spawn (a third of the push -> publish time).
+        self._repo = open_repo(settings.repo)
 
     # --- state
     def _persist(self) -> None:
@@ -96,12 +99,12 @@ class Publisher:
     # --- processing a head
     def process_head(self) -> str:
         """Look at the branch head once; returns what happened (for logs and tests)."""
-        head = branch_head(self.s.repo, self.s.branch)
+        head = branch_head(self._repo, self.s.branch)
         if head is None:
             return "NoBranch"
         if head in (self.revision, self.rejected):
             return "Unchanged"
-        if self.revision and is_ancestor(self.s.repo, head, self.revision):
+        if self.revision and is_ancestor(self._repo, head, self.revision):
             problem = Problem(
                 "<git>",
                 message=f"{self.s.branch} moved back to {head[:12]}, an ancestor of the "
@@ -111,7 +114,7 @@ class Publisher:
             self._reject(head, [problem], reason="Rewind")
             return "Rewind"
         try:
-            result = read_revision(open_repo(self.s.repo), head).validate()
+            result = read_revision(self._repo, head).validate()
         except SourceError as e:
             self._reject(head, [Problem("<git>", message=str(e))], reason="Unreadable")
             return "Unreadable"
