@@ -59,6 +59,11 @@ def git(cwd: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env=GIT_ENV)
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
@@ -73,8 +78,10 @@ class Workers:
         self.procs = []
         for i in range(0, len(hosts), PER_WORKER):
             spec = {**base, "hosts": hosts[i : i + PER_WORKER]}
+            profile = os.environ.get("BENCH_PROFILE")  # a directory: workers run under cProfile
+            prof = ["-m", "cProfile", "-o", f"{profile}/{mode}-{i}.prof"] if profile else []
             p = subprocess.Popen(
-                [sys.executable, str(HERE / "gitops_worker.py"), mode, json.dumps(spec)],
+                [sys.executable, *prof, str(HERE / "gitops_worker.py"), mode, json.dumps(spec)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
             self.procs.append(p)
@@ -108,8 +115,8 @@ class Workers:
 
 
 def push_latencies(
-    work: Path, url: str, key_id: str, pub: str, n: int, commits: int
-) -> list[float]:
+    work: Path, url: str, key_id: str, pub: str, n: int, commits: int, others: dict[str, int]
+) -> tuple[list[float], dict[str, float]]:
     hosts = [f"bench-{n}-{i:03d}" for i in range(n)]
     workers = Workers("agents", hosts, {"url": url, "work": str(work / f"agents-{n}"),
                                         "key_id": key_id, "public_key": pub})  # fmt: skip
@@ -118,6 +125,8 @@ def push_latencies(
     seq = int(state.get("seq", 0))
     workers.wait(lambda: len(workers.times("disk", seq)) == n, 60)  # joined at the current seq
     out: list[float] = []
+    before = {k: cpu_seconds(p) for k, p in others.items()}
+    before["workers"] = sum(cpu_seconds(p.pid) for p in workers.procs)
     try:
         for i in range(commits):
             (clone / "groups" / "web.yaml").write_text(GROUP % (i + 2 + n * 1000))
@@ -127,9 +136,12 @@ def push_latencies(
             git(clone, "push", "-q", "origin", "main")
             workers.wait(lambda s=seq: len(workers.times("disk", s)) >= n, 30)
             out.append((max(workers.times("disk", seq)) - t0) * 1000)
+        after = {k: cpu_seconds(p) for k, p in others.items()}
+        after["workers"] = sum(cpu_seconds(p.pid) for p in workers.procs)
     finally:
         workers.close()
-    return out
+    cpu = {k: (after[k] - before[k]) * 1000 / commits for k in before}
+    return out, cpu
 
 
 def floor_latencies(url: str, n: int, rounds: int, size: int) -> list[float]:
@@ -257,12 +269,17 @@ def main() -> None:
                 time.sleep(0.05)  # poll for the first snapshot
             print(f"RabbitMQ {node.node_name}, {os.cpu_count()} cores; {args.commits} commits each")
             for n in (10, 100):
-                lat = push_latencies(work, node.url, "bench", pub, n, args.commits)
+                others = {"broker": node.pid or 0, "publisher": publisher.pid}
+                lat, cpu = push_latencies(work, node.url, "bench", pub, n, args.commits, others)
                 fl = floor_latencies(node.url, n, args.commits, 4096)
                 print(
                     f"{n:4d} agents: git push -> all on disk p50 {pct(lat, 0.5):6.1f} ms  "
                     f"p99 {pct(lat, 0.99):6.1f} ms | aio-pika fan-out floor p50 "
                     f"{pct(fl, 0.5):5.1f} ms p99 {pct(fl, 0.99):5.1f} ms"
+                )
+                print(
+                    "      CPU per commit: "
+                    + ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(cpu.items()))
                 )
             joins = join_times(work, node.url, "bench", pub)
             print(f"join (agent start -> snapshot on disk): median {statistics.median(joins):.0f} ms"

@@ -15,17 +15,10 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-    load_pem_private_key,
-)
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 
 from erel_sync.model.problems import ConfigError
 from erel_sync.model.specs import DesiredState, canonical_json
@@ -34,6 +27,13 @@ from erel_sync.model.validate import state_from_body
 FORMAT = 1
 KIND_SNAPSHOT = "snapshot"
 MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+# Agents only verify, with PyNaCl (libsodium, ~1 MiB resident); signing and key files use
+# `cryptography` (its own OpenSSL, ~6 MiB), imported only by the publisher and `keygen`.
+# Ed25519 signatures are deterministic and identical across the two.
 
 
 class SnapshotRejected(Exception):
@@ -69,17 +69,38 @@ def signed_message(seq: int, revision: str, digest: str) -> bytes:
 
 def generate_key() -> tuple[bytes, str]:
     """A new signing key: (PEM private key, base64 raw public key)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PrivateKey,
+    )
+    from cryptography.hazmat.primitives.serialization import (  # noqa: PLC0415
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+    )
+
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     return pem, public_key_b64(key)
 
 
 def public_key_b64(key: Ed25519PrivateKey) -> str:
+    from cryptography.hazmat.primitives.serialization import (  # noqa: PLC0415
+        Encoding,
+        PublicFormat,
+    )
+
     raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     return base64.b64encode(raw).decode()
 
 
 def load_private_key(pem: bytes) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PrivateKey,
+    )
+    from cryptography.hazmat.primitives.serialization import (  # noqa: PLC0415
+        load_pem_private_key,
+    )
+
     key = load_pem_private_key(pem, password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError("the signing key must be an Ed25519 private key")
@@ -154,10 +175,10 @@ def verify_envelope(raw: bytes, trusted: Mapping[str, str]) -> Snapshot:
     if hashlib.sha256(canonical_json(body)).hexdigest() != digest:
         raise SnapshotRejected("DigestMismatch", "body does not match its digest")
     try:
-        Ed25519PublicKey.from_public_bytes(base64.b64decode(public)).verify(
-            base64.b64decode(signature, validate=True), signed_message(seq, revision, digest)
+        VerifyKey(base64.b64decode(public)).verify(
+            signed_message(seq, revision, digest), base64.b64decode(signature, validate=True)
         )
-    except (InvalidSignature, ValueError) as e:
+    except (BadSignatureError, ValueError, TypeError) as e:
         raise SnapshotRejected(
             "BadSignature", f"signature does not verify ({e or 'invalid'})"
         ) from None
