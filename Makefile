@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 BUILD := build
 EXAMPLES := $(BUILD)/examples
-APT_PACKAGES := git rabbitmq-server erlang-base erlang-dev erlang-eunit erlang-syntax-tools erlang-tools rebar3
+APT_PACKAGES := git python3-venv rabbitmq-server erlang-base erlang-dev erlang-eunit erlang-syntax-tools erlang-tools rebar3
 
 .PHONY: setup system-packages venv lint test test-unit test-integration test-e2e erlang-test examples demo demo-plan bench clean
 
