@@ -88,7 +88,7 @@ def kill_release_processes(roots: list[Path], deadline_s: float = 10.0) -> None:
     deadline = time.monotonic() + deadline_s
     for root in roots:
         while nodeproc.node_pids(root) and time.monotonic() < deadline:
-            time.sleep(0.02)
+            time.sleep(0.02)  # poll until the processes are gone or the deadline
 
 
 @pytest.fixture

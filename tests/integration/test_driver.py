@@ -45,7 +45,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0)
     while not await check():
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # poll the condition until the deadline
 
 
 async def call(env: ReleaseEnv, name: str, module: str, fun: str, *args: str) -> Any:
@@ -320,7 +320,7 @@ from erel_sync.adapters.driver import DriverSettings, ReleaseDriver
 driver = ReleaseDriver(DriverSettings(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]))
 asyncio.run(driver.start("hello"))
 print("started", flush=True)
-time.sleep(600)
+time.sleep(600)  # the agent stand-in idles until the test SIGKILLs it (the behaviour)
 """
 
 
