@@ -108,17 +108,26 @@ class Channels:
         return self._consume
 
 
-async def declare_topology(channel: AbstractChannel) -> None:
-    """Exchanges and the config stream (publisher side; agents only declare passively)."""
-    config = await channel.declare_exchange(
-        topo.CONFIG_EXCHANGE, topo.CONFIG_EXCHANGE_TYPE, durable=True
-    )
+async def declare_exchanges(channel: AbstractChannel) -> None:
+    """Every exchange (publisher side; agents only check passively)."""
+    await channel.declare_exchange(topo.CONFIG_EXCHANGE, topo.CONFIG_EXCHANGE_TYPE, durable=True)
+    for name in (topo.STATUS_EXCHANGE, topo.CONTROL_EXCHANGE, topo.SYNC_EXCHANGE):
+        await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+
+
+async def declare_stream(channel: AbstractChannel) -> None:
+    """The config stream and its binding to the config exchange."""
+    config = await channel.get_exchange(topo.CONFIG_EXCHANGE)
     stream = await channel.declare_queue(
         topo.CONFIG_STREAM, durable=True, arguments=dict(topo.CONFIG_STREAM_ARGUMENTS)
     )
     await stream.bind(config, routing_key=topo.CONFIG_ROUTING_KEY)
-    for name in (topo.STATUS_EXCHANGE, topo.CONTROL_EXCHANGE, topo.SYNC_EXCHANGE):
-        await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+
+
+async def declare_topology(channel: AbstractChannel) -> None:
+    """Exchanges and the config stream (publisher side; agents only declare passively)."""
+    await declare_exchanges(channel)
+    await declare_stream(channel)
 
 
 async def publish(

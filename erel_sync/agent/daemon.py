@@ -26,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import aiormq
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from erel_sync import __version__
@@ -42,6 +43,7 @@ log = logging.getLogger("erel_sync.agent")
 
 JOIN_WINDOW = 0.15  # wait this long for the stream tail before asking peers
 STOP_GRACE = 60.0  # SIGTERM: how long a running tick may take to finish
+STREAM_RETRY = 5.0  # without the config stream, rebuild the session this often to retry it
 
 
 _memory_released = False
@@ -258,10 +260,8 @@ class Agent:
             connection.close_callbacks.add(lambda *_: broken.set())
             consume = await self._channels.consuming()
             consume.close_callbacks.add(lambda *_: broken.set())
-            underlay = await consume.get_underlay_channel()
-            underlay.on_consumer_cancel_callbacks.add(lambda *_: broken.set())
             self._snapshot_seen.clear()
-            await broker.consume_snapshots(consume, self.on_snapshot, offset="last", passive=True)
+            stream_ok = await self._consume_stream(connection, broken)
             await broker.serve_state_requests(
                 consume, self.stored_envelope, queue_name=topo.agent_queue(self.s.host_id, "state")
             )
@@ -273,16 +273,39 @@ class Agent:
             self._heartbeat_now.set()
             stopped = asyncio.create_task(stop.wait())
             lost = asyncio.create_task(broken.wait())
-            await asyncio.wait({stopped, lost}, return_when=asyncio.FIRST_COMPLETED)
+            # Without the stream (down on the broker) the agent still joined through peers; it
+            # rebuilds the session after a while to pick the stream up again.
+            await asyncio.wait(
+                {stopped, lost},
+                timeout=None if stream_ok else STREAM_RETRY,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             for t in (stopped, lost):
                 t.cancel()
             if not stop.is_set():
-                raise broker.BrokerError("connection, channel or stream consumer lost")
+                why = "connection, channel or stream consumer lost" if stream_ok else "no stream"
+                raise broker.BrokerError(why)
         finally:
             self.connected = False
             self._channels = None
             with contextlib.suppress(Exception):
                 await connection.close()
+
+    async def _consume_stream(self, connection: Any, broken: asyncio.Event) -> bool:
+        """Consume the config stream on a channel of its own (a missing or down stream closes
+        only that channel); any later loss of it marks the session broken."""
+        channel = await connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=16)
+        try:
+            await broker.consume_snapshots(channel, self.on_snapshot, offset="last", passive=True)
+        except (broker.BrokerError, aiormq.exceptions.AMQPError) as e:
+            log.warning("%s: config stream unavailable (%s); joining via peers", self.s.host_id, e)
+            self.counters["stream_unavailable"] += 1
+            return False
+        channel.close_callbacks.add(lambda *_: broken.set())
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(lambda *_: broken.set())
+        return True
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)

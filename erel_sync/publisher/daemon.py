@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiormq
+
 from erel_sync.adapters import broker, store
 from erel_sync.adapters import topology as topo
 from erel_sync.adapters.configsource import SourceError, open_repo, read_revision
@@ -35,6 +37,8 @@ from erel_sync.core.snapshot import (
 from erel_sync.model.problems import Problem
 
 log = logging.getLogger("erel_sync.publisher")
+
+STREAM_RETRY = 5.0  # without the config stream, rebuild the session this often to retry it
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ class Publisher:
         self._published = asyncio.Condition()
         self._channels: broker.Channels | None = None
         self._pending_events: list[dict[str, Any]] = []
+        self.connected = False
+        self._session_up = asyncio.Event()
         # One repository object for the daemon's life: GitPython keeps its `cat-file` processes,
         # so reading a revision costs no process spawn (a third of the push -> publish time).
         self._repo = open_repo(settings.repo)
@@ -160,7 +166,8 @@ class Publisher:
 
     # --- broker side
     async def _recover_seq_from_stream(self, channel: Any) -> None:
-        """A publisher on a new machine learns the last seq from the stream tail."""
+        """A publisher on a new machine learns the last seq from the stream tail; if it already
+        took a head offline with a lower seq, that head is signed again above the tail."""
         found: list[int] = []
         arrived = asyncio.Event()
 
@@ -175,10 +182,40 @@ class Publisher:
                 await arrived.wait()
         with contextlib.suppress(Exception):
             await queue.cancel(tag)
-        if found and max(found) > self.seq:
-            log.warning("stream holds seq %d > local %d: continuing from it", max(found), self.seq)
-            self.seq = max(found)
-            self._persist()
+        if found and max(found) >= self.seq and max(found) > 0:
+            tail = max(found)
+            if tail > self.seq or (self.envelope and peek_seq(self.envelope) != tail):
+                log.warning("stream holds seq %d, local %d: continuing above it", tail, self.seq)
+                self.seq = tail
+                self.revision = self.rejected = None  # re-take the head with a fresh seq
+                self._persist()
+                await asyncio.to_thread(self.process_head)
+
+    async def _ensure_topology(self) -> bool:
+        """Declare the topology; False when the config stream cannot be had.
+
+        A stream the broker reports down (RabbitMQ 3.10 does not restart a single-node stream
+        after a crash) is deleted and declared again: it only holds whole snapshots, and the
+        current one is republished right after. If even that fails, the publisher keeps
+        answering `state.request` (agents join through it) and retries on the next session."""
+        assert self._channels is not None
+        await broker.declare_exchanges(await self._channels.publishing())
+        try:
+            await broker.declare_stream(await self._channels.publishing())
+            return True
+        except aiormq.exceptions.ChannelNotFoundEntity as e:
+            log.error("config stream is down on the broker (%s): re-creating it", e)
+        try:
+            await (await self._channels.publishing()).queue_delete(topo.CONFIG_STREAM)
+            await broker.declare_stream(await self._channels.publishing())
+        except aiormq.exceptions.AMQPError as e:
+            log.error("config stream cannot be re-created (%s); serving peers meanwhile", e)
+            self.counters.extra["stream_unavailable"] = (
+                self.counters.extra.get("stream_unavailable", 0) + 1
+            )
+            return False
+        self.counters.extra["stream_recreated"] = self.counters.extra.get("stream_recreated", 0) + 1
+        return True
 
     async def _publish_current(self) -> None:
         assert self._channels is not None
@@ -214,6 +251,8 @@ class Publisher:
         while not stop.is_set():
             await self._publish_needed.wait()
             self._publish_needed.clear()
+            if self._channels is None:
+                return  # the session is gone; the next one publishes
             try:
                 await self._publish_current()
                 delay = 0.05
@@ -246,39 +285,86 @@ class Publisher:
                     await stop.wait()
             self._publish_needed.set()
 
-    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-        self.s.state_dir.mkdir(parents=True, exist_ok=True)
+    async def _broker_session(self, stop: asyncio.Event) -> None:
+        """One connection's life (the publisher owns it, as the agent does): topology, seq
+        recovery, state.request answers, publishing; raises when anything of it is lost."""
         connection = await broker.connect(
-            self.s.amqp_urls, name=f"erel-publisher:{self.s.key_id}", stop=stop
+            self.s.amqp_urls, name=f"erel-publisher:{self.s.key_id}", stop=stop, robust=False
         )
+        broken = asyncio.Event()
         self._channels = broker.Channels(connection)
-        watcher = RefWatcher(self.s.repo)
         try:
-            channel = await self._channels.publishing()
-            await broker.declare_topology(channel)
+            connection.close_callbacks.add(lambda *_: broken.set())
+            stream_ok = await self._ensure_topology()
             consume = await self._channels.consuming()
-            await self._recover_seq_from_stream(consume)
+            consume.close_callbacks.add(lambda *_: broken.set())
+            if stream_ok:
+                await self._recover_seq_from_stream(consume)
             await broker.serve_state_requests(
                 consume, self._answer, queue_name="erel.publisher.state"
             )
-            await asyncio.to_thread(self.process_head)
-            self._publish_needed.set()
-            watcher.start(asyncio.get_running_loop(), self._kick.set)
-            connection.reconnect_callbacks.add(lambda *_: self._publish_needed.set())
-            tasks = [
-                asyncio.create_task(self._publisher_loop(stop)),
-                asyncio.create_task(self._watch_loop(stop)),
-                asyncio.create_task(self._republish_loop(stop)),
-            ]
+            self.connected = True
+            self._session_up.set()
+            self._publish_needed.set()  # (re)publish the current snapshot on every session
+            publishing = asyncio.create_task(self._publisher_loop(stop))
+            stopped = asyncio.create_task(stop.wait())
+            lost = asyncio.create_task(broken.wait())
+            await asyncio.wait(
+                {stopped, lost, publishing},
+                timeout=None if stream_ok else STREAM_RETRY,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for t in (stopped, lost, publishing):
+                t.cancel()
+            if not stop.is_set():
+                why = "broker connection or channel lost" if stream_ok else "no config stream"
+                raise broker.BrokerError(why)
+        finally:
+            self.connected = False
+            self._channels = None
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    async def _broker_loop(self, stop: asyncio.Event) -> None:
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                await self._broker_session(stop)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.counters.publish_failures += 1
+                log.warning("BrokerDisconnected (%s); retry in %.1fs", e, delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+                delay = min(5.0, delay * 2)
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Heads are taken (validated, signed, stored) from the start, with or without a broker;
+        the broker session publishes them when it can."""
+        self.s.state_dir.mkdir(parents=True, exist_ok=True)
+        watcher = RefWatcher(self.s.repo)
+        await asyncio.to_thread(self.process_head)
+        watcher.start(asyncio.get_running_loop(), self._kick.set)
+        tasks = [
+            asyncio.create_task(self._watch_loop(stop)),
+            asyncio.create_task(self._republish_loop(stop)),
+            asyncio.create_task(self._broker_loop(stop)),
+        ]
+        try:
             if ready is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(60):
+                        await self._session_up.wait()
                 ready.set()
             await stop.wait()
+        finally:
+            watcher.stop()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        finally:
-            watcher.stop()
-            await connection.close()
 
     def _answer(self) -> bytes | None:
         self.counters.answered_requests += 1
