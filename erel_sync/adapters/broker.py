@@ -291,3 +291,28 @@ async def consume_status(
 
     await queue.consume(on_message, no_ack=True)
     return queue
+
+
+async def keep_session(
+    session: Callable[[asyncio.Event], Awaitable[None]],
+    stop: asyncio.Event,
+    on_failure: Callable[[Exception, float], None],
+    *,
+    max_delay: float = 5.0,
+) -> None:
+    """Run `session` until `stop`; whenever it fails (broker down, topology missing, anything
+    lost), report through `on_failure(error, delay)` and run it again after a backoff. The
+    publisher and the agent both own their sessions this way (docs/architecture.md)."""
+    delay = 0.2
+    while not stop.is_set():
+        try:
+            await session(stop)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            on_failure(e, delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+            delay = min(max_delay, delay * 2)

@@ -225,23 +225,14 @@ class Agent:
                 await self._publish_heartbeat()
 
     async def _broker_loop(self, stop: asyncio.Event) -> None:
-        """Keep a broker session up; any failure (broker down, topology missing, refused) is
-        reported and retried with backoff while reconciling goes on from the disk."""
-        delay = 0.2
-        while not stop.is_set():
-            try:
-                await self._broker_session(stop)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                self.connected = False
-                self.counters["broker_errors"] += 1
-                log.warning("%s: BrokerDisconnected (%s); retry in %.1fs", self.s.host_id, e, delay)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await stop.wait()
-                delay = min(5.0, delay * 2)
+        """Keep a broker session up while reconciling goes on from the disk."""
+
+        def failed(e: Exception, delay: float) -> None:
+            self.connected = False
+            self.counters["broker_errors"] += 1
+            log.warning("%s: BrokerDisconnected (%s); retry in %.1fs", self.s.host_id, e, delay)
+
+        await broker.keep_session(self._broker_session, stop, failed)
 
     async def _broker_session(self, stop: asyncio.Event) -> None:
         """One connection's life: consume the stream, answer peers, join; returns at stop and

@@ -326,20 +326,11 @@ class Publisher:
                 await connection.close()
 
     async def _broker_loop(self, stop: asyncio.Event) -> None:
-        delay = 0.2
-        while not stop.is_set():
-            try:
-                await self._broker_session(stop)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                self.counters.publish_failures += 1
-                log.warning("BrokerDisconnected (%s); retry in %.1fs", e, delay)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await stop.wait()
-                delay = min(5.0, delay * 2)
+        def failed(e: Exception, delay: float) -> None:
+            self.counters.publish_failures += 1
+            log.warning("BrokerDisconnected (%s); retry in %.1fs", e, delay)
+
+        await broker.keep_session(self._broker_session, stop, failed)
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Heads are taken (validated, signed, stored) from the start, with or without a broker;
