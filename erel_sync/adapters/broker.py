@@ -316,3 +316,33 @@ async def keep_session(
                 async with asyncio.timeout(delay):
                     await stop.wait()
             delay = min(max_delay, delay * 2)
+
+
+STREAM_RETRY = 5.0  # a session without the config stream is rebuilt this often to retry it
+
+
+async def hold_session(
+    stop: asyncio.Event,
+    broken: asyncio.Event,
+    *,
+    stream_ok: bool,
+    also: asyncio.Task[Any] | None = None,
+) -> None:
+    """Keep a session until `stop` (return) or until it is `broken`, `also` ends, or, without
+    the config stream, STREAM_RETRY passes (raise BrokerError, so `keep_session` rebuilds it)."""
+    stopped = asyncio.create_task(stop.wait())
+    lost = asyncio.create_task(broken.wait())
+    waiting = {stopped, lost, *([also] if also is not None else [])}
+    try:
+        await asyncio.wait(
+            waiting,
+            timeout=None if stream_ok else STREAM_RETRY,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        for t in waiting:
+            t.cancel()
+    if not stop.is_set():
+        raise BrokerError(
+            "connection, channel or stream consumer lost" if stream_ok else "no config stream"
+        )

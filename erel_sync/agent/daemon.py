@@ -43,7 +43,6 @@ log = logging.getLogger("erel_sync.agent")
 
 JOIN_WINDOW = 0.15  # wait this long for the stream tail before asking peers
 STOP_GRACE = 60.0  # SIGTERM: how long a running tick may take to finish
-STREAM_RETRY = 5.0  # without the config stream, rebuild the session this often to retry it
 
 
 _memory_released = False
@@ -262,20 +261,9 @@ class Agent:
             release_free_memory()
             self._trigger.set()  # after a gap, reconcile even if no newer snapshot came
             self._heartbeat_now.set()
-            stopped = asyncio.create_task(stop.wait())
-            lost = asyncio.create_task(broken.wait())
-            # Without the stream (down on the broker) the agent still joined through peers; it
-            # rebuilds the session after a while to pick the stream up again.
-            await asyncio.wait(
-                {stopped, lost},
-                timeout=None if stream_ok else STREAM_RETRY,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            for t in (stopped, lost):
-                t.cancel()
-            if not stop.is_set():
-                why = "connection, channel or stream consumer lost" if stream_ok else "no stream"
-                raise broker.BrokerError(why)
+            # Without the stream (down on the broker) the agent still joined through peers; the
+            # session is rebuilt after a while to pick the stream up again.
+            await broker.hold_session(stop, broken, stream_ok=stream_ok)
         finally:
             self.connected = False
             self._channels = None

@@ -38,8 +38,6 @@ from erel_sync.model.problems import Problem
 
 log = logging.getLogger("erel_sync.publisher")
 
-STREAM_RETRY = 5.0  # without the config stream, rebuild the session this often to retry it
-
 
 @dataclass(frozen=True)
 class PublisherSettings:
@@ -307,18 +305,7 @@ class Publisher:
             self._session_up.set()
             self._publish_needed.set()  # (re)publish the current snapshot on every session
             publishing = asyncio.create_task(self._publisher_loop(stop))
-            stopped = asyncio.create_task(stop.wait())
-            lost = asyncio.create_task(broken.wait())
-            await asyncio.wait(
-                {stopped, lost, publishing},
-                timeout=None if stream_ok else STREAM_RETRY,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            for t in (stopped, lost, publishing):
-                t.cancel()
-            if not stop.is_set():
-                why = "broker connection or channel lost" if stream_ok else "no config stream"
-                raise broker.BrokerError(why)
+            await broker.hold_session(stop, broken, stream_ok=stream_ok, also=publishing)
         finally:
             self.connected = False
             self._channels = None
