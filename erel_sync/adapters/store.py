@@ -1,4 +1,5 @@
-"""Crash-safe files: every write is tmp + fsync + rename + fsync of the directory.
+"""Crash-safe files: every write is tmp + fsync + rename + fsync of the directory (or, for
+files whose loss costs only freshness, tmp + rename).
 
 Adapter (filesystem). Used by the agent for `snapshot.json` (the last applied signed envelope,
 stored byte for byte) and `status.json` (inventory, holds, last results), and by the publisher
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,25 +29,46 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def write_atomic(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = True) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new file.
+
+    `durable=False` skips the two fsyncs: still atomic against a crash of the process (rename),
+    but the newest content may be lost on power loss. For files that are rewritten often and
+    whose loss costs only freshness (the agent's status report), not for what must be on disk
+    before a delivery is acked.
+
+    The temp name is fixed per process and thread (no mkstemp: it costs a random name, an
+    O_EXCL retry loop and a separate chmod), which is unique as long as one thread never writes
+    the same path twice at once."""
+    tmp = f"{path.parent}/.{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        try:
+            if os.fstat(fd).st_mode & 0o7777 != mode:  # a leftover temp keeps its old mode
+                os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise StoreError(f"cannot write {path}: {e.strerror or e}") from e
 
 
-def write_json(path: Path, value: Any) -> None:
-    write_atomic(path, json.dumps(value, indent=1, sort_keys=True).encode() + b"\n")
+def write_json(path: Path, value: Any, *, durable: bool = True) -> None:
+    data = json.dumps(value, indent=1, sort_keys=True).encode() + b"\n"
+    write_atomic(path, data, durable=durable)
 
 
 def read_bytes(path: Path) -> bytes | None:

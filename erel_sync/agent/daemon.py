@@ -43,6 +43,7 @@ log = logging.getLogger("erel_sync.agent")
 
 JOIN_WINDOW = 0.15  # wait this long for the stream tail before asking peers
 STOP_GRACE = 60.0  # SIGTERM: how long a running tick may take to finish
+REPORT_SPACING = 0.5  # seconds between two change-driven heartbeats
 
 
 _memory_released = False
@@ -95,6 +96,7 @@ class Agent:
         self._snapshot_seen = asyncio.Event()
         self._channels: broker.Channels | None = None
         self._heartbeat_now = asyncio.Event()
+        self._persisted: tuple[str, bytes] = ("", b"")  # (failure memory + holds, whole file)
 
     # --- snapshots
     def _load_snapshot(self) -> None:
@@ -151,19 +153,33 @@ class Agent:
                 break
 
     # --- status
-    def persist(self) -> None:
+    async def persist(self, *, lasting_only: bool = False) -> None:
+        """Write status.json when it changed; fsync (in a thread) only when what must survive a
+        power loss changed (failure memory and holds). The report and counters change on every
+        tick, and losing the newest of them costs only freshness: they are written with the
+        (coalesced) heartbeats as a plain tmp + rename on the loop, cheaper than a thread
+        hand-off. `lasting_only`: write only if memory or holds changed (after each tick)."""
         r = self.reconciler
-        store.write_json(
-            self.status_file,
-            {
-                "memory": memory_to_json(r.memory),
-                "holds": r.holds,
-                "applied": r.applied,
-                "attempted": r.attempted,
-                "report": r.report,
-                "counters": dict(self.counters),
-            },
-        )
+        memory = memory_to_json(r.memory)
+        lasting = json.dumps({"memory": memory, "holds": r.holds}, sort_keys=True)
+        doc = {
+            "memory": memory,
+            "holds": r.holds,
+            "applied": r.applied,
+            "attempted": r.attempted,
+            "report": r.report,
+            "counters": dict(self.counters),
+        }
+        if lasting_only and lasting == self._persisted[0]:
+            return
+        data = json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+        if data == self._persisted[1]:
+            return
+        if lasting != self._persisted[0]:
+            await asyncio.to_thread(store.write_atomic, self.status_file, data)
+        else:
+            store.write_atomic(self.status_file, data, durable=False)
+        self._persisted = (lasting, data)
 
     def heartbeat(self) -> dict[str, Any]:
         doc = dict(self.reconciler.report) or {
@@ -207,7 +223,7 @@ class Agent:
                 return
             try:
                 await self.reconciler.tick()
-                await asyncio.to_thread(self.persist)
+                await self.persist(lasting_only=True)
             except store.StoreError as e:
                 log.error("%s: cannot persist status: %s", self.s.host_id, e)
             except Exception:
@@ -215,13 +231,25 @@ class Agent:
             self._heartbeat_now.set()
 
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        last = -REPORT_SPACING
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.s.heartbeat_interval):
                     await self._heartbeat_now.wait()
+            # Change reports coalesce: a burst of commits is reported at most once per
+            # REPORT_SPACING, carrying the newest state, instead of once per tick.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(last + REPORT_SPACING - loop.time()):
+                    await stop.wait()
             self._heartbeat_now.clear()
+            try:
+                await self.persist()
+            except store.StoreError as e:
+                log.error("%s: cannot persist status: %s", self.s.host_id, e)
             with contextlib.suppress(broker.BrokerError):
                 await self._publish_heartbeat()
+            last = loop.time()
 
     async def _broker_loop(self, stop: asyncio.Event) -> None:
         """Keep a broker session up while reconciling goes on from the disk."""
@@ -320,3 +348,5 @@ class Agent:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(reconcile, timeout=STOP_GRACE)
             await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(store.StoreError):
+                await self.persist()  # the last report, for whoever reads status.json next
