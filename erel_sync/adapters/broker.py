@@ -124,10 +124,20 @@ async def declare_stream(channel: AbstractChannel) -> None:
     await stream.bind(config, routing_key=topo.CONFIG_ROUTING_KEY)
 
 
+async def declare_presence(channel: AbstractChannel) -> None:
+    """The presence stream, bound to `erel.status` for `presence.*` (docs/operating.md)."""
+    status = await channel.get_exchange(topo.STATUS_EXCHANGE)
+    stream = await channel.declare_queue(
+        topo.PRESENCE_STREAM, durable=True, arguments=dict(topo.PRESENCE_STREAM_ARGUMENTS)
+    )
+    await stream.bind(status, routing_key=topo.PRESENCE_PATTERN)
+
+
 async def declare_topology(channel: AbstractChannel) -> None:
-    """Exchanges and the config stream (publisher side; agents only declare passively)."""
+    """Exchanges and the streams (publisher side; agents only declare passively)."""
     await declare_exchanges(channel)
     await declare_stream(channel)
+    await declare_presence(channel)
 
 
 async def publish(
@@ -273,6 +283,45 @@ async def request_state(
         with contextlib.suppress(Exception):
             await queue.delete(if_unused=False, if_empty=False)
     return answers
+
+
+CommandHandler = Callable[[bytes], Awaitable[bytes | None]]
+
+
+async def serve_control(
+    channel: AbstractChannel, host: str, instance: str, handler: CommandHandler
+) -> AbstractQueue:
+    """Take operator commands for this host: `host.<id>`, every `group.*` (the handler keeps
+    only its current group's, so a group change needs no rebinding) and `all`. Replies go to
+    `erel.sync` under the command's `reply.<…>` reply-to, with its correlation id.
+
+    The queue name carries the agent instance, so two agents wrongly sharing a host id both
+    run (and `erel-sync members` shows both) instead of one failing on an exclusive queue."""
+    exchange = await channel.get_exchange(topo.CONTROL_EXCHANGE)
+    queue = await channel.declare_queue(
+        topo.agent_queue(host, f"control.{instance}"), exclusive=True, auto_delete=True
+    )
+    for key in (topo.host_key(host), topo.group_key("*"), topo.ALL_KEY):
+        await queue.bind(exchange, routing_key=key)
+
+    async def on_command(message: AbstractIncomingMessage) -> None:
+        answer = await handler(message.body)
+        reply = message.reply_to or ""
+        if answer is None or not reply.startswith("reply."):
+            return
+        with contextlib.suppress(PublishFailed):
+            await publish(
+                channel,
+                topo.SYNC_EXCHANGE,
+                reply,
+                answer,
+                mandatory=False,
+                correlation_id=message.correlation_id,
+                expiration=60.0,
+            )
+
+    await queue.consume(on_command, no_ack=True)
+    return queue
 
 
 async def consume_status(

@@ -11,6 +11,9 @@ Topology (docs/broker.md has the why):
   exchange, never through the default exchange, so that agents can be denied `amq.default`.
 - `erel.status` (topic): heartbeats and reports, routing key `host.<id>`.
 - `erel.control` (topic): commands to `host.<id>` or `group.<name>`.
+- `erel.status` -> `erel.presence` stream (binding `presence.*`): small presence records each
+  agent publishes on connect, every PRESENCE_INTERVAL and when it leaves, read back by
+  `erel-sync status`/`members` to know which hosts exist and name the ones that do not answer.
 - `erel.sync` (topic): `state.request` (reply-to `amq.rabbitmq.reply-to`, answered by a
   publisher) and peer replies `reply.<host>` (agents cannot publish to direct reply-to).
 """
@@ -41,6 +44,9 @@ AGENT_QUEUE_PREFIX: Final = "erel.agent."  # client-named agent queues: erel.age
 # Routing keys.
 STATE_REQUEST_KEY: Final = "state.request"  # on erel.sync
 PUBLISHER_REJECTED_KEY: Final = "publisher.rejected"  # on erel.status: a revision refused
+PRESENCE_PATTERN: Final = "presence.*"  # on erel.status, into the presence stream
+PRESENCE_STREAM: Final = "erel.presence"
+PRESENCE_INTERVAL: Final = 30.0  # seconds between two presence records of a live agent
 
 # Stream retention. Snapshots are whole states, so only the tail matters; the publisher also
 # republishes the current snapshot on a timer, so age-based expiry never empties a live stream.
@@ -78,14 +84,29 @@ CONFIG_STREAM_ARGUMENTS: Final[dict[str, str | int]] = {
     "x-max-age": CONFIG_STREAM_MAX_AGE,
 }
 
+# Presence: only the recent past matters (which hosts were alive lately), and records are small;
+# small segments so that age-based retention actually drops old ones.
+PRESENCE_STREAM_ARGUMENTS: Final[dict[str, str | int]] = {
+    "x-queue-type": "stream",
+    "x-max-length-bytes": 64 * 1024 * 1024,
+    "x-stream-max-segment-size-bytes": 1024 * 1024,
+    "x-max-age": "1D",
+}
+
 EXCHANGES: Final = (
     ExchangeSpec(CONFIG_EXCHANGE, CONFIG_EXCHANGE_TYPE),
     ExchangeSpec(STATUS_EXCHANGE, "topic"),
     ExchangeSpec(CONTROL_EXCHANGE, "topic"),
     ExchangeSpec(SYNC_EXCHANGE, "topic"),
 )
-QUEUES: Final = (QueueSpec(CONFIG_STREAM, dict(CONFIG_STREAM_ARGUMENTS)),)
-BINDINGS: Final = (BindingSpec(CONFIG_EXCHANGE, CONFIG_STREAM, CONFIG_ROUTING_KEY),)
+QUEUES: Final = (
+    QueueSpec(CONFIG_STREAM, dict(CONFIG_STREAM_ARGUMENTS)),
+    QueueSpec(PRESENCE_STREAM, dict(PRESENCE_STREAM_ARGUMENTS)),
+)
+BINDINGS: Final = (
+    BindingSpec(CONFIG_EXCHANGE, CONFIG_STREAM, CONFIG_ROUTING_KEY),
+    BindingSpec(STATUS_EXCHANGE, PRESENCE_STREAM, PRESENCE_PATTERN),
+)
 
 
 def host_key(host: str) -> str:
@@ -95,6 +116,13 @@ def host_key(host: str) -> str:
 
 def group_key(group: str) -> str:
     return f"group.{group}"
+
+
+def presence_key(host: str) -> str:
+    return f"presence.{host}"
+
+
+ALL_KEY: Final = "all"  # on erel.control: every agent
 
 
 def reply_key(host: str) -> str:

@@ -33,6 +33,7 @@ from erel_sync import __version__
 from erel_sync.adapters import broker, store
 from erel_sync.adapters import topology as topo
 from erel_sync.adapters.driver import DriverSettings, ReleaseDriver
+from erel_sync.agent.control import ControlService, serve_socket
 from erel_sync.agent.reconciler import Driver, Reconciler, utc_now
 from erel_sync.core.matching import HostIdentity
 from erel_sync.core.snapshot import Snapshot, SnapshotRejected, peek_seq, verify_envelope
@@ -73,6 +74,7 @@ class Agent:
         self.instance = uuid.uuid4().hex[:12]
         self.counters: Counter[str] = Counter()
         self.trusted = {k.key_id: k.public_key for k in settings.trusted_keys}
+        self.operator_keys = {k.key_id: k.public_key for k in settings.operator_keys}
         self.connected = False
         self.driver: Driver = driver or ReleaseDriver(
             DriverSettings(
@@ -97,6 +99,9 @@ class Agent:
         self._channels: broker.Channels | None = None
         self._heartbeat_now = asyncio.Event()
         self._persisted: tuple[str, bytes] = ("", b"")  # (failure memory + holds, whole file)
+        self.control = ControlService(self)
+        self._commands: set[asyncio.Task[bytes | None]] = set()
+        self._presence_group: str | None = None
 
     # --- snapshots
     def _load_snapshot(self) -> None:
@@ -201,6 +206,48 @@ class Agent:
         )
         return doc
 
+    def request_heartbeat(self) -> None:
+        self._heartbeat_now.set()
+
+    def presence(self, state: str = "alive") -> dict[str, Any]:
+        """The small record on the presence stream: who this agent is, that it lives."""
+        return {
+            "format": 1,
+            "kind": "presence",
+            "state": state,
+            "host_id": self.s.host_id,
+            "instance": self.instance,
+            "group": self.reconciler.report.get("group"),
+            "labels": dict(self.s.labels),
+            "agent_version": __version__,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "sent": utc_now(),
+            "heartbeat_interval": self.s.heartbeat_interval,
+            "presence_interval": topo.PRESENCE_INTERVAL,
+        }
+
+    async def _publish_presence(self, state: str = "alive") -> None:
+        if self._channels is None or not self.connected:
+            return
+        self._presence_group = self.reconciler.report.get("group")
+        channel = await self._channels.consuming()
+        await broker.publish(
+            channel,
+            topo.STATUS_EXCHANGE,
+            topo.presence_key(self.s.host_id),
+            json.dumps(self.presence(state)).encode(),
+            mandatory=False,
+        )
+
+    async def _on_command(self, raw: bytes) -> bytes | None:
+        """A remote command runs in a task of the agent's own: a broker loss cancels the
+        delivery's task, and must not cut a driver step in the middle."""
+        task = asyncio.create_task(self.control.handle_remote(raw))
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
+        return await asyncio.shield(task)
+
     async def _publish_heartbeat(self) -> None:
         if self._channels is None or not self.connected:
             return
@@ -233,6 +280,7 @@ class Agent:
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         last = -REPORT_SPACING
+        last_presence = -topo.PRESENCE_INTERVAL
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.s.heartbeat_interval):
@@ -249,6 +297,10 @@ class Agent:
                 log.error("%s: cannot persist status: %s", self.s.host_id, e)
             with contextlib.suppress(broker.BrokerError):
                 await self._publish_heartbeat()
+                group_changed = self.reconciler.report.get("group") != self._presence_group
+                if group_changed or loop.time() - last_presence >= topo.PRESENCE_INTERVAL:
+                    await self._publish_presence()
+                    last_presence = loop.time()
             last = loop.time()
 
     async def _broker_loop(self, stop: asyncio.Event) -> None:
@@ -281,17 +333,26 @@ class Agent:
             self._snapshot_seen.clear()
             stream_ok = await self._consume_stream(connection, broken)
             await broker.serve_state_requests(
-                consume, self.stored_envelope, queue_name=topo.agent_queue(self.s.host_id, "state")
+                consume,
+                self.stored_envelope,
+                queue_name=topo.agent_queue(self.s.host_id, f"state.{self.instance}"),
             )
+            await broker.serve_control(consume, self.s.host_id, self.instance, self._on_command)
             self.connected = True
             self.counters["connects"] += 1
             await self._join(await self._channels.publishing())
             release_free_memory()
             self._trigger.set()  # after a gap, reconcile even if no newer snapshot came
             self._heartbeat_now.set()
+            with contextlib.suppress(broker.BrokerError):
+                await self._publish_presence()
             # Without the stream (down on the broker) the agent still joined through peers; the
             # session is rebuilt after a while to pick the stream up again.
             await broker.hold_session(stop, broken, stream_ok=stream_ok)
+            if stop.is_set():
+                # A clean stop says so: `status` then does not list this host as unreachable.
+                with contextlib.suppress(broker.BrokerError, aiormq.exceptions.AMQPError):
+                    await self._publish_presence("left")
         finally:
             self.connected = False
             self._channels = None
@@ -314,6 +375,15 @@ class Agent:
         underlay.on_consumer_cancel_callbacks.add(lambda *_: broken.set())
         return True
 
+    async def _serve_socket(self) -> asyncio.AbstractServer | None:
+        path = Path(self.s.control_socket_path)
+        try:
+            return await serve_socket(path, self.control.handle_local, group=self.s.control_group)
+        except (OSError, KeyError) as e:
+            # The agent still reconciles and takes signed remote commands without it.
+            log.error("%s: no local control socket at %s: %s", self.s.host_id, path, e)
+            return None
+
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         scheduler = AsyncIOScheduler()
@@ -333,11 +403,14 @@ class Agent:
             asyncio.create_task(self._broker_loop(stop)),
         ]
         self._trigger.set()  # reconcile from what is on disk while the broker is away
+        server = await self._serve_socket()
         if ready is not None:
             ready.set()
         try:
             await stop.wait()
         finally:
+            if server is not None:
+                server.close()
             scheduler.shutdown(wait=False)
             reconcile, others = tasks[0], tasks[1:]
             for t in others:
@@ -348,5 +421,7 @@ class Agent:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(reconcile, timeout=STOP_GRACE)
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self._commands:  # operator commands finish their driver step, like a tick
+                await asyncio.wait(self._commands, timeout=STOP_GRACE)
             with contextlib.suppress(store.StoreError):
                 await self.persist()  # the last report, for whoever reads status.json next

@@ -42,6 +42,8 @@ class Driver(Protocol):
     async def observe_all(self, *, health: bool = False) -> Mapping[str, Any]: ...
     async def install(self, spec: Any, version: str, config: Any) -> Any: ...
     async def start(self, name: str) -> Any: ...
+    async def stop(self, name: str) -> Any: ...
+    async def restart(self, name: str) -> Any: ...
     async def upgrade(self, spec: Any, to_version: str, config: Any) -> Any: ...
     async def reconfigure(self, spec: Any, config: Any = None) -> Any: ...
     async def delete(self, name: str) -> Any: ...
@@ -84,6 +86,37 @@ class Reconciler:
         self._lock = asyncio.Lock()
         self._dirty = False
 
+    def exclusive(self) -> asyncio.Lock:
+        """Held by operator commands so they never interleave with a tick's steps."""
+        return self._lock
+
+    async def refresh(self) -> dict[str, Any]:
+        """Observe and report without acting (a `status` query); under the tick lock. While a
+        tick runs, its last report is the answer rather than waiting for the tick."""
+        if self._lock.locked():
+            return self.report
+        async with self._lock:
+            await self._tick_once("status", act=False)
+        return self.report
+
+    def desired_fingerprint(self, name: str) -> str | None:
+        """What git wants for `name` here (version and config), to notice that it changed."""
+        _, desired, _ = self.desired()
+        want = (desired or {}).get(name)
+        if want is None:
+            return None
+        return f"{want.version.version}:{config_digest(want.config)}"
+
+    def _expire_holds(self) -> None:
+        """A `delete` hold lasts until the desired state of that release changes (DESIGN.md §6:
+        git wins again once someone changes it)."""
+        for name, hold in list(self.holds.items()):
+            if hold.get("kind") != "delete":
+                continue
+            if hold.get("desired") != self.desired_fingerprint(name):
+                log.info("%s: desired %s changed; delete hold cleared", self.host.host_id, name)
+                del self.holds[name]
+
     async def tick(self, why: str = "") -> dict[str, Any]:
         """Run one reconcile, or mark dirty if one is running (it then runs once more)."""
         if self._lock.locked():
@@ -112,8 +145,9 @@ class Reconciler:
         raw = await self.driver.observe_all(health=health)
         return {n: to_observation(o) for n, o in raw.items()}, dict(raw)
 
-    async def _tick_once(self, why: str) -> None:
+    async def _tick_once(self, why: str, *, act: bool = True) -> None:
         self.ticks += 1
+        self._expire_holds()
         match, desired, suspended = self.desired()
         observed, raw = await self._observe()
         if await self._recover(raw):
@@ -130,7 +164,7 @@ class Reconciler:
             suspended=suspended,
             holds=holds,
         )
-        if first.actions:
+        if first.actions and act:
             log.info(
                 "%s: tick (%s) seq %d: %s",
                 self.host.host_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from erel_sync import __version__
-from erel_sync.cli import broker, config, daemons, dev
+from erel_sync.cli import broker, config, daemons, dev, ops
 from erel_sync.cli.release import app as release_app
 
 app = typer.Typer(
@@ -22,6 +22,13 @@ app.command()(daemons.keygen)
 app.command()(daemons.publisher)
 app.command()(daemons.agent)
 app.command()(dev.dev)
+app.command()(ops.status)
+app.command()(ops.members)
+app.command()(ops.wait)
+app.command(name="start")(ops.start)
+app.command(name="stop")(ops.stop)
+app.command(name="restart")(ops.restart)
+app.command(name="delete")(ops.delete)
 app.add_typer(broker.app, name="broker")
 app.add_typer(release_app, name="release")
 

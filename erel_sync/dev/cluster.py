@@ -85,6 +85,7 @@ class DevCluster:
     rabbit: RabbitNode | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     key_id: str = "dev-publisher"
+    operator_key_id: str = "dev-operator"
 
     @property
     def repo(self) -> Path:
@@ -123,13 +124,19 @@ class DevCluster:
             git(self.repo, "add", "-A")
             git(self.repo, "commit", "-q", "-m", "sample cluster")
         keys = self.work / "keys"
-        if not (keys / f"{self.key_id}.key").exists():
-            pem, pub = generate_key()
-            store.write_atomic(keys / f"{self.key_id}.key", pem)
-            store.write_atomic(keys / f"{self.key_id}.pub", pub.encode())
+        for key_id in (self.key_id, self.operator_key_id):
+            if not (keys / f"{key_id}.key").exists():
+                pem, pub = generate_key()
+                store.write_atomic(keys / f"{key_id}.key", pem)
+                store.write_atomic(keys / f"{key_id}.pub", pub.encode())
 
-    def public_key(self) -> str:
-        return (self.work / "keys" / f"{self.key_id}.pub").read_text().strip()
+    def public_key(self, key_id: str | None = None) -> str:
+        return (self.work / "keys" / f"{key_id or self.key_id}.pub").read_text().strip()
+
+    @property
+    def operator_key(self) -> Path:
+        """The operator's signing key for remote commands (`erel-sync stop … --key`)."""
+        return self.work / "keys" / f"{self.operator_key_id}.key"
 
     def agent_settings(self, host: DevHost) -> Path:
         d = self.host_dir(host.host_id)
@@ -142,6 +149,8 @@ spec:
   labels: {{{labels}}}
   broker: {{urls: ["{self.url}"], heartbeat: 5s}}
   trusted_keys: [{{id: {self.key_id}, public_key: "{self.public_key()}"}}]
+  operator_keys:
+    - {{id: {self.operator_key_id}, public_key: "{self.public_key(self.operator_key_id)}"}}
   state_dir: {d / "state"}
   releases_dir: {d / "releases"}
   cache_dir: {d / "cache"}

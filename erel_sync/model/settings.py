@@ -36,10 +36,15 @@ class AgentSettings:
     state_dir: str = "/var/lib/erel-sync"
     releases_dir: str = "/var/lib/erel-sync/releases"
     cache_dir: str = "/var/cache/erel-sync"
-    control_socket: str = "/run/erel-sync/agent.sock"
+    control_socket: str = ""  # "" = state_dir/agent.sock
+    control_group: str | None = None
     reconcile_interval: float = 30.0
     heartbeat_interval: float = 5.0
     node_host: str = "localhost"
+
+    @property
+    def control_socket_path(self) -> str:
+        return self.control_socket or f"{self.state_dir.rstrip('/')}/agent.sock"
 
     def with_overrides(self, **changes: Any) -> AgentSettings:
         """Environment and command-line overrides on top of the file (None means not given)."""
@@ -56,7 +61,14 @@ def settings_from_document(doc: Mapping[str, Any]) -> AgentSettings:
     d = AgentSettings(host_id=spec["host_id"])
     changes: dict[str, Any] = {
         k: spec[k]
-        for k in ("state_dir", "releases_dir", "cache_dir", "control_socket", "node_host")
+        for k in (
+            "state_dir",
+            "releases_dir",
+            "cache_dir",
+            "control_socket",
+            "control_group",
+            "node_host",
+        )
         if k in spec
     }
     for k in ("reconcile_interval", "heartbeat_interval"):

@@ -199,6 +199,11 @@ class Publisher:
         assert self._channels is not None
         await broker.declare_exchanges(await self._channels.publishing())
         try:
+            await broker.declare_presence(await self._channels.publishing())
+        except aiormq.exceptions.AMQPError as e:
+            # Only `status` loses its memory of silent hosts; publishing goes on.
+            log.error("presence stream unavailable (%s)", e)
+        try:
             await broker.declare_stream(await self._channels.publishing())
             return True
         except aiormq.exceptions.ChannelNotFoundEntity as e:

@@ -1,0 +1,171 @@
+"""The operator side of the control plane: commands out on `erel.control`, replies back, the
+presence stream read, heartbeats followed. Used by `erel-sync status|members|wait|start|…`.
+
+Adapter (AMQP). Replies come to a private queue bound on `erel.sync` under `reply.op-<id>` (the
+same path peer agents use for state answers), matched by correlation id. The set of hosts that
+*should* answer comes from the presence stream (docs/operating.md): every agent writes a small
+record there when it connects, every 30 s and when it stops cleanly, so a host whose agent died
+is still known and can be named as unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+
+from erel_sync.adapters import broker
+from erel_sync.adapters import topology as topo
+from erel_sync.core import control
+from erel_sync.core.control import Command
+
+PRESENCE_IDLE = 0.12  # the presence backlog is delivered at once: this much silence ends it
+
+
+class OpsClient:
+    """One broker session of an operator command (async context manager)."""
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        self.urls = list(urls)
+        self.reply_key = f"reply.op-{uuid.uuid4().hex[:12]}"
+        self._conn: AbstractRobustConnection | Any = None
+        self._channel: AbstractChannel | None = None
+        self._replies: dict[str, list[dict[str, Any]]] = {}
+        self._arrived = asyncio.Event()
+
+    async def __aenter__(self) -> OpsClient:
+        stop = asyncio.Event()
+        self._conn = await broker.connect(
+            self.urls, name="erel-sync-cli", stop=stop, robust=False, attempts=2
+        )
+        self._channel = await self._conn.channel(publisher_confirms=True)
+        exchange = await self._channel.get_exchange(topo.SYNC_EXCHANGE)
+        queue = await self._channel.declare_queue("", exclusive=True, auto_delete=True)
+        await queue.bind(exchange, routing_key=self.reply_key)
+        await queue.consume(self._on_reply, no_ack=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            await self._conn.close()
+
+    @property
+    def channel(self) -> AbstractChannel:
+        assert self._channel is not None, "use OpsClient as an async context manager"
+        return self._channel
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        doc = control.parse_reply(message.body)
+        if doc is None or message.correlation_id is None:
+            return
+        doc["received"] = time.time()
+        self._replies.setdefault(message.correlation_id, []).append(doc)
+        self._arrived.set()
+
+    async def send(self, cmd: Command, ttl: float) -> None:
+        """Publish a command; a `host.<id>` command nobody is bound for raises PublishFailed
+        (no live agent for that host), group and `all` commands may reach nobody."""
+        await broker.publish(
+            self.channel,
+            topo.CONTROL_EXCHANGE,
+            cmd.target,
+            cmd.encode(),
+            mandatory=cmd.target.startswith("host."),
+            reply_to=self.reply_key,
+            correlation_id=cmd.id,
+            expiration=ttl,  # the broker drops it too once stale
+        )
+
+    async def collect(
+        self,
+        cmd_id: str,
+        *,
+        expected: set[str],
+        within: float,
+        settle: float = 0.05,
+        on_reply: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Replies by host until every expected host answered (then a short settle, to catch
+        a second agent wrongly claiming the same host id) or `within` seconds passed."""
+        deadline = time.monotonic() + within
+        seen = 0
+        while True:
+            got = self._replies.get(cmd_id, [])
+            if on_reply is not None:
+                for doc in got[seen:]:
+                    on_reply(doc)
+            seen = len(got)
+            hosts = {d["host_id"] for d in got}
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            wait = left
+            if expected and expected <= hosts:
+                wait = min(left, settle)
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(wait):
+                    await self._arrived.wait()
+            except TimeoutError:
+                if expected and expected <= hosts:
+                    break
+        out: dict[str, list[dict[str, Any]]] = {}
+        for d in self._replies.get(cmd_id, []):
+            out.setdefault(d["host_id"], []).append(d)
+        return out
+
+    async def read_presence(self, since: float, *, max_wait: float = 3.0) -> list[dict[str, Any]]:
+        """Presence records sent after `since` (unix seconds); [] when the stream is missing."""
+        channel = await self._conn.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=2000)
+        records: list[dict[str, Any]] = []
+        arrived = asyncio.Event()
+        try:
+            queue = await channel.declare_queue(topo.PRESENCE_STREAM, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return records
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                doc = json.loads(message.body)
+                if isinstance(doc, dict) and doc.get("kind") == "presence":
+                    records.append(doc)
+            arrived.set()
+            await message.ack()
+
+        start = dt.datetime.fromtimestamp(since, tz=dt.UTC)
+        tag = await queue.consume(on_message, arguments={"x-stream-offset": start})
+        deadline = time.monotonic() + max_wait
+        try:
+            while time.monotonic() < deadline:
+                arrived.clear()
+                try:
+                    async with asyncio.timeout(PRESENCE_IDLE):
+                        await arrived.wait()
+                except TimeoutError:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+                await channel.close()
+        return records
+
+    async def follow_heartbeats(
+        self, handler: Callable[[dict[str, Any]], None], pattern: str = "host.*"
+    ) -> None:
+        async def on_status(_key: str, body: bytes) -> None:
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                doc = json.loads(body)
+                if isinstance(doc, dict) and doc.get("kind") == "heartbeat":
+                    doc["received"] = time.time()
+                    handler(doc)
+
+        await broker.consume_status(self.channel, on_status, pattern=pattern)

@@ -1,0 +1,221 @@
+"""The agent's control API: operator commands from `erel.control` and from the local socket.
+
+Called by `agent.daemon` (one `ControlService` per agent). Commands run under the reconciler's
+tick lock, so they never interleave with a tick's steps, and follow GitOps semantics that keep
+manual actions and git from fighting (docs/operating.md):
+
+- `stop R`: puts a *hold* on R on this host (the reconciler leaves it alone), then stops it.
+- `start R`: clears the hold and reconciles, which starts R if git wants it.
+- `restart R`: restarts a running R; desired state and holds are unchanged.
+- `delete R`: puts a `delete` hold on R and removes it; the hold ends when the desired state of
+  R on this host changes (a new version or config in git) or when someone runs `start R`.
+- `status`: a fresh observation of every release, as the heartbeat document.
+
+Holds are part of the agent's durable state (status.json, fsynced), so they survive restarts.
+
+Remote commands must be signed by an operator key from the agent's settings (`status` may be
+unsigned: it changes nothing) and are refused once expired or when replayed. The local Unix
+socket is authenticated by its file mode (0600, or 0660 with an operators' group): anyone who can
+open it is an operator of this host, so its commands need no signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from erel_sync.core import control, reasons
+from erel_sync.core.control import Command, CommandRejected
+from erel_sync.core.reconcile import Memory
+
+if TYPE_CHECKING:
+    from erel_sync.agent.daemon import Agent
+
+log = logging.getLogger("erel_sync.agent")
+
+STATUS_BUDGET = 2.0  # seconds a `status` query may spend observing before the last report is used
+MAX_LINE = 64 * 1024
+
+
+class ControlService:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self._seen: dict[str, float] = {}  # command id -> expiry, against replays
+
+    def targets(self) -> frozenset[str]:
+        """The routing targets this host answers to now: itself, its current group, `all`."""
+        out = {control.host_target(self.agent.s.host_id), control.ALL_TARGET}
+        group = self.agent.reconciler.report.get("group")
+        if group:
+            out.add(control.group_target(group))
+        return frozenset(out)
+
+    async def handle_remote(self, raw: bytes) -> bytes | None:
+        """A command from the broker: the reply to send back, or None when the command was not
+        for this host (a group command while in another group: silence, not an error)."""
+        a = self.agent
+        try:
+            cmd = control.parse_command(raw)
+        except CommandRejected as e:
+            a.counters[f"commands_refused.{e.reason}"] += 1
+            log.warning("%s: command refused: %s", a.s.host_id, e)
+            return None  # no id to answer to
+        try:
+            control.check_command(
+                cmd,
+                targets=self.targets(),
+                operator_keys=a.operator_keys,
+                now=time.time(),
+                require_signature=cmd.command in control.MUTATING,
+            )
+            self._check_replay(cmd)
+        except CommandRejected as e:
+            if e.reason == "NotForThisHost":
+                return None
+            a.counters[f"commands_refused.{e.reason}"] += 1
+            log.warning("%s: command %s refused: %s", a.s.host_id, cmd.describe(), e)
+            return self._reply(cmd.id, ok=False, reason=e.reason, message=e.message)
+        return await self.run(cmd, by=f"key:{cmd.key_id}" if cmd.key_id else "unsigned")
+
+    async def handle_local(self, line: bytes) -> bytes:
+        """A request line from the local socket: `{"command": "stop", "release": "hello"}`."""
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict):
+                raise ValueError("a request is a JSON object")
+            cmd = control.new_command(
+                str(req.get("command")),
+                req.get("release"),
+                control.LOCAL_TARGET,
+                now=time.time(),
+                command_id=str(req["id"]) if req.get("id") else None,
+            )
+        except (ValueError, TypeError) as e:
+            return self._reply("", ok=False, reason="Malformed", message=str(e))
+        return await self.run(cmd, by="local")
+
+    def _check_replay(self, cmd: Command) -> None:
+        now = time.time()
+        for k, exp in list(self._seen.items()):
+            if exp < now:
+                del self._seen[k]
+        if cmd.id in self._seen:
+            raise CommandRejected("Replayed", f"command {cmd.id} already ran")
+        self._seen[cmd.id] = cmd.expires
+
+    async def run(self, cmd: Command, *, by: str) -> bytes:
+        a = self.agent
+        a.counters[f"commands.{cmd.command}"] += 1
+        if cmd.command != "status":
+            log.info("%s: command %s by %s", a.s.host_id, cmd.describe(), by)
+        try:
+            result = await self._run(cmd, by)
+        except CommandRejected as e:
+            return self._reply(cmd.id, ok=False, reason=e.reason, message=e.message)
+        except reasons.DriverError as e:
+            return self._reply(cmd.id, ok=False, reason=e.reason, message=e.message)
+        finally:
+            a.request_heartbeat()
+        return self._reply(cmd.id, ok=True, result=result)
+
+    def _reply(self, cmd_id: str, **kw: Any) -> bytes:
+        a = self.agent
+        return control.reply(cmd_id, host_id=a.s.host_id, instance=a.instance, **kw)
+
+    async def _run(self, cmd: Command, by: str) -> dict[str, Any]:
+        a = self.agent
+        r = a.reconciler
+        if cmd.command == "status":
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STATUS_BUDGET):
+                    await r.refresh()
+            return a.heartbeat()
+        name = cmd.release
+        assert name is not None
+        async with r.exclusive():
+            observed = await a.driver.observe_all()
+            obs = observed.get(name)
+            installed = bool(obs and obs.installed)
+            if obs is not None and installed and obs.reason == reasons.NotManaged:
+                raise CommandRejected("NotManaged", f"{name} was not installed by erel-sync")
+            wanted = r.desired_fingerprint(name)
+            if not installed and wanted is None and name not in r.holds:
+                raise CommandRejected(
+                    "UnknownRelease", f"{name} is neither installed nor desired on this host"
+                )
+            hold = {"since": time.time(), "by": by, "command": cmd.id}
+            if cmd.command == "stop":
+                r.holds[name] = {"kind": "stop", **hold}
+                await a.persist()
+                if installed and obs is not None and obs.running:
+                    await a.driver.stop(name)
+            elif cmd.command == "delete":
+                r.holds[name] = {"kind": "delete", "desired": wanted, **hold}
+                await a.persist()
+                if installed:
+                    await a.driver.delete(name)
+                    r.memory.pop(name, None)
+            elif cmd.command == "restart":
+                if name in r.holds:
+                    raise CommandRejected(
+                        "Held", f"{name} is held ({r.holds[name]['kind']}); start it first"
+                    )
+                if not (obs is not None and obs.running):
+                    raise CommandRejected("NotRunning", f"{name} is not running")
+                await a.driver.restart(name)
+            elif cmd.command == "start":
+                r.holds.pop(name, None)
+                # A start also forgets a failed revision of R here: the operator asks to try.
+                mem = r.memory.get(name)
+                if mem is not None:
+                    r.memory[name] = Memory(applied_config=mem.applied_config)
+                await a.persist()
+        if cmd.command == "start":
+            await r.tick("start command")
+        else:
+            await r.refresh()
+        await a.persist()
+        row = next((x for x in r.report.get("releases", []) if x["name"] == name), None)
+        return {"release": row, "holds": dict(r.holds)}
+
+
+async def serve_socket(
+    path: Path, handler: Callable[[bytes], Awaitable[bytes]], *, group: str | None = None
+) -> asyncio.AbstractServer:
+    """The local control socket: one JSON request per line, one JSON reply per line.
+    Mode 0600, or 0660 owned by `group` (an operators' group)."""
+    os.makedirs(path.parent, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a socket left by a killed agent; bind would fail with EADDRINUSE
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                writer.write(await handler(line) + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    old = os.umask(0o177)  # no window in which the socket exists with a wider mode
+    try:
+        server = await asyncio.start_unix_server(on_client, path=str(path), limit=MAX_LINE)
+    finally:
+        os.umask(old)
+    if group:
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        os.chmod(path, 0o660)
+    else:
+        os.chmod(path, 0o600)
+    return server

@@ -1,0 +1,292 @@
+"""Operating the cluster through the CLI (issue "Operating the cluster", Done when): holds across
+ticks and an agent restart, remote start/stop/restart on a whole group, expired and unsigned
+commands refused, `status` with a killed agent, JSON output against its schema, `wait`.
+
+Real processes: a publisher, three agents, the `erel-sync` CLI as a subprocess, a private
+RabbitMQ node and the real example releases. The scenarios run in order on one cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from erel_sync.adapters.opsclient import OpsClient
+from erel_sync.core import control
+from erel_sync.core.snapshot import generate_key, load_private_key
+from erel_sync.dev.cluster import REPO_ROOT, DevHost
+from tests.e2e.harness import E2ECluster, wait_for
+from tests.e2e.test_gitops import group, release
+
+pytestmark = pytest.mark.e2e
+
+FILES = {
+    "releases/hello.yaml": release("hello", ("0.1.0", "0.2.0", "0.3.0")),
+    "releases/ticker.yaml": release("ticker", ("0.1.0",)),
+    "groups/web.yaml": group("web", "hosts: ['web-*']", {"hello": "0.1.0"}),
+    "groups/batch.yaml": group("batch", "selector: {labels: {role: batch}}", {"ticker": "0.1.0"}),
+}
+HOSTS = (
+    DevHost("web-1", {"role": "web"}),
+    DevHost("web-2", {"role": "web"}),
+    DevHost("batch-1", {"role": "batch"}),
+)
+ALL = ["web-1", "web-2", "batch-1"]
+
+
+@pytest.fixture(scope="module")
+def cluster(rabbit: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
+    from tests.rabbit import unique_name
+
+    vhost = unique_name("ops")
+    rabbit.add_vhost(vhost)
+    c = E2ECluster(
+        tmp_path_factory.mktemp("ops"),
+        hosts=HOSTS,
+        amqp_url=rabbit.url_for(vhost),
+        reconcile_interval="1s",
+        heartbeat_interval="500ms",
+    )
+    try:
+        c.prepare(files=FILES)
+        c.start()
+        yield c
+    finally:
+        c.stop()
+        rabbit.delete_vhost(vhost)
+
+
+def cli(c: E2ECluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EREL_AMQP_URL": c.url, "EREL_OPERATOR_KEY": str(c.operator_key)}
+    return subprocess.run(
+        [sys.executable, "-m", "erel_sync", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def running(c: E2ECluster, host: str, name: str) -> bool:
+    obs = c.observe(host).get(name)
+    return bool(obs and obs.running)
+
+
+def hold(c: E2ECluster, host: str, name: str) -> dict[str, Any] | None:
+    doc = c.report(host)
+    rel = next((r for r in doc.get("releases", []) if r["name"] == name), None)
+    return rel["hold"] if rel else None
+
+
+def ticks_pass(c: E2ECluster, host: str, n: int = 2) -> None:
+    """Wait until the agent reported `n` more reconcile passes (its report time moved on)."""
+    seen: list[str] = []
+
+    def moved() -> bool:
+        t = c.report(host).get("time")
+        if t and (not seen or seen[-1] != t):
+            seen.append(t)
+        return len(seen) > n
+
+    wait_for(f"{n} reconcile ticks on {host}", moved, timeout=30)
+
+
+def test_01_status_and_members_json_follow_their_schemas(cluster: E2ECluster) -> None:
+    cluster.wait_converged(ALL, seq=1, timeout=90)
+    out = cli(cluster, "status", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    schema = json.loads((REPO_ROOT / "schemas" / "cli" / "status.schema.json").read_text())
+    jsonschema.validate(doc, schema)
+    by_host = {h["host_id"]: h for h in doc}
+    assert set(by_host) == set(ALL)
+    assert all(h["reachable"] and h["converged"] for h in doc)
+    web1 = {r["name"]: r for r in by_host["web-1"]["releases"]}
+    assert web1["hello"]["version"] == web1["hello"]["desired_version"] == "0.1.0"
+    assert web1["hello"]["state"] == "Ready" and web1["hello"]["healthy"] is True
+    assert by_host["batch-1"]["group"] == "batch"
+
+    table = cli(cluster, "status", "--group", "web")
+    assert table.returncode == 0, table.stderr
+    assert "web-1" in table.stdout and "batch-1" not in table.stdout
+
+    out = cli(cluster, "members", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    ms = json.loads(out.stdout)
+    schema = json.loads((REPO_ROOT / "schemas" / "cli" / "members.schema.json").read_text())
+    jsonschema.validate(ms, schema)
+    assert {m["host_id"]: (m["state"], m["group"]) for m in ms} == {
+        "web-1": ("Live", "web"),
+        "web-2": ("Live", "web"),
+        "batch-1": ("Live", "batch"),
+    }
+
+
+def test_02_stop_holds_across_ticks_and_an_agent_restart(cluster: E2ECluster) -> None:
+    out = cli(cluster, "stop", "hello", "--host", "web-1")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not running(cluster, "web-1", "hello")
+    wait_for("the hold in web-1's report", lambda: hold(cluster, "web-1", "hello") or {})
+    ticks_pass(cluster, "web-1", 2)
+    assert not running(cluster, "web-1", "hello"), "a tick restarted a held release"
+    assert cluster.releases("web-1")["hello"]["state"] == "Held"
+    assert running(cluster, "web-2", "hello")  # the other host untouched
+
+    cluster.stop_process("web-1")
+    cluster.start_agent(HOSTS[0])
+    ticks_pass(cluster, "web-1", 2)
+    assert not running(cluster, "web-1", "hello"), "the hold did not survive the restart"
+    assert (hold(cluster, "web-1", "hello") or {}).get("kind") == "stop"
+
+    # `start` through the local socket (no broker, no signature) clears the hold.
+    sock = cluster.host_dir("web-1") / "agent.sock"
+    out = cli(cluster, "start", "hello", "--socket", str(sock))
+    assert out.returncode == 0, out.stdout + out.stderr
+    wait_for("hello running again on web-1", lambda: running(cluster, "web-1", "hello"), 30)
+    wait_for("the hold gone", lambda: cluster.releases("web-1")["hello"]["hold"] is None)
+
+
+def test_03_remote_stop_start_restart_on_a_whole_group(cluster: E2ECluster) -> None:
+    ticker_pid = cluster.vm_pid("batch-1", "ticker")
+    out = cli(cluster, "stop", "hello", "--group", "web", "-o", "json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    results = json.loads(out.stdout)
+    assert {r["host_id"]: (r["ok"], r["hold"]["kind"]) for r in results} == {
+        "web-1": (True, "stop"),
+        "web-2": (True, "stop"),
+    }
+    assert not running(cluster, "web-1", "hello") and not running(cluster, "web-2", "hello")
+    assert cluster.vm_pid("batch-1", "ticker") == ticker_pid  # another group: untouched
+
+    out = cli(cluster, "start", "hello", "--group", "web")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for host in ("web-1", "web-2"):
+        wait_for(f"hello running on {host}", lambda h=host: running(cluster, h, "hello"), 30)  # type: ignore[misc]
+
+    before = {h: cluster.vm_pid(h, "hello") for h in ("web-1", "web-2")}
+    out = cli(cluster, "restart", "hello", "--group", "web")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for host in ("web-1", "web-2"):
+        wait_for(
+            f"a new hello VM on {host}",
+            lambda h=host: (
+                running(cluster, h, "hello")  # type: ignore[misc]
+                and cluster.vm_pid(h, "hello") not in (0, before[h])
+            ),
+            30,
+        )
+        assert cluster.releases(host)["hello"]["hold"] is None
+
+
+def _send(c: E2ECluster, cmd: control.Command, host: str) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        async with OpsClient([c.url]) as client:
+            await client.send(cmd, 60)
+            replies = await client.collect(cmd.id, expected={host}, within=10)
+        return replies[host][0]
+
+    return asyncio.run(go())
+
+
+def test_04_expired_unsigned_and_unknown_key_commands_are_refused(cluster: E2ECluster) -> None:
+    key = load_private_key(cluster.operator_key.read_bytes())
+    target = control.host_target("web-2")
+    pid = cluster.vm_pid("web-2", "hello")
+    unsigned = control.new_command("stop", "hello", target, now=time.time())
+    assert _send(cluster, unsigned, "web-2")["reason"] == "Unsigned"
+    expired = control.new_command(
+        "stop", "hello", target, now=time.time() - 120, ttl=60, key=key, key_id="dev-operator"
+    )
+    assert _send(cluster, expired, "web-2")["reason"] == "Expired"
+    stranger = load_private_key(generate_key()[0])
+    forged = control.new_command(
+        "stop", "hello", target, now=time.time(), key=stranger, key_id="dev-operator"
+    )
+    assert _send(cluster, forged, "web-2")["reason"] == "BadSignature"
+    assert running(cluster, "web-2", "hello") and cluster.vm_pid("web-2", "hello") == pid
+    assert cluster.releases("web-2")["hello"]["hold"] is None
+    wait_for(
+        "refusals counted",
+        lambda: (
+            cluster.report("web-2") is not None
+            and (store_counters(cluster, "web-2").get("commands_refused.Unsigned", 0) >= 1)
+        ),
+    )
+
+
+def store_counters(c: E2ECluster, host: str) -> dict[str, int]:
+    from erel_sync.adapters import store
+
+    doc = store.read_json(c.host_dir(host) / "state" / "status.json") or {}
+    return dict(doc.get("counters") or {})
+
+
+def test_05_delete_holds_until_git_changes_the_release(cluster: E2ECluster) -> None:
+    out = cli(cluster, "delete", "hello", "--host", "web-2")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "hello" not in cluster.observe("web-2")
+    ticks_pass(cluster, "web-2", 2)
+    assert "hello" not in cluster.observe("web-2"), "a tick reinstalled a deleted release"
+    assert (hold(cluster, "web-2", "hello") or {}).get("kind") == "delete"
+
+    text = cluster.file("groups/web.yaml").read_text()
+    sha = cluster.commit("hello 0.2.0", {"groups/web.yaml": text.replace("0.1.0", "0.2.0")})
+    out = cli(cluster, "wait", "--revision", sha, "--group", "web", "--timeout", "90s")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "converged" in out.stdout
+    for host in ("web-1", "web-2"):
+        assert cluster.observe(host)["hello"].current == "0.2.0"
+    assert cluster.releases("web-2")["hello"]["hold"] is None
+
+
+def test_06_wait_fails_with_reasons_when_a_release_fails_its_health_check(
+    cluster: E2ECluster,
+) -> None:
+    text = cluster.file("groups/web.yaml").read_text()
+    sha = cluster.commit("hello 0.3.0", {"groups/web.yaml": text.replace("0.2.0", "0.3.0")})
+    out = cli(cluster, "wait", "--revision", sha[:10], "--group", "web", "--timeout", "120s")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "failed" in out.stdout
+    assert "web-1" in out.stdout and "web-2" in out.stdout
+    assert "hello" in out.stdout
+    for host in ("web-1", "web-2"):  # rolled back, still serving
+        assert cluster.observe(host)["hello"].current == "0.2.0"
+        assert running(cluster, host, "hello")
+
+
+def test_07_status_names_a_killed_agent_unreachable_and_exits_3(cluster: E2ECluster) -> None:
+    cluster.kill_process("batch-1")
+    t0 = time.monotonic()
+    out = cli(cluster, "status", "-o", "json", "--timeout", "1.5")
+    took = time.monotonic() - t0
+    assert out.returncode == 3, out.stdout + out.stderr
+    doc = {h["host_id"]: h for h in json.loads(out.stdout)}
+    assert doc["batch-1"]["reachable"] is False and doc["batch-1"]["error"] == "no answer"
+    assert doc["web-1"]["reachable"] and doc["web-2"]["reachable"]
+    assert "batch-1" in out.stderr
+    assert took < 30
+    table = cli(cluster, "status")
+    assert table.returncode == 3
+    assert any("batch-1" in line and "Unreachable" in line for line in table.stdout.splitlines())
+
+
+def test_08_unknown_release_and_unreachable_host_are_clear_errors(cluster: E2ECluster) -> None:
+    out = cli(cluster, "stop", "nope", "--host", "web-1")
+    assert out.returncode == 1
+    assert "UnknownRelease" in out.stdout
+    out = cli(cluster, "stop", "hello", "--host", "batch-1")  # its agent was killed
+    assert out.returncode == 3
+    assert out.stderr.strip().startswith("erel-sync: no live agent for host batch-1")
+    missing = Path(cluster.work) / "nothing.sock"
+    out = cli(cluster, "stop", "hello", "--socket", str(missing))
+    assert out.returncode == 4 and out.stderr.count("\n") == 1
