@@ -67,6 +67,7 @@ bench: setup examples
 	$(BIN)/python bench/load_validate.py
 	$(BIN)/python bench/release_driver.py
 	$(BIN)/python bench/gitops.py
+	$(BIN)/python bench/status.py
 
 clean:
 	rm -rf $(BUILD) .work .pytest_cache .mypy_cache .ruff_cache

@@ -123,11 +123,18 @@ class OpsClient:
         return out
 
     async def read_presence(self, since: float, *, max_wait: float = 3.0) -> list[dict[str, Any]]:
-        """Presence records sent after `since` (unix seconds); [] when the stream is missing."""
+        """Presence records sent after `since` (unix seconds); [] when the stream is missing.
+
+        A stream never says "that was the last one", so the client first appends a marker
+        record of its own and reads until the marker comes back: exact, and no waiting for
+        silence. A user who may not write `erel.status` falls back to PRESENCE_IDLE of silence.
+        """
+        marker = uuid.uuid4().hex
+        marked = await self._append_marker(marker)
         channel = await self._conn.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=2000)
         records: list[dict[str, Any]] = []
-        arrived = asyncio.Event()
+        arrived, done = asyncio.Event(), asyncio.Event()
         try:
             queue = await channel.declare_queue(topo.PRESENCE_STREAM, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
@@ -138,25 +145,53 @@ class OpsClient:
                 doc = json.loads(message.body)
                 if isinstance(doc, dict) and doc.get("kind") == "presence":
                     records.append(doc)
+                elif isinstance(doc, dict) and doc.get("marker") == marker:
+                    done.set()
             arrived.set()
             await message.ack()
 
         start = dt.datetime.fromtimestamp(since, tz=dt.UTC)
         tag = await queue.consume(on_message, arguments={"x-stream-offset": start})
-        deadline = time.monotonic() + max_wait
         try:
-            while time.monotonic() < deadline:
-                arrived.clear()
-                try:
-                    async with asyncio.timeout(PRESENCE_IDLE):
-                        await arrived.wait()
-                except TimeoutError:
-                    break
+            if marked:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max_wait):
+                        await done.wait()
+            else:
+                await self._until_silent(arrived, max_wait)
         finally:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
                 await channel.close()
         return records
+
+    async def _append_marker(self, marker: str) -> bool:
+        channel = await self._conn.channel(publisher_confirms=True)
+        try:
+            await broker.publish(
+                channel,
+                topo.STATUS_EXCHANGE,
+                topo.presence_key("~marker"),
+                json.dumps({"kind": "presence-marker", "marker": marker}).encode(),
+                mandatory=True,  # returned when the stream (binding) does not exist
+            )
+            return True
+        except broker.PublishFailed:
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    @staticmethod
+    async def _until_silent(arrived: asyncio.Event, max_wait: float) -> None:
+        deadline = time.monotonic() + max_wait
+        while time.monotonic() < deadline:
+            arrived.clear()
+            try:
+                async with asyncio.timeout(PRESENCE_IDLE):
+                    await arrived.wait()
+            except TimeoutError:
+                return
 
     async def follow_heartbeats(
         self, handler: Callable[[dict[str, Any]], None], pattern: str = "host.*"

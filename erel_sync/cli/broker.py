@@ -12,14 +12,6 @@ from typing import Annotated
 
 import typer
 
-from erel_sync.adapters.brokersetup import (
-    BrokerSetupError,
-    BrokerSetupSpec,
-    plan_ctl,
-    rabbitmqctl,
-    render_script,
-    setup_broker,
-)
 from erel_sync.cli.common import Exit, fail
 
 app = typer.Typer(
@@ -96,6 +88,16 @@ def setup(
         erel-sync broker setup --amqp-url amqp://broker:5672/ --vhost erel
       erel-sync broker setup --amqp-url amqp://broker:5672/ --vhost erel --dry-run > setup.sh
     """
+    # aio-pika (in brokersetup) loads only when this command runs, not on every CLI start.
+    from erel_sync.adapters.brokersetup import (  # noqa: PLC0415
+        BrokerSetupError,
+        BrokerSetupSpec,
+        plan_ctl,
+        rabbitmqctl,
+        render_script,
+        setup_broker,
+    )
+
     spec = BrokerSetupSpec(
         vhost=vhost,
         publisher_user=publisher_user,

@@ -52,12 +52,15 @@ def keygen(
         str, typer.Option("--key-id", help="Key id agents will trust.")
     ] = "publisher",
 ) -> None:
-    """Make the publisher's Ed25519 signing key pair.
+    """Make an Ed25519 signing key pair: the publisher's, or an operator's.
 
-    Writes OUT/<key-id>.key (private, 0600) and OUT/<key-id>.pub, and prints the
-    `trusted_keys` entry for the agents' settings.
+    Writes OUT/<key-id>.key (private, 0600) and OUT/<key-id>.pub, and prints the entry for
+    the agents' settings: `trusted_keys` for a publisher key, `operator_keys` for an
+    operator key (remote start/stop/restart/delete, docs/operating.md).
 
-    Example: erel-sync keygen --out /etc/erel-sync --key-id publisher-2026
+    Examples:
+      erel-sync keygen --out /etc/erel-sync --key-id publisher-2026
+      erel-sync keygen --out ~/.erel-sync --key-id ops-alice
     """
     pem, pub = generate_key()
     key_file = out / f"{key_id}.key"
@@ -66,7 +69,10 @@ def keygen(
     store.write_atomic(key_file, pem, mode=0o600)
     store.write_atomic(out / f"{key_id}.pub", (pub + "\n").encode(), mode=0o644)
     typer.echo(f"wrote {key_file} and {out / (key_id + '.pub')}")
-    typer.echo(f"agents' settings:\n  trusted_keys:\n    - {{id: {key_id}, public_key: {pub}}}")
+    typer.echo(
+        f"agents' settings (trusted_keys for a publisher key, operator_keys for an operator's):"
+        f"\n  trusted_keys:\n    - {{id: {key_id}, public_key: {pub}}}"
+    )
 
 
 def publisher(

@@ -150,6 +150,11 @@ def dev(
             "try:  cd "
             f'{cluster.repo} && sed -i \'s/"0.2.0"/"0.1.0"/\' groups/web.yaml && '
             "git commit -qam 'web: back to hello 0.1.0'\n"
+            f"then: EREL_AMQP_URL={cluster.url} erel-sync wait -r $(git -C {cluster.repo} "
+            "rev-parse HEAD)\n"
+            f"      EREL_AMQP_URL={cluster.url} erel-sync status -o wide\n"
+            f"      EREL_AMQP_URL={cluster.url} erel-sync stop hello --group web "
+            f"--key {cluster.operator_key}\n"
             f"logs: {cluster.work / 'logs'}   Ctrl-C stops everything."
         )
 

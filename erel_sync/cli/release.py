@@ -15,16 +15,18 @@ import socket
 from collections.abc import Coroutine
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from erel_sync.adapters.driver import DriverSettings, ReleaseDriver
 from erel_sync.cli.common import Exit, fail
 from erel_sync.core import reasons
 from erel_sync.core.observed import ObservedRelease
 from erel_sync.model.specs import ReleaseSpec
 from erel_sync.model.validate import SourceFile, validate_sources
+
+if TYPE_CHECKING:  # the driver loads only when a release command runs
+    from erel_sync.adapters.driver import ReleaseDriver
 
 app = typer.Typer(
     name="release",
@@ -73,6 +75,8 @@ DEFAULT_CACHE = Path("/var/cache/erel-sync")
 
 
 def _driver(releases_dir: Path, cache_dir: Path, host_id: str | None) -> ReleaseDriver:
+    from erel_sync.adapters.driver import DriverSettings, ReleaseDriver  # noqa: PLC0415
+
     host = host_id or socket.gethostname().split(".")[0]
     try:
         settings = DriverSettings(

@@ -132,6 +132,24 @@ def test_01_status_and_members_json_follow_their_schemas(cluster: E2ECluster) ->
     }
 
 
+def test_01b_status_watch_streams_updates(cluster: E2ECluster) -> None:
+    env = {**os.environ, "EREL_AMQP_URL": cluster.url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "erel_sync", "status", "--watch", "-o", "json"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        assert {h["host_id"] for h in first} == set(ALL)
+        assert all(h["reachable"] for h in first)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
 def test_02_stop_holds_across_ticks_and_an_agent_restart(cluster: E2ECluster) -> None:
     out = cli(cluster, "stop", "hello", "--host", "web-1")
     assert out.returncode == 0, out.stdout + out.stderr

@@ -436,3 +436,36 @@ async def test_agent_own_queues_receive_control_commands(
         await control.publish(aio_pika.Message(key.encode()), routing_key=key, mandatory=True)
     assert (await first_message(named)).body == topo.host_key(host).encode()
     assert (await first_message(server_named)).body == topo.group_key(group).encode()
+
+
+async def test_agent_cannot_send_control_commands(agent: AbstractConnection) -> None:
+    """A compromised agent cannot command other hosts (signatures would refuse it anyway)."""
+    channel = await agent.channel(publisher_confirms=True)
+    control = await channel.get_exchange(topo.CONTROL_EXCHANGE, ensure=False)
+    error = await expect_refused(
+        channel, control.publish(aio_pika.Message(b"{}"), routing_key=topo.ALL_KEY)
+    )
+    assert "ACCESS_REFUSED" in error and f"exchange '{topo.CONTROL_EXCHANGE}'" in error
+
+
+async def test_agent_presence_lands_in_the_presence_stream(
+    broker: Setup, publisher: AbstractConnection, agent: AbstractConnection
+) -> None:
+    host = unique_name("h")
+    channel = await agent.channel(publisher_confirms=True)
+    status = await channel.get_exchange(topo.STATUS_EXCHANGE, ensure=False)
+    body = marker("presence")
+    await status.publish(aio_pika.Message(body), routing_key=topo.presence_key(host))
+    reader = await publisher.channel()
+    await reader.set_qos(prefetch_count=100)
+    stream = await reader.declare_queue(topo.PRESENCE_STREAM, passive=True)
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on(m: AbstractIncomingMessage) -> None:
+        await got.put(m.body)
+        await m.ack()
+
+    await stream.consume(on, arguments={"x-stream-offset": "first"})
+    async with asyncio.timeout(10):
+        while (await got.get()) != body:
+            pass
