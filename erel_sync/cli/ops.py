@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import sys
 import time
@@ -64,15 +65,25 @@ def _seconds(text: str, what: str) -> float:
         fail(f"{what}: {e}", Exit.INVALID)
 
 
-def _run(coro: Any) -> Any:
+def _run(coro: Any, urls: list[str] | None = None) -> Any:
     from erel_sync.adapters.broker import BrokerError  # noqa: PLC0415 - aio-pika only when used
 
+    # aiormq logs every failed connection attempt; the CLI reports the outcome in one line.
+    logging.getLogger().addHandler(logging.NullHandler())
     try:
         return asyncio.run(coro)
     except BrokerError as e:
-        fail(f"broker: {e}")
+        where = ", ".join(_masked(u) for u in urls or [])
+        fail(f"broker {where}: {e}" if where else f"broker: {e}")
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
+
+
+def _masked(url: str) -> str:
+    from yarl import URL  # noqa: PLC0415
+
+    u = URL(url)
+    return str(u.with_password("***")) if u.password else url
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -160,9 +171,10 @@ def status(
 ) -> None:
     """Desired vs running release versions, state, health, revision and holds of every host.
 
-    One row per host and release. Hosts that were alive recently (presence within --since) but
-    did not answer within --timeout are listed as Unreachable, and the exit code is then 3.
-    JSON and YAML print a list of host objects (schemas/cli/status.schema.json).
+    One row per host and release. Hosts seen lately (presence within --since)
+    that do not answer within --timeout are listed as Unreachable; exit code 3.
+    JSON and YAML print a list of host objects
+    (schemas/cli/status.schema.json).
 
     Examples:
       erel-sync status
@@ -171,7 +183,8 @@ def status(
       erel-sync status --watch
     """
     lookback = _seconds(since, "--since")
-    code = _run(_status(group, host, output, watch, lookback, timeout, _urls(amqp_url)))
+    urls = _urls(amqp_url)
+    code = _run(_status(group, host, output, watch, lookback, timeout, urls), urls)
     raise typer.Exit(code)
 
 
@@ -257,8 +270,8 @@ def members(
 ) -> None:
     """Live hosts: group (or unassigned), labels, agent version, last seen.
 
-    Two agents claiming one host id are flagged Duplicate. Hosts seen within --since that did
-    not answer are listed as Unreachable and the exit code is 3.
+    Two agents claiming one host id are flagged Duplicate. Hosts seen within
+    --since that do not answer are listed as Unreachable; exit code 3.
 
     Examples:
       erel-sync members
@@ -266,7 +279,8 @@ def members(
       erel-sync members -o json | jq -r '.[] | select(.state != "Live") | .host_id'
     """
     lookback = _seconds(since, "--since")
-    raise typer.Exit(_run(_members(output, lookback, timeout, _urls(amqp_url))))
+    urls = _urls(amqp_url)
+    raise typer.Exit(_run(_members(output, lookback, timeout, urls), urls))
 
 
 async def _members(output: Output, since: float, within: float, urls: list[str]) -> int:
@@ -299,8 +313,8 @@ def wait(
 ) -> None:
     """Block until every matching host applied REVISION and its releases are healthy.
 
-    Exit 0 converged; 1 a host failed (hosts and reasons listed); 3 timed out (the hosts still
-    pending are listed). Shows progress on a terminal.
+    Exit 0 converged; 1 a host failed (hosts and reasons listed); 3 timed
+    out (the hosts still pending are listed). Shows progress on a terminal.
 
     Examples:
       erel-sync wait --revision $(git rev-parse HEAD) --timeout 5m
@@ -310,7 +324,8 @@ def wait(
         fail(f"--revision {revision!r} is not a git sha", Exit.INVALID)
     limit = _seconds(timeout, "--timeout")
     lookback = _seconds(since, "--since")
-    raise typer.Exit(_run(_wait(revision.lower(), group, limit, lookback, _urls(amqp_url))))
+    urls = _urls(amqp_url)
+    raise typer.Exit(_run(_wait(revision.lower(), group, limit, lookback, urls), urls))
 
 
 async def _wait(
@@ -439,7 +454,8 @@ def _command(
         )
     except ValueError as e:
         fail(str(e), Exit.INVALID)
-    code = _run(_remote(cmd, life, host, group, timeout, output, _urls(amqp_url)))
+    urls = _urls(amqp_url)
+    code = _run(_remote(cmd, life, host, group, timeout, output, urls), urls)
     raise typer.Exit(code)
 
 
@@ -568,9 +584,10 @@ def _make(command: str, summary: str, examples: str) -> Any:
     cmd.__name__ = command
     cmd.__doc__ = (
         f"{summary}\n\n"
-        "With --host, --group or --all the command goes through the broker, signed with your\n"
-        "operator key; without, to the agent on this machine through its Unix socket.\n"
-        "Exit 0 ok, 1 refused or failed somewhere, 3 some hosts did not answer.\n\n"
+        "With --host, --group or --all the command goes through the broker,\n"
+        "signed with your operator key; without, to the agent on this machine\n"
+        "through its Unix socket. Exit 0 ok, 1 refused or failed somewhere,\n"
+        "3 some hosts did not answer.\n\n"
         f"Examples:\n{examples}"
     )
     return cmd

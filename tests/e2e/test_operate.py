@@ -19,6 +19,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 
 from erel_sync.adapters.opsclient import OpsClient
 from erel_sync.core import control
@@ -115,6 +116,10 @@ def test_01_status_and_members_json_follow_their_schemas(cluster: E2ECluster) ->
     assert web1["hello"]["version"] == web1["hello"]["desired_version"] == "0.1.0"
     assert web1["hello"]["state"] == "Ready" and web1["hello"]["healthy"] is True
     assert by_host["batch-1"]["group"] == "batch"
+
+    as_yaml = cli(cluster, "status", "-o", "yaml")
+    assert as_yaml.returncode == 0, as_yaml.stderr
+    assert {h["host_id"] for h in yaml.safe_load(as_yaml.stdout)} == set(ALL)
 
     table = cli(cluster, "status", "--group", "web")
     assert table.returncode == 0, table.stderr
@@ -305,6 +310,9 @@ def test_08_unknown_release_and_unreachable_host_are_clear_errors(cluster: E2ECl
     out = cli(cluster, "stop", "hello", "--host", "batch-1")  # its agent was killed
     assert out.returncode == 3
     assert out.stderr.strip().startswith("erel-sync: no live agent for host batch-1")
+    out = cli(cluster, "wait", "--revision", "deadbeef", "--group", "web", "--timeout", "2s")
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "timed out" in out.stdout and "web-1" in out.stdout
     missing = Path(cluster.work) / "nothing.sock"
     out = cli(cluster, "stop", "hello", "--socket", str(missing))
     assert out.returncode == 4 and out.stderr.count("\n") == 1
