@@ -150,7 +150,7 @@ class Reconciler:
         self._expire_holds()
         match, desired, suspended = self.desired()
         observed, raw = await self._observe()
-        if await self._recover(raw):
+        if act and await self._recover(raw):
             observed, raw = await self._observe()
         snap = self.snapshot
         seq = snap.seq if snap else 0

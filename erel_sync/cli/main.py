@@ -35,7 +35,11 @@ app.add_typer(release_app, name="release")
 
 @app.command()
 def version() -> None:
-    """Print the erel-sync version."""
+    """Print the erel-sync version.
+
+    Example:
+      erel-sync version
+    """
     typer.echo(__version__)
 
 

@@ -164,7 +164,11 @@ def install(
     host_id: HostId = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Fetch, verify and unpack a version, and render its config. Starts nothing."""
+    """Fetch, verify and unpack a version, and render its config. Starts nothing.
+
+    Example:
+      erel-sync release install -f hello.yaml -V 0.1.0 --releases-dir /tmp/rel
+    """
     spec = _load_spec(file, name)
     driver = _driver(releases_dir, cache_dir, host_id)
     _print([_run(driver.install(spec, version))], output)
@@ -183,6 +187,9 @@ def upgrade(
     """Move a release to a version (hot when a relup allows it, else by restart).
 
     A version that fails its health probation is rolled back automatically (exit 4).
+
+    Example:
+      erel-sync release upgrade -f hello.yaml -V 0.2.0 --releases-dir /tmp/rel
     """
     spec = _load_spec(file, name)
     driver = _driver(releases_dir, cache_dir, host_id)
@@ -213,11 +220,17 @@ def _lifecycle(verb: str) -> Any:
         _print([_run(getattr(driver, verb)(release))], output)
 
     command.__name__ = verb
-    command.__doc__ = {
-        "start": "Start a release as a daemon and wait until it is healthy.",
-        "stop": "Stop a release: init:stop(), then a kill after its stop_timeout.",
-        "restart": "Stop, then start a release (boots its permanent version).",
-    }[verb]
+    command.__doc__ = (
+        {
+            "start": "Start a release as a daemon and wait until it is healthy.",
+            "stop": "Stop a release: init:stop(), then a kill after its stop_timeout.",
+            "restart": "Stop, then start a release (boots its permanent version).",
+        }[verb]
+        + "\n\n    On a host run by an agent, use `erel-sync "
+        + verb
+        + "` instead: the agent\n    would undo a change made here behind its back (no hold)."
+        + f"\n\n    Example:\n      erel-sync release {verb} hello --releases-dir /tmp/rel\n"
+    )
     return command
 
 
@@ -235,7 +248,12 @@ def status(
     host_id: HostId = None,
     output: OutputOpt = Output.table,
 ) -> None:
-    """Observe one release, or every release this host id installed."""
+    """Observe one release, or every release this host id installed.
+
+    Examples:
+      erel-sync release status --releases-dir /tmp/rel
+      erel-sync release status hello --health -o json --releases-dir /tmp/rel
+    """
     driver = _driver(releases_dir, cache_dir, host_id)
     if name is None and file is None:
         seen = _run(driver.observe_all(health=health))
@@ -252,7 +270,11 @@ def delete(
     cache_dir: CacheDir = DEFAULT_CACHE,
     host_id: HostId = None,
 ) -> None:
-    """Stop a release and remove its files (only a release this host id installed)."""
+    """Stop a release and remove its files (only a release this host id installed).
+
+    Example:
+      erel-sync release delete hello --releases-dir /tmp/rel
+    """
     driver = _driver(releases_dir, cache_dir, host_id)
     release = _name(name, file)
     _run(driver.delete(release))
