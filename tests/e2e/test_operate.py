@@ -287,6 +287,32 @@ def test_06_wait_fails_with_reasons_when_a_release_fails_its_health_check(
         assert running(cluster, host, "hello")
 
 
+def test_06b_members_flags_two_agents_claiming_one_host_id(cluster: E2ECluster) -> None:
+    first = cluster.agent_settings(DevHost("dup-1", {"role": "none"}))  # matches no group
+    text = first.read_text()
+    twin_dir = cluster.work / "twin"
+    second = twin_dir / "agent.yaml"
+    twin_dir.mkdir()
+    second.write_text(text.replace(str(cluster.host_dir("dup-1")), str(twin_dir)))
+    cluster._spawn("dup-1", ["agent", "--config", str(first)])
+    cluster._spawn("dup-1-twin", ["agent", "--config", str(second)])
+    try:
+
+        def flagged() -> dict[str, Any] | None:
+            out = cli(cluster, "members", "-o", "json")
+            doc = {m["host_id"]: m for m in json.loads(out.stdout or "[]")}
+            dup = doc.get("dup-1")
+            return dup if dup and dup["state"] == "Duplicate" else None
+
+        dup = wait_for("dup-1 flagged as a duplicate", flagged, timeout=30, every=0.5)
+        assert len(dup["instances"]) == 2 and dup["duplicate"] is True
+        out = cli(cluster, "members")
+        assert "more than one agent claims host id(s): dup-1" in out.stderr
+    finally:
+        cluster.stop_process("dup-1")
+        cluster.stop_process("dup-1-twin")
+
+
 def test_07_status_names_a_killed_agent_unreachable_and_exits_3(cluster: E2ECluster) -> None:
     cluster.kill_process("batch-1")
     t0 = time.monotonic()
