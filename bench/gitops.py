@@ -28,7 +28,7 @@ from typing import Any
 
 import aio_pika
 
-from erel_sync.adapters import store
+from erel_sync.adapters import eventloop, store
 from erel_sync.adapters.rabbitnode import RabbitNode
 from erel_sync.agent.daemon import Agent
 from erel_sync.core.snapshot import generate_key
@@ -207,7 +207,7 @@ def join_times(work: Path, url: str, key_id: str, pub: str, runs: int = 5) -> li
         return took * 1000
 
     for i in range(runs):
-        out.append(asyncio.run(one(i)))
+        out.append(eventloop.run(one(i)))
     return out
 
 
@@ -284,7 +284,10 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise TimeoutError("publisher did not publish")
                 time.sleep(0.05)  # poll for the first snapshot
-            print(f"RabbitMQ {node.node_name}, {os.cpu_count()} cores; {args.commits} commits each")
+            print(
+                f"RabbitMQ {node.node_name}, {os.cpu_count()} cores, agents on "
+                f"{eventloop.name()}; {args.commits} commits each"
+            )
             for n in (10, 100):
                 others = {"broker": node.pid or 0, "publisher": publisher.pid}
                 lat, cpu, push = push_latencies(

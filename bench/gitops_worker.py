@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aio_pika
 
+from erel_sync.adapters import eventloop
 from erel_sync.agent.daemon import Agent
 from erel_sync.core.snapshot import peek_seq
 from erel_sync.model.settings import AgentSettings, TrustedKey
@@ -74,4 +75,6 @@ async def floor(spec: dict[str, object]) -> None:
 
 if __name__ == "__main__":
     mode, spec = sys.argv[1], json.loads(sys.argv[2])
-    asyncio.run(agents(spec) if mode == "agents" else floor(spec))
+    # The agents' event loop is the one `erel-sync agent` runs on; the floor consumers use the
+    # same, so the comparison stays like for like.
+    eventloop.run(agents(spec) if mode == "agents" else floor(spec))

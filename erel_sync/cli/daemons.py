@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 from yarl import URL
 
-from erel_sync.adapters import store
+from erel_sync.adapters import eventloop, store
 from erel_sync.cli.common import Exit, fail
 from erel_sync.core.snapshot import generate_key
 from erel_sync.model.problems import ConfigError
@@ -116,7 +116,7 @@ def publisher(
         pub = Publisher(settings)
     except (OSError, ValueError, store.StoreError) as e:
         fail(str(e), Exit.INVALID)
-    asyncio.run(run_until_signalled(pub.run))
+    eventloop.run(run_until_signalled(pub.run))
 
 
 def load_settings(config: Path | None, **overrides: object) -> AgentSettings:
@@ -170,4 +170,5 @@ def agent(
     )
     if not settings.trusted_keys:
         fail("no trusted publisher keys: every snapshot would be refused", Exit.INVALID)
-    asyncio.run(run_until_signalled(Agent(settings).run))
+    eventloop.limit_malloc_arenas()
+    eventloop.run(run_until_signalled(Agent(settings).run))
