@@ -20,6 +20,7 @@ import gc
 import json
 import logging
 import os
+import random
 import socket
 import uuid
 from collections import Counter
@@ -284,9 +285,12 @@ class Agent:
         loop = asyncio.get_running_loop()
         last = -REPORT_SPACING
         last_presence = -topo.PRESENCE_INTERVAL
+        # Jittered, so agents started together (a fleet reboot, a benchmark) do not report in
+        # lockstep bursts that the broker and every other agent's intake then queue behind.
+        presence_every = topo.PRESENCE_INTERVAL * random.uniform(0.8, 1.2)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.s.heartbeat_interval):
+                async with asyncio.timeout(self.s.heartbeat_interval * random.uniform(0.9, 1.1)):
                     await self._heartbeat_now.wait()
             # Change reports coalesce: a burst of commits is reported at most once per
             # REPORT_SPACING, carrying the newest state, instead of once per tick.
@@ -301,7 +305,7 @@ class Agent:
             with contextlib.suppress(broker.BrokerError):
                 await self._publish_heartbeat()
                 group_changed = self.reconciler.report.get("group") != self._presence_group
-                if group_changed or loop.time() - last_presence >= topo.PRESENCE_INTERVAL:
+                if group_changed or loop.time() - last_presence >= presence_every:
                     await self._publish_presence()
                     last_presence = loop.time()
             last = loop.time()
