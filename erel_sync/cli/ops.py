@@ -52,6 +52,7 @@ TimeoutOpt = Annotated[
     float, typer.Option("--timeout", help="Seconds to wait for hosts to answer.")
 ]
 DEFAULT_SOCKET = "/var/lib/erel-sync/agent.sock"
+FAIL_GRACE = 30.0  # after a first failure, how long `wait` lets hosts still at work finish
 
 
 def _urls(amqp_url: list[str] | None) -> list[str]:
@@ -230,12 +231,12 @@ async def _watch(
         for h, doc in beats.items():
             interval = float(doc.get("heartbeat_interval") or 5.0)
             if now - float(doc["received"]) <= 3 * interval + 1:
-                replies[h] = [{"ok": True, "host_id": h, "result": doc, **doc}]
+                replies[h] = [_as_reply(h, doc, float(doc["received"]))]
         for e in entries:
             if e["reachable"] and e["host_id"] not in beats:
-                replies[e["host_id"]] = [
-                    {"ok": True, "host_id": e["host_id"], "result": _as_beat(e)}
-                ]
+                # Answered the first query, no heartbeat yet: its answer still stands.
+                seen = view.parse_time(e["last_seen"]) or now
+                replies[e["host_id"]] = [_as_reply(e["host_id"], e, seen)]
         known_now = {
             h: view.Known(h, {**e, "sent": e["last_seen"]}, view.parse_time(e["last_seen"]) or 0)
             for h, e in known.items()
@@ -257,9 +258,15 @@ async def _watch(
             pass
 
 
-def _as_beat(entry: dict[str, Any]) -> dict[str, Any]:
-    """A status entry back in heartbeat shape (for `--watch` before the first heartbeat)."""
-    return {**entry, "releases": entry.get("releases") or []}
+def _as_reply(host: str, report: dict[str, Any], received: float) -> dict[str, Any]:
+    """A heartbeat (or an earlier status entry) in the shape of a status reply."""
+    return {
+        "ok": True,
+        "host_id": host,
+        "instance": report.get("instance"),
+        "received": received,
+        "result": report,
+    }
 
 
 def members(
@@ -336,6 +343,7 @@ async def _wait(
     tty = sys.stderr.isatty()
     deadline = time.monotonic() + limit
     last_line = ""
+    failed_at: float | None = None
     async with OpsClient(urls) as client:
         woken = asyncio.Event()
         await client.follow_heartbeats(lambda _doc: woken.set())
@@ -361,12 +369,16 @@ async def _wait(
                 print(f"converged: {len(v.converged)} host(s) applied {revision[:12]}")
                 return int(Exit.OK)
             if v.state == "Failed":
-                if tty:
-                    sys.stderr.write("\n")
-                print(f"failed: {revision[:12]} did not apply on {len(v.failed)} host(s)")
-                for h, why in sorted(v.failed.items()):
-                    print(f"  {h}: {why}")
-                return int(Exit.CHANGES)
+                # Hosts still on their way (reachable, not done) get a grace period, so that
+                # every failure is listed, not just the first one seen.
+                failed_at = failed_at or time.monotonic()
+                if not v.working or time.monotonic() >= min(deadline, failed_at + FAIL_GRACE):
+                    if tty:
+                        sys.stderr.write("\n")
+                    print(f"failed: {revision[:12]} did not apply on {len(v.failed)} host(s)")
+                    for h, why in sorted(v.failed.items()):
+                        print(f"  {h}: {why}")
+                    return int(Exit.CHANGES)
             if time.monotonic() >= deadline:
                 if tty:
                     sys.stderr.write("\n")

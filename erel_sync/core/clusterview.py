@@ -258,6 +258,7 @@ class WaitVerdict:
     converged: tuple[str, ...]
     failed: dict[str, str]  # host -> reasons
     pending: dict[str, str]  # host -> what it is doing
+    working: tuple[str, ...] = ()  # pending hosts that answer: they are getting there
 
 
 def wait_verdict(
@@ -270,7 +271,7 @@ def wait_verdict(
         rev = (doc or {}).get("revision") or ""
         return bool(rev) and rev.startswith(revision)
 
-    converged, failed, pending = [], {}, {}
+    converged, failed, pending, working = [], {}, {}, []
     for e in entries:
         if group is None and e.get("group") is None and e["reachable"]:
             continue  # an unassigned host takes no part in any rollout
@@ -302,10 +303,11 @@ def wait_verdict(
         ]
         where = short((e.get("snapshot") or {}).get("revision"))
         pending[host] = f"at {where}" + (f": {', '.join(doing)}" if doing else "")
+        working.append(host)
     if failed:
         state = "Failed"
     elif pending or not converged:
         state = "Pending"
     else:
         state = "Converged"
-    return WaitVerdict(state, tuple(converged), failed, pending)
+    return WaitVerdict(state, tuple(converged), failed, pending, tuple(working))

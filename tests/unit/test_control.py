@@ -260,6 +260,18 @@ def test_wait_verdicts() -> None:
     assert v.state == "Pending" and "hello Progressing" in v.pending["b"]
     v = verdict(done, failed)
     assert v.state == "Failed" and "RolledBack: unhealthy" in v.failed["b"]
+    v = verdict(
+        failed,
+        answer(
+            "c",
+            applied=old,
+            attempted=at,
+            snapshot=at,
+            converged=False,
+            releases=[rel("hello", "Progressing")],
+        ),
+    )
+    assert v.state == "Failed" and v.working == ("c",)  # still at work: `wait` gives it time
     # An older failure (before this revision) does not fail the wait.
     stale = answer(
         "b",
