@@ -8,7 +8,8 @@
 - join: agent start -> snapshot on disk (the stream holds the newest snapshot).
 - idle agent: RSS and CPU of one real `erel-sync agent` process over a quiet interval.
 Targets (docs/performance.md): p99 <= 120 ms at 100 agents, join <= 200 ms, idle <= 50 MiB and
-<= 0.5 % CPU. Run: `make bench` or `.venv/bin/python bench/gitops.py [--commits N]`.
+<= 0.5 % CPU. Run: `make bench` or `.venv/bin/python bench/gitops.py [--commits N]
+[--sizes 100] [--no-join-idle]`.
 """
 
 from __future__ import annotations
@@ -199,8 +200,8 @@ def join_times(work: Path, url: str, key_id: str, pub: str, runs: int = 5) -> li
         stop = asyncio.Event()
         t0 = time.monotonic()
         task = asyncio.create_task(agent.run(stop))
-        while not (agent.snapshot_file.exists() and agent.snapshot):
-            await asyncio.sleep(0.001)  # poll: the moment the snapshot is on disk
+        while not agent.snapshot:  # set once the snapshot is on disk
+            await asyncio.sleep(0.001)  # poll: the moment it is
         took = time.monotonic() - t0
         stop.set()
         await task
@@ -225,7 +226,7 @@ def idle_agent(work: Path, url: str, key_id: str, pub: str, seconds: float) -> t
                           "--log-level", "warning"])  # fmt: skip
     try:
         deadline = time.monotonic() + 30
-        while not (d / "state" / "snapshot.json").exists():
+        while store.SlotFile(d / "state" / "snapshot").read() is None:
             if time.monotonic() > deadline:
                 raise TimeoutError("idle agent did not join")
             time.sleep(0.05)  # poll for the join
@@ -254,6 +255,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--commits", type=int, default=50)
     ap.add_argument("--idle-seconds", type=float, default=20.0)
+    ap.add_argument("--sizes", default="10,100", help="agent counts, e.g. 100 (comma-separated)")
+    ap.add_argument("--no-join-idle", action="store_true", help="only the push latencies")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="erel-bench-") as tmp:
         work = Path(tmp)
@@ -288,7 +291,7 @@ def main() -> None:
                 f"RabbitMQ {node.node_name}, {os.cpu_count()} cores, agents on "
                 f"{eventloop.name()}; {args.commits} commits each"
             )
-            for n in (10, 100):
+            for n in [int(x) for x in args.sizes.split(",")]:
                 others = {"broker": node.pid or 0, "publisher": publisher.pid}
                 lat, cpu, push = push_latencies(
                     work, node.url, "bench", pub, n, args.commits, others
@@ -296,7 +299,8 @@ def main() -> None:
                 fl, floor_cpu = floor_latencies(node.url, n, args.commits, 4096)
                 print(
                     f"{n:4d} agents: git push -> all on disk p50 {pct(lat, 0.5):6.1f} ms  "
-                    f"p99 {pct(lat, 0.99):6.1f} ms | aio-pika fan-out floor p50 "
+                    f"p90 {pct(lat, 0.9):6.1f} ms  p99 {pct(lat, 0.99):6.1f} ms  "
+                    f"max {max(lat):6.1f} ms | aio-pika fan-out floor p50 "
                     f"{pct(fl, 0.5):5.1f} ms p99 {pct(fl, 0.99):5.1f} ms"
                 )
                 print(
@@ -304,11 +308,14 @@ def main() -> None:
                     + ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(cpu.items()))
                     + f" | floor consumers {floor_cpu:.0f} ms | `git push` itself p50 {push:.0f} ms"
                 )
+            if args.no_join_idle:
+                return
             joins = join_times(work, node.url, "bench", pub)
             print(f"join (agent start -> snapshot on disk): median {statistics.median(joins):.0f} ms"
                   f", max {max(joins):.0f} ms over {len(joins)} runs")  # fmt: skip
-            rss, cpu = idle_agent(work, node.url, "bench", pub, args.idle_seconds)
-            print(f"idle agent: RSS {rss:.1f} MiB, CPU {cpu:.2f} % over {args.idle_seconds:.0f} s")
+            rss, idle_cpu = idle_agent(work, node.url, "bench", pub, args.idle_seconds)
+            print(f"idle agent: RSS {rss:.1f} MiB, CPU {idle_cpu:.2f} % "
+                  f"over {args.idle_seconds:.0f} s")  # fmt: skip
         finally:
             if publisher is not None:
                 publisher.terminate()

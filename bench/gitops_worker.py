@@ -17,12 +17,34 @@ from erel_sync.core.snapshot import peek_seq
 from erel_sync.model.settings import AgentSettings, TrustedKey
 
 
+class Reporter:
+    """Event lines, flushed once the loop's current batch of callbacks has run: 25 agents in a
+    process cost one pipe write per commit rather than 25. The time is taken before, so when
+    the line is flushed does not change the figure."""
+
+    def __init__(self) -> None:
+        self.pending = False
+
+    def __call__(self, line: str) -> None:
+        sys.stdout.write(line)
+        if not self.pending:
+            self.pending = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.pending = False
+        sys.stdout.flush()
+
+
+report = Reporter()
+
+
 class TimedAgent(Agent):
     async def on_snapshot(self, raw: bytes) -> None:
         before = self.snapshot.seq if self.snapshot else 0
         await super().on_snapshot(raw)
         if self.snapshot and self.snapshot.seq > before:
-            print(f"disk {self.s.host_id} {self.snapshot.seq} {time.time():.6f}", flush=True)
+            report(f"disk {self.s.host_id} {self.snapshot.seq} {time.time():.6f}\n")
 
 
 async def agents(spec: dict[str, object]) -> None:
@@ -63,7 +85,7 @@ async def floor(spec: dict[str, object]) -> None:
 
         async def on(msg: aio_pika.abc.AbstractIncomingMessage, host: str = host) -> None:
             seq = peek_seq(msg.body) or 0
-            print(f"recv {host} {seq} {time.time():.6f}", flush=True)
+            report(f"recv {host} {seq} {time.time():.6f}\n")
             await msg.ack()
 
         await q.consume(on)

@@ -52,8 +52,15 @@ def is_config_path(path: str) -> bool:
     return path.endswith(CONFIG_SUFFIXES) and not any(p.startswith(".") for p in parts)
 
 
+DocKey = tuple[str, str]  # (kind, name)
+# A document as last checked and what was built from it: the agent's cache between snapshots.
+KnownDocs = Mapping[DocKey, tuple[Any, ReleaseSpec | GroupSpec]]
+
+
 @dataclass
 class _Collector:
+    known: KnownDocs = field(default_factory=dict)
+    built: dict[DocKey, tuple[Any, ReleaseSpec | GroupSpec]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     releases: dict[str, ReleaseSpec] = field(default_factory=dict)
     groups: dict[str, GroupSpec] = field(default_factory=dict)
@@ -81,7 +88,12 @@ class _Collector:
         name = (
             data.get("metadata", {}).get("name") if isinstance(data.get("metadata"), dict) else None
         )
-        issues = check_document(kind, data)
+        seen = self.known.get((kind, name)) if isinstance(name, str) else None
+        # Checking and building are pure functions of the document: one equal to a document
+        # that passed before passes again and builds the same spec. Most commits change one
+        # or two documents, and this skips the schema check of all the others.
+        reuse = seen[1] if seen is not None and seen[0] == data else None
+        issues = [] if reuse is not None else check_document(kind, data)
         for path, message, at_key in issues:
             line, col = doc.where(path, key=at_key)
             self.problems.append(Problem(doc.file, line, col, json_path(path), message))
@@ -101,9 +113,13 @@ class _Collector:
             self.broken.add(key)
             return
         if kind == "Release":
-            self.releases[name] = release_from_document(data)
+            release = reuse if isinstance(reuse, ReleaseSpec) else release_from_document(data)
+            self.releases[name] = release
+            self.built[key] = (data, release)
         else:
-            self.groups[name] = group_from_document(data)
+            group = reuse if isinstance(reuse, GroupSpec) else group_from_document(data)
+            self.groups[name] = group
+            self.built[key] = (data, group)
 
     def _report(self, doc: ParsedDoc, path: tuple[str | int, ...], message: str) -> None:
         line, col = doc.where(path)
@@ -141,9 +157,14 @@ def validate_sources(
     return LoadResult(state, (), n_files, n_docs)
 
 
-def state_from_body(body: Mapping[str, Any], *, origin: str = "<snapshot>") -> DesiredState:
-    """Rebuild and re-check a DesiredState from a canonical snapshot body (raises ConfigError)."""
-    c = _Collector()
+def state_from_body(
+    body: Mapping[str, Any], *, origin: str = "<snapshot>", known: KnownDocs | None = None
+) -> tuple[DesiredState, KnownDocs]:
+    """Rebuild and re-check a DesiredState from a canonical snapshot body (raises ConfigError).
+
+    `known`: what the previous call returned; documents equal to one in it are reused instead
+    of checked and built again. Returns the state and the documents to pass next time."""
+    c = _Collector(known=known or {})
     if not isinstance(body, Mapping) or set(body) != {"releases", "groups"}:
         raise ConfigError([Problem(origin, message="snapshot body must have releases and groups")])
     for section in ("releases", "groups"):
@@ -155,4 +176,4 @@ def state_from_body(body: Mapping[str, Any], *, origin: str = "<snapshot>") -> D
     c.problems.extend(check_semantics(c.releases, c.groups, c.locate))
     if c.problems:
         raise ConfigError(c.problems)
-    return DesiredState(MappingProxyType(c.releases), MappingProxyType(c.groups))
+    return DesiredState(MappingProxyType(c.releases), MappingProxyType(c.groups)), c.built

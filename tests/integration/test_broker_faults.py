@@ -13,7 +13,7 @@ from pathlib import Path
 from erel_sync.adapters import store
 from erel_sync.adapters.rabbitnode import RabbitNode
 from erel_sync.agent.daemon import Agent
-from erel_sync.core.snapshot import generate_key
+from erel_sync.core.snapshot import generate_key, peek_seq
 from erel_sync.model.settings import AgentSettings, TrustedKey
 from erel_sync.publisher.daemon import Publisher, PublisherSettings
 from tests.configrepo import GitRepo, group_yaml, release_yaml
@@ -94,7 +94,8 @@ async def test_daemons_started_while_the_broker_is_down(
         await asyncio.to_thread(fresh_rabbit.start)
         await eventually("agents joined once the broker came", on_seq(agents, 1))
         assert all(a.heartbeat()["broker"] == "connected" for a in agents)
-        assert all((Path(a.s.state_dir) / "snapshot.json").exists() for a in agents)
+        on_disk = [store.SlotFile(Path(a.s.state_dir) / "snapshot").read() for a in agents]
+        assert all(raw is not None and peek_seq(raw) == 1 for raw in on_disk)
 
 
 async def test_broker_killed_with_a_commit_during_the_outage(

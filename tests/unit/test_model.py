@@ -55,9 +55,31 @@ def test_body_round_trip_and_recheck() -> None:
         ]
     ).require()
     body = json.loads(sample.canonical_bytes())
-    again = state_from_body(body)
+    again, _ = state_from_body(body)
     assert again == sample
     assert again.digest() == sample.digest()
+
+
+def test_body_recheck_reuses_unchanged_documents_only() -> None:
+    body: dict[str, Any] = json.loads(
+        state_of({"r.yaml": release_yaml(), "g.yaml": group_yaml()}).canonical_bytes()
+    )
+    first, known = state_from_body(body)
+    changed = json.loads(json.dumps(body))
+    changed["groups"][0]["spec"]["releases"][0]["version"] = "9.9.9"
+    # The changed group is checked again (and refused); the unchanged release is not rebuilt.
+    with pytest.raises(ConfigError, match=re.escape("has no version '9.9.9'")):
+        state_from_body(changed, known=known)
+    same, again = state_from_body(json.loads(json.dumps(body)), known=known)
+    assert same == first
+    (name,) = first.releases
+    assert same.releases[name] is first.releases[name]
+    # A document that was once refused is never in `known`, so it is always checked.
+    broken = json.loads(json.dumps(body))
+    broken["releases"][0]["spec"]["bogus"] = 1
+    with pytest.raises(ConfigError) as refused:
+        state_from_body(broken, known=again)
+    assert any("bogus" in str(p) for p in refused.value.problems)
 
 
 def test_agent_recheck_refuses_a_tampered_body() -> None:
