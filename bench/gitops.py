@@ -120,15 +120,18 @@ class Workers:
 
 def push_latencies(
     work: Path, url: str, key_id: str, pub: str, n: int, commits: int, others: dict[str, int]
-) -> tuple[list[float], dict[str, float], float]:
+) -> tuple[list[float], list[float], dict[str, float], float]:
+    """Per commit: push -> all on disk, and push -> on the stream (seen by an observer)."""
     hosts = [f"bench-{n}-{i:03d}" for i in range(n)]
     workers = Workers("agents", hosts, {"url": url, "work": str(work / f"agents-{n}"),
                                         "key_id": key_id, "public_key": pub})  # fmt: skip
+    observer = Workers("observe", ["observer"], {"url": url})
     clone = work / "clone"
     state = store.read_json(work / "publisher" / "publisher.json") or {}
     seq = int(state.get("seq", 0))
     workers.wait(lambda: len(workers.times("disk", seq)) == n, 60)  # joined at the current seq
     out: list[float] = []
+    published: list[float] = []
     pushes: list[float] = []
 
     def cpu_now() -> dict[str, float]:
@@ -152,11 +155,14 @@ def push_latencies(
                 pushes.clear()
                 continue
             out.append((max(workers.times("disk", seq)) - t0) * 1000)
+            observer.wait(lambda s=seq: bool(observer.times("pub", s)), 30)
+            published.append((observer.times("pub", seq)[0] - t0) * 1000)
         after = cpu_now()
     finally:
         workers.close()
+        observer.close()
     cpu = {k: (after[k] - before[k]) * 1000 / commits for k in before}
-    return out, cpu, statistics.median(pushes)
+    return out, published, cpu, statistics.median(pushes)
 
 
 def floor_latencies(url: str, n: int, rounds: int, size: int) -> tuple[list[float], float]:
@@ -276,8 +282,10 @@ def main() -> None:
             git(clone, "push", "-q", "origin", "main")
             pem, pub = generate_key()
             store.write_atomic(work / "pub.key", pem)
+            profile = os.environ.get("BENCH_PROFILE")
+            prof = ["-m", "cProfile", "-o", f"{profile}/publisher.prof"] if profile else []
             publisher = subprocess.Popen(
-                [sys.executable, "-m", "erel_sync", "publisher", "--repo", str(bare),
+                [sys.executable, *prof, "-m", "erel_sync", "publisher", "--repo", str(bare),
                  "--key", str(work / "pub.key"), "--key-id", "bench",
                  "--state-dir", str(work / "publisher"), "--amqp-url", node.url,
                  "--log-level", "warning"],
@@ -293,7 +301,7 @@ def main() -> None:
             )
             for n in [int(x) for x in args.sizes.split(",")]:
                 others = {"broker": node.pid or 0, "publisher": publisher.pid}
-                lat, cpu, push = push_latencies(
+                lat, published, cpu, push = push_latencies(
                     work, node.url, "bench", pub, n, args.commits, others
                 )
                 fl, floor_cpu = floor_latencies(node.url, n, args.commits, 4096)
@@ -302,6 +310,13 @@ def main() -> None:
                     f"p90 {pct(lat, 0.9):6.1f} ms  p99 {pct(lat, 0.99):6.1f} ms  "
                     f"max {max(lat):6.1f} ms | aio-pika fan-out floor p50 "
                     f"{pct(fl, 0.5):5.1f} ms p99 {pct(fl, 0.99):5.1f} ms"
+                )
+                fanout = [a - b for a, b in zip(lat, published, strict=True)]
+                print(
+                    f"      of which push -> on the stream p50 {pct(published, 0.5):5.1f} ms "
+                    f"p99 {pct(published, 0.99):5.1f} ms max {max(published):5.1f} ms; "
+                    f"stream -> all on disk p50 {pct(fanout, 0.5):5.1f} ms "
+                    f"p99 {pct(fanout, 0.99):5.1f} ms max {max(fanout):5.1f} ms"
                 )
                 print(
                     "      CPU per commit: "

@@ -1,5 +1,6 @@
-"""Worker process for bench/gitops.py: runs N agents (or N raw aio-pika consumers) in one
-process and prints one line per event to stdout: `<kind> <host> <seq> <unix time>`."""
+"""Worker process for bench/gitops.py: runs N agents (or N raw aio-pika consumers, or one
+observer of the config stream) in one process and prints one line per event to stdout:
+`<kind> <host> <seq> <unix time>`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import aio_pika
 
 from erel_sync.adapters import eventloop
+from erel_sync.adapters import topology as topo
 from erel_sync.agent.daemon import Agent
 from erel_sync.core.snapshot import peek_seq
 from erel_sync.model.settings import AgentSettings, TrustedKey
@@ -72,6 +74,23 @@ async def agents(spec: dict[str, object]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def observe(spec: dict[str, object]) -> None:
+    """One plain consumer of the config stream: when each snapshot was published."""
+    conn = await aio_pika.connect(str(spec["url"]))
+    ch = await conn.channel()
+    await ch.set_qos(prefetch_count=16)
+    q = await ch.declare_queue(topo.CONFIG_STREAM, durable=True, passive=True)
+
+    async def on(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+        report(f"pub stream {peek_seq(msg.body) or 0} {time.time():.6f}\n")
+        await msg.ack()
+
+    await q.consume(on, arguments={"x-stream-offset": "next"})
+    print("ready - 0 0", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await conn.close()
+
+
 async def floor(spec: dict[str, object]) -> None:
     conns = []
     for host in list(spec["hosts"]):  # type: ignore[call-overload]
@@ -99,4 +118,4 @@ if __name__ == "__main__":
     mode, spec = sys.argv[1], json.loads(sys.argv[2])
     # The agents' event loop is the one `erel-sync agent` runs on; the floor consumers use the
     # same, so the comparison stays like for like.
-    eventloop.run(agents(spec) if mode == "agents" else floor(spec))
+    eventloop.run({"agents": agents, "floor": floor, "observe": observe}[mode](spec))

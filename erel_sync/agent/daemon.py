@@ -371,7 +371,6 @@ class Agent:
         """Consume the config stream on a channel of its own (a missing or down stream closes
         only that channel); any later loss of it marks the session broken."""
         channel = await connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=16)
         try:
             await broker.consume_snapshots(channel, self.on_snapshot, offset="last", passive=True)
         except (broker.BrokerError, aiormq.exceptions.AMQPError) as e:
