@@ -11,6 +11,7 @@ torn one; a failed write (disk full) raises, and the old content is intact.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -98,6 +99,27 @@ def remove_stale_temps(directory: Path) -> None:
         for p in directory.glob(".*.tmp"):
             with contextlib.suppress(OSError):
                 p.unlink()
+
+
+def lock_directory(directory: Path, name: str = "agent.lock") -> int:
+    """Take the directory for this process (an exclusive `flock`, released when the returned
+    descriptor is closed or the process dies). Two agents on one state directory would
+    interleave their writes; the second one is refused, naming the first one's pid."""
+    path = directory / name
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise StoreError(f"cannot open {path}: {e.strerror or e}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreError(f"{directory} is in use by another agent (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 SLOT_MAGIC = b"erel-slot/1"

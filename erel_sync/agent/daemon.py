@@ -392,7 +392,16 @@ class Agent:
             return None
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        """Run until `stop` is set. Raises StoreError at once when another agent holds the
+        state directory."""
+        lock = store.lock_directory(self.state_dir)
+        try:
+            await self._run(stop, ready)
+        finally:
+            self.snapshot_store.close()
+            os.close(lock)
+
+    async def _run(self, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
         scheduler = AsyncIOScheduler()
         scheduler.add_job(
             self._trigger.set,
@@ -432,4 +441,3 @@ class Agent:
                 await asyncio.wait(self._commands, timeout=STOP_GRACE)
             with contextlib.suppress(store.StoreError):
                 await self.persist()  # the last report, for whoever reads status.json next
-            self.snapshot_store.close()

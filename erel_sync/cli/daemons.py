@@ -171,4 +171,7 @@ def agent(
     if not settings.trusted_keys:
         fail("no trusted publisher keys: every snapshot would be refused", Exit.INVALID)
     eventloop.limit_malloc_arenas()
-    eventloop.run(run_until_signalled(Agent(settings).run))
+    try:
+        eventloop.run(run_until_signalled(Agent(settings).run))
+    except store.StoreError as e:
+        fail(str(e), Exit.RUNTIME)
