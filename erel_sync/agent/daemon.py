@@ -47,6 +47,7 @@ log = logging.getLogger("erel_sync.agent")
 JOIN_WINDOW = 0.15  # wait this long for the stream tail before asking peers
 STOP_GRACE = 60.0  # SIGTERM: how long a running tick may take to finish
 REPORT_SPACING = 1.0  # seconds between two change-driven heartbeats
+STORE_RETRY_MIN, STORE_RETRY_MAX = 1.0, 30.0  # backoff after a failed snapshot write
 
 
 _memory_released = False
@@ -107,6 +108,9 @@ class Agent:
         self.control = ControlService(self)
         self._commands: set[asyncio.Task[bytes | None]] = set()
         self._presence_group: str | None = None
+        self.store_error: str | None = None  # why the newest snapshot could not be stored
+        self._unstored: Snapshot | None = None
+        self._store_retry: asyncio.Task[None] | None = None
 
     # --- snapshots
     def _load_snapshot(self) -> None:
@@ -138,14 +142,52 @@ class Agent:
             kind = "duplicate" if snap.seq == current.seq else "stale"
             self.counters[kind] += 1
             return
-        # On the loop, not in a thread: the slot write is one pwrite and one fdatasync (~0.1 ms
-        # here), while handing it to a thread cost more CPU than the write (the thread and the
-        # loop trade the GIL at every syscall).
-        self.snapshot_store.write(raw)
+        self._store(snap)
+
+    def _store(self, snap: Snapshot) -> None:
+        """Write, then apply. A failed write (disk full) leaves the old snapshot in force, is
+        reported in heartbeats (`store_error`) and retried with backoff, and raises so that
+        the delivery is not acked."""
+        try:
+            # On the loop, not in a thread: the slot write is one pwrite and one fdatasync
+            # (~0.1 ms here), while handing it to a thread cost more CPU than the write (the
+            # thread and the loop trade the GIL at every syscall).
+            self.snapshot_store.write(snap.raw)
+        except store.StoreError as e:
+            self.counters["store_failures"] += 1
+            if self.store_error is None:
+                log.error("%s: cannot store snapshot seq %d: %s", self.s.host_id, snap.seq, e)
+                self._heartbeat_now.set()
+            self.store_error = str(e)
+            self._unstored = snap
+            if self._store_retry is None or self._store_retry.done():
+                self._store_retry = asyncio.get_running_loop().create_task(self._retry_store())
+            raise
+        if self.store_error is not None:
+            log.info("%s: snapshot store works again", self.s.host_id)
+            self._heartbeat_now.set()
+        self.store_error = None
+        self._unstored = None
         self.reconciler.snapshot = snap
         self.counters["applied_snapshots"] += 1
         log.info("%s: snapshot seq %d (%s) stored", self.s.host_id, snap.seq, snap.revision[:12])
         self._trigger.set()
+
+    async def _retry_store(self) -> None:
+        """Store the newest snapshot that could not be written, until it is written or a newer
+        one was (the publisher's republish would bring it again too, but only every minute)."""
+        delay = STORE_RETRY_MIN
+        while (snap := self._unstored) is not None:
+            await asyncio.sleep(delay)  # backoff
+            delay = min(STORE_RETRY_MAX, delay * 2)
+            if self._unstored is not snap:
+                continue  # a newer delivery tried meanwhile
+            current = self.snapshot
+            if current is not None and snap.seq <= current.seq:
+                self._unstored = None
+                return
+            with contextlib.suppress(store.StoreError):
+                self._store(snap)
 
     def stored_envelope(self) -> bytes | None:
         snap = self.snapshot
@@ -205,6 +247,7 @@ class Agent:
                 "pid": os.getpid(),
                 "hostname": socket.gethostname(),
                 "broker": "connected" if self.connected else "BrokerDisconnected",
+                "store_error": self.store_error,
                 "counters": dict(self.counters),
                 "sent": utc_now(),
             }
@@ -398,6 +441,10 @@ class Agent:
         try:
             await self._run(stop, ready)
         finally:
+            if self._store_retry is not None:
+                self._store_retry.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._store_retry
             self.snapshot_store.close()
             os.close(lock)
 

@@ -120,7 +120,7 @@ def host_entries(
             "attempted": hb.get("attempted") if hb else None,
             "converged": hb.get("converged") if hb else None,
             "releases": [_release_row(r) for r in hb.get("releases", [])] if hb else [],
-            "error": None,
+            "error": (hb.get("store_error") or None) if hb else None,
         }
         failed = [a for a in replies.get(host_id, []) if not a.get("ok")]
         if not answers:
@@ -173,7 +173,7 @@ def status_rows(entries: Iterable[Mapping[str, Any]], *, now: float, wide: bool)
             state = "Converged" if e.get("converged") else (e.get("match") or "-")
             rows.append(
                 [*common, "-", "-", "-", state, "-", "-", *tail]
-                + (["", e.get("agent_version") or "-"] if wide else [])
+                + ([e.get("error") or "", e.get("agent_version") or "-"] if wide else [])
             )
         for r in rels:
             hold = r.get("hold")
@@ -193,6 +193,8 @@ def status_rows(entries: Iterable[Mapping[str, Any]], *, now: float, wide: bool)
             rows.append(row)
         if e.get("duplicate"):
             rows[-1][5] += " DUPLICATE-ID"
+        if e.get("error"):  # answered, but cannot store snapshots (disk full)
+            rows[-1][5] += " STORE-FAILED"
     return rows
 
 

@@ -5,10 +5,14 @@ outage. Nothing is lost: every host ends on the newest revision once the broker 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+
+import pytest
 
 from erel_sync.adapters import store
 from erel_sync.adapters.rabbitnode import RabbitNode
@@ -117,3 +121,37 @@ async def test_broker_killed_with_a_commit_during_the_outage(
         assert pub.counters.publish_failures >= failures_before
         # Never moved backwards, nothing applied twice with effect.
         assert all(a.counters["applied_snapshots"] == 2 for a in agents)
+
+
+async def test_disk_full_keeps_the_old_snapshot_reports_it_and_retries(
+    vhost: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = GitRepo(tmp_path / "config")
+    repo.commit(FILES)
+    async with daemons(tmp_path, vhost, repo, ("h-1", "h-2")) as (_pub, agents):
+        await eventually("first snapshot everywhere", on_seq(agents, 1))
+        full, fine = agents
+        real_pwrite = os.pwrite
+
+        def pwrite(fd: int, data: bytes, offset: int) -> int:
+            if fd in full.snapshot_store._fds:  # only h-1's disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_pwrite(fd, data, offset)
+
+        monkeypatch.setattr(store.os, "pwrite", pwrite)
+        repo.commit({"g.yaml": group_yaml(hosts="['nobody-*', 'other']")}, "h-1's disk is full")
+        await eventually("h-2 applied the commit", on_seq([fine], 2))
+        await eventually(
+            "h-1 reports that it cannot store it",
+            lambda: "No space left" in (full.heartbeat()["store_error"] or ""),
+        )
+        # The old snapshot stays in force, in memory and on disk; nothing is torn.
+        assert full.snapshot is not None and full.snapshot.seq == 1
+        held = store.SlotFile(Path(full.s.state_dir) / "snapshot").read()
+        assert held is not None and peek_seq(held) == 1
+        assert full.counters["store_failures"] >= 1
+        monkeypatch.undo()  # space again: the agent's own retry stores it, no new commit needed
+        await eventually("h-1 stored the newest on its own", on_seq([full], 2), within=15)
+        assert full.heartbeat()["store_error"] is None
+        held = store.SlotFile(Path(full.s.state_dir) / "snapshot").read()
+        assert held is not None and peek_seq(held) == 2

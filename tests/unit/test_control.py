@@ -295,3 +295,17 @@ def test_status_rows_show_holds_and_unreachable_hosts() -> None:
     assert len(rows[0]) == len(view.STATUS_HEADERS) == len(rows[1])
     wide = view.status_rows(entries, now=NOW, wide=True)
     assert all(len(r) == len(view.STATUS_WIDE_HEADERS) for r in wide)
+
+
+def test_a_host_that_cannot_store_snapshots_is_flagged() -> None:
+    known = view.known_hosts([presence("a", NOW), presence("b", NOW)])
+    full = "cannot write /var/lib/erel-sync/snapshot.slot-a: No space left on device"
+    entries = view.host_entries(
+        known,
+        {"a": [answer("a", store_error=full)], "b": [answer("b", store_error=None)]},
+        now=NOW,
+    )
+    assert [(e["reachable"], e["error"]) for e in entries] == [(True, full), (True, None)]
+    rows = view.status_rows(entries, now=NOW, wide=True)
+    assert rows[0][5] == "Converged STORE-FAILED" and full in rows[0]
+    assert rows[1][5] == "Converged"
