@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,9 +46,16 @@ MAX_LINE = 64 * 1024
 
 
 class ControlService:
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, seen: Mapping[str, float] | None = None) -> None:
         self.agent = agent
-        self._seen: dict[str, float] = {}  # command id -> expiry, against replays
+        now = time.time()
+        # command id -> expiry, against replays. Mutating commands' ids are persisted with the
+        # holds (`seen`), so a captured command cannot be replayed after an agent restart
+        # either; status queries change nothing and are remembered in memory only.
+        self.seen_mutating: dict[str, float] = {
+            k: float(v) for k, v in (seen or {}).items() if float(v) >= now
+        }
+        self._seen: dict[str, float] = dict(self.seen_mutating)
 
     def targets(self) -> frozenset[str]:
         """The routing targets this host answers to now: itself, its current group, `all`."""
@@ -77,6 +84,9 @@ class ControlService:
                 require_signature=cmd.command in control.MUTATING,
             )
             self._check_replay(cmd)
+            if cmd.command in control.MUTATING:
+                # On disk before it runs: a crash right after it cannot open a replay window.
+                await a.persist(lasting_only=True)
         except CommandRejected as e:
             if e.reason == "NotForThisHost":
                 return None
@@ -107,9 +117,14 @@ class ControlService:
         for k, exp in list(self._seen.items()):
             if exp < now:
                 del self._seen[k]
+        for k, exp in list(self.seen_mutating.items()):
+            if exp < now:
+                del self.seen_mutating[k]
         if cmd.id in self._seen:
             raise CommandRejected("Replayed", f"command {cmd.id} already ran")
         self._seen[cmd.id] = cmd.expires
+        if cmd.command in control.MUTATING:
+            self.seen_mutating[cmd.id] = cmd.expires
 
     async def run(self, cmd: Command, *, by: str) -> bytes:
         a = self.agent

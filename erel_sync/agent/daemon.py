@@ -105,7 +105,7 @@ class Agent:
         self._channels: broker.Channels | None = None
         self._heartbeat_now = asyncio.Event()
         self._persisted: tuple[str, bytes] = ("", b"")  # (failure memory + holds, whole file)
-        self.control = ControlService(self)
+        self.control = ControlService(self, seen=saved.get("commands_seen"))
         self._commands: set[asyncio.Task[bytes | None]] = set()
         self._presence_group: str | None = None
         self.store_error: str | None = None  # why the newest snapshot could not be stored
@@ -210,16 +210,18 @@ class Agent:
     # --- status
     async def persist(self, *, lasting_only: bool = False) -> None:
         """Write status.json when it changed; fsync only when what must survive a power loss
-        changed (failure memory and holds). The report and counters change on every tick, and
-        losing the newest of them costs only freshness: they are written with the (coalesced)
-        heartbeats as a plain tmp + rename. `lasting_only`: write only if memory or holds
-        changed (after each tick)."""
+        changed (failure memory, holds, the ids of mutating commands that ran). The report and
+        counters change on every tick, and losing the newest of them costs only freshness:
+        they are written with the (coalesced) heartbeats as a plain tmp + rename.
+        `lasting_only`: write only if what must survive changed (after each tick)."""
         r = self.reconciler
         memory = memory_to_json(r.memory)
-        lasting = json.dumps({"memory": memory, "holds": r.holds}, sort_keys=True)
+        seen = self.control.seen_mutating
+        lasting = json.dumps({"memory": memory, "holds": r.holds, "seen": seen}, sort_keys=True)
         doc = {
             "memory": memory,
             "holds": r.holds,
+            "commands_seen": seen,
             "applied": r.applied,
             "attempted": r.attempted,
             "report": r.report,

@@ -21,6 +21,7 @@ import jsonschema
 import pytest
 import yaml
 
+from erel_sync.adapters.broker import PublishFailed
 from erel_sync.adapters.opsclient import OpsClient
 from erel_sync.core import control
 from erel_sync.core.snapshot import generate_key, load_private_key
@@ -211,11 +212,11 @@ def test_03_remote_stop_start_restart_on_a_whole_group(cluster: E2ECluster) -> N
         assert cluster.releases(host)["hello"]["hold"] is None
 
 
-def _send(c: E2ECluster, cmd: control.Command, host: str) -> dict[str, Any]:
+def _send(c: E2ECluster, cmd: control.Command, host: str, within: float = 10) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
         async with OpsClient([c.url]) as client:
             await client.send(cmd, 60)
-            replies = await client.collect(cmd.id, expected={host}, within=10)
+            replies = await client.collect(cmd.id, expected={host}, within=within)
         return replies[host][0]
 
     return asyncio.run(go())
@@ -245,6 +246,32 @@ def test_04_expired_unsigned_and_unknown_key_commands_are_refused(cluster: E2ECl
             and (store_counters(cluster, "web-2").get("commands_refused.Unsigned", 0) >= 1)
         ),
     )
+
+
+def test_04b_a_replayed_command_is_refused_even_after_an_agent_restart(
+    cluster: E2ECluster,
+) -> None:
+    key = load_private_key(cluster.operator_key.read_bytes())
+    cmd = control.new_command(
+        "start", "hello", control.host_target("web-2"), now=time.time(), ttl=600,
+        key=key, key_id="dev-operator",
+    )  # fmt: skip
+    first = _send(cluster, cmd, "web-2")
+    assert first["ok"] is True
+    assert _send(cluster, cmd, "web-2")["reason"] == "Replayed"  # the same bytes again
+    cluster.stop_process("web-2")
+    cluster.start_agent(HOSTS[1])
+
+    def new_instance_answers() -> bool:
+        query = control.new_command("status", None, control.host_target("web-2"), now=time.time())
+        try:
+            return bool(_send(cluster, query, "web-2", within=2)["instance"] != first["instance"])
+        except (KeyError, PublishFailed):  # no queue or no answer yet: still connecting
+            return False
+
+    wait_for("web-2's new agent answers", new_instance_answers, 60, every=0.2)
+    again = _send(cluster, cmd, "web-2")
+    assert again["reason"] == "Replayed" and again["instance"] != first["instance"]
 
 
 def store_counters(c: E2ECluster, host: str) -> dict[str, int]:
