@@ -250,6 +250,7 @@ class Agent:
                 "hostname": socket.gethostname(),
                 "broker": "connected" if self.connected else "BrokerDisconnected",
                 "store_error": self.store_error,
+                "heartbeat_interval": self.s.heartbeat_interval,
                 "counters": dict(self.counters),
                 "sent": utc_now(),
             }

@@ -210,17 +210,43 @@ async def _status(
     return int(Exit.OK)
 
 
+WATCH_INTERVAL = 5.0  # heartbeat interval assumed when a report does not carry its own
+
+
 async def _watch(
     client: Any, entries: list[dict[str, Any]], group: str | None, host: str | None, output: Output
 ) -> None:
-    """Follow heartbeats; a host not heard for 3 heartbeat intervals turns Unreachable."""
-    beats: dict[str, dict[str, Any]] = {}
+    """Follow heartbeats; a host not heard for 3 heartbeat intervals turns Unreachable. Two
+    instances heartbeating for one host id at the same time are flagged as duplicates; an
+    instance that fell silent before another one first spoke was restarted, not duplicated."""
+    beats: dict[str, dict[str, dict[str, Any]]] = {}  # host -> instance -> newest heartbeat
+    first: dict[tuple[str, str], float] = {}  # (host, instance) -> first heard
     known = {e["host_id"]: e for e in entries}
     changed = asyncio.Event()
 
     def on_beat(doc: dict[str, Any]) -> None:
-        beats[str(doc.get("host_id"))] = doc
+        host, instance = str(doc.get("host_id")), str(doc.get("instance"))
+        beats.setdefault(host, {})[instance] = doc
+        first.setdefault((host, instance), float(doc["received"]))
         changed.set()
+
+    def live(host: str, now: float) -> list[dict[str, Any]]:
+        def interval(d: dict[str, Any]) -> float:
+            return float(d.get("heartbeat_interval") or WATCH_INTERVAL)
+
+        def silent(d: dict[str, Any]) -> float:
+            return now - float(d["received"])
+
+        docs = [d for d in beats.get(host, {}).values() if silent(d) <= 3 * interval(d) + 1]
+        # Stopped before another instance first spoke, and missed a beat since: a restart.
+        return [
+            d
+            for d in docs
+            if not (
+                silent(d) > 1.5 * interval(d)
+                and any(first[(host, str(o.get("instance")))] > float(d["received"]) for o in docs)
+            )
+        ]
 
     await client.follow_heartbeats(on_beat)
     tty = sys.stdout.isatty()
@@ -228,15 +254,19 @@ async def _watch(
     while True:
         now = time.time()
         replies: dict[str, list[dict[str, Any]]] = {}
-        for h, doc in beats.items():
-            interval = float(doc.get("heartbeat_interval") or 5.0)
-            if now - float(doc["received"]) <= 3 * interval + 1:
-                replies[h] = [_as_reply(h, doc, float(doc["received"]))]
+        for h in beats:
+            if docs := live(h, now):
+                replies[h] = [_as_reply(h, d, float(d["received"])) for d in docs]
         for e in entries:
-            if e["reachable"] and e["host_id"] not in beats:
-                # Answered the first query, no heartbeat yet: its answer still stands.
-                seen = view.parse_time(e["last_seen"]) or now
-                replies[e["host_id"]] = [_as_reply(e["host_id"], e, seen)]
+            # An instance that answered the first query and has not sent a heartbeat yet: its
+            # answer stands for as long as a heartbeat would.
+            seen = view.parse_time(e["last_seen"]) or now
+            if not e["reachable"] or now - seen > 3 * WATCH_INTERVAL + 1:
+                continue
+            h = e["host_id"]
+            for i in e.get("instances") or [e.get("instance")]:
+                if str(i) not in beats.get(h, {}):
+                    replies.setdefault(h, []).append(_as_reply(h, {**e, "instance": i}, seen))
         known_now = {
             h: view.Known(h, {**e, "sent": e["last_seen"]}, view.parse_time(e["last_seen"]) or 0)
             for h, e in known.items()
