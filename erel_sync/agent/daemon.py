@@ -250,7 +250,8 @@ class Agent:
                 "hostname": socket.gethostname(),
                 "broker": "connected" if self.connected else "BrokerDisconnected",
                 "store_error": self.store_error,
-                "heartbeat_interval": self.s.heartbeat_interval,
+                # What a reader may expect between two heartbeats: never under the spacing.
+                "heartbeat_interval": max(self.s.heartbeat_interval, REPORT_SPACING),
                 "counters": dict(self.counters),
                 "sent": utc_now(),
             }

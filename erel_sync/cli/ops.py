@@ -243,7 +243,7 @@ async def _watch(
             d
             for d in docs
             if not (
-                silent(d) > 1.5 * interval(d)
+                silent(d) > 2 * interval(d) + 0.5
                 and any(first[(host, str(o.get("instance")))] > float(d["received"]) for o in docs)
             )
         ]
