@@ -8,6 +8,7 @@ RabbitMQ node and the real example releases. The scenarios run in order on one c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import jsonschema
 import pytest
@@ -138,8 +139,10 @@ def test_01_status_and_members_json_follow_their_schemas(cluster: E2ECluster) ->
     }
 
 
-def test_01b_status_watch_streams_updates(cluster: E2ECluster) -> None:
-    env = {**os.environ, "EREL_AMQP_URL": cluster.url}
+@contextlib.contextmanager
+def status_watch(c: E2ECluster) -> Iterator[IO[str]]:
+    """`erel-sync status --watch -o json` running; yields its output, one document a line."""
+    env = {**os.environ, "EREL_AMQP_URL": c.url}
     proc = subprocess.Popen(
         [sys.executable, "-m", "erel_sync", "status", "--watch", "-o", "json"],
         stdout=subprocess.PIPE,
@@ -148,12 +151,17 @@ def test_01b_status_watch_streams_updates(cluster: E2ECluster) -> None:
     )
     try:
         assert proc.stdout is not None
-        first = json.loads(proc.stdout.readline())
-        assert {h["host_id"] for h in first} == set(ALL)
-        assert all(h["reachable"] for h in first)
+        yield proc.stdout
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+def test_01b_status_watch_streams_updates(cluster: E2ECluster) -> None:
+    with status_watch(cluster) as out:
+        first = json.loads(out.readline())
+    assert {h["host_id"] for h in first} == set(ALL)
+    assert all(h["reachable"] for h in first)
 
 
 def test_02_stop_holds_across_ticks_and_an_agent_restart(cluster: E2ECluster) -> None:
@@ -348,25 +356,14 @@ def test_06b_members_flags_two_agents_claiming_one_host_id(cluster: E2ECluster) 
 def watch_views(c: E2ECluster, host: str, heartbeats: int) -> list[dict[str, Any]]:
     """`host`'s entry in what `status --watch -o json` prints, until it has been updated from
     `heartbeats` heartbeats (its `last_seen` moved that many times)."""
-    env = {**os.environ, "EREL_AMQP_URL": c.url}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "erel_sync", "status", "--watch", "-o", "json"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
     views: list[dict[str, Any]] = []
-    try:
-        assert proc.stdout is not None
+    with status_watch(c) as out:
         deadline = time.monotonic() + 60
         while len({v["last_seen"] for v in views}) <= heartbeats:
             assert time.monotonic() < deadline, f"{host} not updated {heartbeats} times: {views}"
-            line = proc.stdout.readline()  # watch prints on every change, heartbeats included
+            line = out.readline()  # watch prints on every change, heartbeats included
             assert line, "status --watch ended"
             views += [e for e in json.loads(line) if e["host_id"] == host]
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
     return views
 
 
