@@ -159,7 +159,8 @@ class Agent:
                 log.error("%s: cannot store snapshot seq %d: %s", self.s.host_id, snap.seq, e)
                 self._heartbeat_now.set()
             self.store_error = str(e)
-            self._unstored = snap
+            if self._unstored is None or snap.seq > self._unstored.seq:
+                self._unstored = snap
             if self._store_retry is None or self._store_retry.done():
                 self._store_retry = asyncio.get_running_loop().create_task(self._retry_store())
             raise
@@ -203,7 +204,10 @@ class Agent:
         answers = await broker.request_state(channel, self.s.host_id)
         for raw in sorted(answers, key=lambda r: peek_seq(r) or 0, reverse=True):
             before = self.snapshot.seq if self.snapshot else 0
-            await self.on_snapshot(raw)
+            try:
+                await self.on_snapshot(raw)
+            except store.StoreError:
+                break  # reported, and retried by the agent itself; older answers would fail too
             if self.snapshot and self.snapshot.seq > before:
                 break
 

@@ -131,8 +131,11 @@ class Reconciler:
                     return self.report
                 why = "coalesced"
 
-    def desired(self) -> tuple[GroupMatch | None, Mapping[str, EffectiveRelease] | None, bool]:
-        snap = self.snapshot
+    def desired(
+        self, snap: Snapshot | None = None
+    ) -> tuple[GroupMatch | None, Mapping[str, EffectiveRelease] | None, bool]:
+        """What `snap` (by default the one held now) wants on this host."""
+        snap = snap or self.snapshot
         if snap is None:
             return None, None, False
         match = match_group(snap.state, self.host)
@@ -148,12 +151,15 @@ class Reconciler:
     async def _tick_once(self, why: str, *, act: bool = True) -> None:
         self.ticks += 1
         self._expire_holds()
-        match, desired, suspended = self.desired()
+        # One snapshot for the whole tick: a newer one stored while this tick awaits the driver
+        # is the next tick's. Reading it again later would report a revision applied that
+        # this tick never planned for (`wait` would count the host as converged on it).
+        snap = self.snapshot
+        seq = snap.seq if snap else 0
+        match, desired, suspended = self.desired(snap)
         observed, raw = await self._observe()
         if act and await self._recover(raw):
             observed, raw = await self._observe()
-        snap = self.snapshot
-        seq = snap.seq if snap else 0
         holds = frozenset(self.holds)
         first = plan(
             desired,

@@ -97,7 +97,12 @@ async def test_daemons_started_while_the_broker_is_down(
         assert all(a.heartbeat()["broker"] == "BrokerDisconnected" for a in agents)
         await asyncio.to_thread(fresh_rabbit.start)
         await eventually("agents joined once the broker came", on_seq(agents, 1))
-        assert all(a.heartbeat()["broker"] == "connected" for a in agents)
+        # The snapshot can arrive while the session is still being set up (the stream consumer
+        # starts first): connected follows.
+        await eventually(
+            "agents report connected",
+            lambda: all(a.heartbeat()["broker"] == "connected" for a in agents),
+        )
         on_disk = [store.SlotFile(Path(a.s.state_dir) / "snapshot").read() for a in agents]
         assert all(raw is not None and peek_seq(raw) == 1 for raw in on_disk)
 
@@ -150,8 +155,13 @@ async def test_disk_full_keeps_the_old_snapshot_reports_it_and_retries(
         held = store.SlotFile(Path(full.s.state_dir) / "snapshot").read()
         assert held is not None and peek_seq(held) == 1
         assert full.counters["store_failures"] >= 1
+        repo.commit({"g.yaml": group_yaml(hosts="['nobody-*', 'x']")}, "still full")
+        await eventually("h-2 applied the second commit", on_seq([fine], 3))
+        await eventually(
+            "h-1 tried it too", lambda: full._unstored is not None and full._unstored.seq == 3
+        )
         monkeypatch.undo()  # space again: the agent's own retry stores it, no new commit needed
-        await eventually("h-1 stored the newest on its own", on_seq([full], 2), within=15)
+        await eventually("h-1 stored the newest on its own", on_seq([full], 3), within=15)
         assert full.heartbeat()["store_error"] is None
         held = store.SlotFile(Path(full.s.state_dir) / "snapshot").read()
-        assert held is not None and peek_seq(held) == 2
+        assert held is not None and peek_seq(held) == 3
