@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -24,6 +25,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +260,56 @@ def idle_agent(work: Path, url: str, key_id: str, pub: str, seconds: float) -> t
         p.wait(30)
 
 
+@dataclass
+class BenchCluster:
+    node: RabbitNode
+    clone: Path  # a clone of the bare repository the publisher serves
+    publisher: subprocess.Popen[bytes]
+    public_key: str  # the publisher's, for the agents' settings (key id "bench")
+
+
+@contextlib.contextmanager
+def bench_cluster(work: Path, node_name: str, group: str) -> Iterator[BenchCluster]:
+    """A private RabbitMQ node, a bare config repository (the release `hello` and `group`) with
+    a clone, and a publisher process serving it (under cProfile with BENCH_PROFILE), yielded
+    once its first snapshot is out; all stopped on exit."""
+    node = RabbitNode(work / "rabbit", name=node_name)
+    node.start()
+    publisher = None
+    try:
+        bare, clone = work / "config.git", work / "clone"
+        git(work, "init", "-q", "--bare", "-b", "main", str(bare))
+        git(work, "clone", "-q", str(bare), str(clone))
+        (clone / "releases").mkdir()
+        (clone / "groups").mkdir()
+        (clone / "releases" / "hello.yaml").write_text(RELEASE % ("ab" * 32))
+        (clone / "groups" / "web.yaml").write_text(group)
+        git(clone, "add", "-A")
+        git(clone, "commit", "-qm", "init")
+        git(clone, "push", "-q", "origin", "main")
+        pem, pub = generate_key()
+        store.write_atomic(work / "pub.key", pem)
+        profile = os.environ.get("BENCH_PROFILE")
+        prof = ["-m", "cProfile", "-o", f"{profile}/publisher.prof"] if profile else []
+        publisher = subprocess.Popen(
+            [sys.executable, *prof, "-m", "erel_sync", "publisher", "--repo", str(bare),
+             "--key", str(work / "pub.key"), "--key-id", "bench",
+             "--state-dir", str(work / "publisher"), "--amqp-url", node.url,
+             "--log-level", "warning"],
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not (store.read_json(work / "publisher" / "publisher.json") or {}).get("seq"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("publisher did not publish")
+            time.sleep(0.05)  # poll for the first snapshot
+        yield BenchCluster(node, clone, publisher, pub)
+    finally:
+        if publisher is not None:
+            publisher.terminate()
+            publisher.wait(30)
+        node.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--commits", type=int, default=50)
@@ -264,78 +317,47 @@ def main() -> None:
     ap.add_argument("--sizes", default="10,100", help="agent counts, e.g. 100 (comma-separated)")
     ap.add_argument("--no-join-idle", action="store_true", help="only the push latencies")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="erel-bench-") as tmp:
-        work = Path(tmp)
-        node = RabbitNode(work / "rabbit", name=f"erelbench-{os.getpid()}")
-        node.start()
-        publisher = None
-        try:
-            bare, clone = work / "config.git", work / "clone"
-            git(work, "init", "-q", "--bare", "-b", "main", str(bare))
-            git(work, "clone", "-q", str(bare), str(clone))
-            (clone / "releases").mkdir()
-            (clone / "groups").mkdir()
-            (clone / "releases" / "hello.yaml").write_text(RELEASE % ("ab" * 32))
-            (clone / "groups" / "web.yaml").write_text(GROUP % 1)
-            git(clone, "add", "-A")
-            git(clone, "commit", "-qm", "init")
-            git(clone, "push", "-q", "origin", "main")
-            pem, pub = generate_key()
-            store.write_atomic(work / "pub.key", pem)
-            profile = os.environ.get("BENCH_PROFILE")
-            prof = ["-m", "cProfile", "-o", f"{profile}/publisher.prof"] if profile else []
-            publisher = subprocess.Popen(
-                [sys.executable, *prof, "-m", "erel_sync", "publisher", "--repo", str(bare),
-                 "--key", str(work / "pub.key"), "--key-id", "bench",
-                 "--state-dir", str(work / "publisher"), "--amqp-url", node.url,
-                 "--log-level", "warning"],
-            )  # fmt: skip
-            deadline = time.monotonic() + 30
-            while not (store.read_json(work / "publisher" / "publisher.json") or {}).get("seq"):
-                if time.monotonic() > deadline:
-                    raise TimeoutError("publisher did not publish")
-                time.sleep(0.05)  # poll for the first snapshot
-            print(
-                f"RabbitMQ {node.node_name}, {os.cpu_count()} cores, agents on "
-                f"{eventloop.name()}; {args.commits} commits each"
+    with (
+        tempfile.TemporaryDirectory(prefix="erel-bench-") as tmp,
+        bench_cluster(Path(tmp), f"erelbench-{os.getpid()}", GROUP % 1) as c,
+    ):
+        work, node, pub = Path(tmp), c.node, c.public_key
+        print(
+            f"RabbitMQ {node.node_name}, {os.cpu_count()} cores, agents on "
+            f"{eventloop.name()}; {args.commits} commits each"
+        )
+        for n in [int(x) for x in args.sizes.split(",")]:
+            others = {"broker": node.pid or 0, "publisher": c.publisher.pid}
+            lat, published, cpu, push = push_latencies(
+                work, node.url, "bench", pub, n, args.commits, others
             )
-            for n in [int(x) for x in args.sizes.split(",")]:
-                others = {"broker": node.pid or 0, "publisher": publisher.pid}
-                lat, published, cpu, push = push_latencies(
-                    work, node.url, "bench", pub, n, args.commits, others
-                )
-                fl, floor_cpu = floor_latencies(node.url, n, args.commits, 4096)
-                print(
-                    f"{n:4d} agents: git push -> all on disk p50 {pct(lat, 0.5):6.1f} ms  "
-                    f"p90 {pct(lat, 0.9):6.1f} ms  p99 {pct(lat, 0.99):6.1f} ms  "
-                    f"max {max(lat):6.1f} ms | aio-pika fan-out floor p50 "
-                    f"{pct(fl, 0.5):5.1f} ms p99 {pct(fl, 0.99):5.1f} ms"
-                )
-                fanout = [a - b for a, b in zip(lat, published, strict=True)]
-                print(
-                    f"      of which push -> on the stream p50 {pct(published, 0.5):5.1f} ms "
-                    f"p99 {pct(published, 0.99):5.1f} ms max {max(published):5.1f} ms; "
-                    f"stream -> all on disk p50 {pct(fanout, 0.5):5.1f} ms "
-                    f"p99 {pct(fanout, 0.99):5.1f} ms max {max(fanout):5.1f} ms"
-                )
-                print(
-                    "      CPU per commit: "
-                    + ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(cpu.items()))
-                    + f" | floor consumers {floor_cpu:.0f} ms | `git push` itself p50 {push:.0f} ms"
-                )
-            if args.no_join_idle:
-                return
-            joins = join_times(work, node.url, "bench", pub)
-            print(f"join (agent start -> snapshot on disk): median {statistics.median(joins):.0f} ms"
-                  f", max {max(joins):.0f} ms over {len(joins)} runs")  # fmt: skip
-            rss, idle_cpu = idle_agent(work, node.url, "bench", pub, args.idle_seconds)
-            print(f"idle agent: RSS {rss:.1f} MiB, CPU {idle_cpu:.2f} % "
-                  f"over {args.idle_seconds:.0f} s")  # fmt: skip
-        finally:
-            if publisher is not None:
-                publisher.terminate()
-                publisher.wait(30)
-            node.stop()
+            fl, floor_cpu = floor_latencies(node.url, n, args.commits, 4096)
+            print(
+                f"{n:4d} agents: git push -> all on disk p50 {pct(lat, 0.5):6.1f} ms  "
+                f"p90 {pct(lat, 0.9):6.1f} ms  p99 {pct(lat, 0.99):6.1f} ms  "
+                f"max {max(lat):6.1f} ms | aio-pika fan-out floor p50 "
+                f"{pct(fl, 0.5):5.1f} ms p99 {pct(fl, 0.99):5.1f} ms"
+            )
+            fanout = [a - b for a, b in zip(lat, published, strict=True)]
+            print(
+                f"      of which push -> on the stream p50 {pct(published, 0.5):5.1f} ms "
+                f"p99 {pct(published, 0.99):5.1f} ms max {max(published):5.1f} ms; "
+                f"stream -> all on disk p50 {pct(fanout, 0.5):5.1f} ms "
+                f"p99 {pct(fanout, 0.99):5.1f} ms max {max(fanout):5.1f} ms"
+            )
+            print(
+                "      CPU per commit: "
+                + ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(cpu.items()))
+                + f" | floor consumers {floor_cpu:.0f} ms | `git push` itself p50 {push:.0f} ms"
+            )
+        if args.no_join_idle:
+            return
+        joins = join_times(work, node.url, "bench", pub)
+        print(f"join (agent start -> snapshot on disk): median {statistics.median(joins):.0f} ms"
+              f", max {max(joins):.0f} ms over {len(joins)} runs")  # fmt: skip
+        rss, idle_cpu = idle_agent(work, node.url, "bench", pub, args.idle_seconds)
+        print(f"idle agent: RSS {rss:.1f} MiB, CPU {idle_cpu:.2f} % "
+              f"over {args.idle_seconds:.0f} s")  # fmt: skip
 
 
 if __name__ == "__main__":

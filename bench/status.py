@@ -25,14 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gitops import RELEASE, Workers, git, pct
+from gitops import Workers, bench_cluster, pct
 
 from erel_sync.adapters import store
 from erel_sync.adapters.opsclient import OpsClient
-from erel_sync.adapters.rabbitnode import RabbitNode
 from erel_sync.cli.ops import gather_entries
 from erel_sync.core import clusterview as view
-from erel_sync.core.snapshot import generate_key
 
 HOSTS = 50
 SINCE = 600.0  # the CLI's default --since (10m)
@@ -101,41 +99,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=20)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="erel-bench-") as tmp:
-        work = Path(tmp)
-        node = RabbitNode(work / "rabbit", name=f"erelbench-status-{os.getpid()}")
-        node.start()
-        publisher = None
-        workers = None
+    with (
+        tempfile.TemporaryDirectory(prefix="erel-bench-") as tmp,
+        bench_cluster(Path(tmp), f"erelbench-status-{os.getpid()}", GROUP) as c,
+    ):
+        work, node = Path(tmp), c.node
+        seq = int((store.read_json(work / "publisher" / "publisher.json") or {})["seq"])
+        hosts = [f"stat-{i:03d}" for i in range(HOSTS)]
+        started = time.time()
+        workers = Workers("agents", hosts, {"url": node.url, "work": str(work / "agents"),
+                                            "key_id": "bench", "public_key": c.public_key})  # fmt: skip
         try:
-            bare, clone = work / "config.git", work / "clone"
-            git(work, "init", "-q", "--bare", "-b", "main", str(bare))
-            git(work, "clone", "-q", str(bare), str(clone))
-            (clone / "releases").mkdir()
-            (clone / "groups").mkdir()
-            (clone / "releases" / "hello.yaml").write_text(RELEASE % ("ab" * 32))
-            (clone / "groups" / "web.yaml").write_text(GROUP)
-            git(clone, "add", "-A")
-            git(clone, "commit", "-qm", "init")
-            git(clone, "push", "-q", "origin", "main")
-            pem, pub = generate_key()
-            store.write_atomic(work / "pub.key", pem)
-            publisher = subprocess.Popen(
-                [sys.executable, "-m", "erel_sync", "publisher", "--repo", str(bare),
-                 "--key", str(work / "pub.key"), "--key-id", "bench",
-                 "--state-dir", str(work / "publisher"), "--amqp-url", node.url,
-                 "--log-level", "warning"],
-            )  # fmt: skip
-            deadline = time.monotonic() + 30
-            while not (store.read_json(work / "publisher" / "publisher.json") or {}).get("seq"):
-                if time.monotonic() > deadline:
-                    raise TimeoutError("publisher did not publish")
-                time.sleep(0.05)  # poll for the first snapshot
-            seq = int((store.read_json(work / "publisher" / "publisher.json") or {})["seq"])
-            hosts = [f"stat-{i:03d}" for i in range(HOSTS)]
-            started = time.time()
-            workers = Workers("agents", hosts, {"url": node.url, "work": str(work / "agents"),
-                                                "key_id": "bench", "public_key": pub})  # fmt: skip
             workers.wait(lambda: len(workers.times("disk", seq)) == HOSTS, 60)
             asyncio.run(wait_presence(node.url, set(hosts), started - 5, 60))
             print(f"RabbitMQ {node.node_name}, {os.cpu_count()} cores; {HOSTS} agents joined "
@@ -150,12 +124,7 @@ def main() -> None:
                 f"{statistics.median(floor):.0f} ms) | target < 1000 ms"
             )
         finally:
-            if workers is not None:
-                workers.close()
-            if publisher is not None:
-                publisher.terminate()
-                publisher.wait(30)
-            node.stop()
+            workers.close()
 
 
 if __name__ == "__main__":

@@ -281,22 +281,35 @@ async def serve_state_requests(
 
     async def on_request(message: AbstractIncomingMessage) -> None:
         await message.ack()
-        raw = provider()
-        reply = message.reply_to or ""
-        if raw is None or not reply.startswith("reply."):
-            return
-        with contextlib.suppress(PublishFailed):
-            await publish(
-                channel,
-                topo.SYNC_EXCHANGE,
-                reply,
-                raw,
-                mandatory=False,
-                correlation_id=message.correlation_id,
-            )
+        await answer(channel, message, provider())
 
     await queue.consume(on_request)
     return queue
+
+
+async def answer(
+    channel: AbstractChannel,
+    request: AbstractIncomingMessage,
+    body: bytes | None,
+    *,
+    expiration: float | None = None,
+) -> None:
+    """Send `body` to the requester's `reply.<…>` key on `erel.sync`, with its correlation id.
+    Nothing to send, or a request without a usable reply-to: no answer. A lost answer is the
+    requester's timeout, not the answerer's failure."""
+    reply = request.reply_to or ""
+    if body is None or not reply.startswith("reply."):
+        return
+    with contextlib.suppress(PublishFailed):
+        await publish(
+            channel,
+            topo.SYNC_EXCHANGE,
+            reply,
+            body,
+            mandatory=False,
+            correlation_id=request.correlation_id,
+            expiration=expiration,
+        )
 
 
 async def request_state(
@@ -354,20 +367,7 @@ async def serve_control(
         await queue.bind(exchange, routing_key=key)
 
     async def on_command(message: AbstractIncomingMessage) -> None:
-        answer = await handler(message.body)
-        reply = message.reply_to or ""
-        if answer is None or not reply.startswith("reply."):
-            return
-        with contextlib.suppress(PublishFailed):
-            await publish(
-                channel,
-                topo.SYNC_EXCHANGE,
-                reply,
-                answer,
-                mandatory=False,
-                correlation_id=message.correlation_id,
-                expiration=60.0,
-            )
+        await answer(channel, message, await handler(message.body), expiration=60.0)
 
     await queue.consume(on_command, no_ack=True)
     return queue

@@ -49,13 +49,17 @@ class ControlService:
     def __init__(self, agent: Agent, seen: Mapping[str, float] | None = None) -> None:
         self.agent = agent
         now = time.time()
-        # command id -> expiry, against replays. Mutating commands' ids are persisted with the
-        # holds (`seen`), so a captured command cannot be replayed after an agent restart
-        # either; status queries change nothing and are remembered in memory only.
-        self.seen_mutating: dict[str, float] = {
-            k: float(v) for k, v in (seen or {}).items() if float(v) >= now
+        # command id -> (expiry, mutating), against replays. Mutating commands' ids are
+        # persisted with the holds (`seen`), so a captured command cannot be replayed after an
+        # agent restart either; status queries change nothing and are remembered in memory only.
+        self._seen: dict[str, tuple[float, bool]] = {
+            k: (float(v), True) for k, v in (seen or {}).items() if float(v) >= now
         }
-        self._seen: dict[str, float] = dict(self.seen_mutating)
+
+    @property
+    def seen_mutating(self) -> dict[str, float]:
+        """What `status.json` keeps: the unexpired ids of mutating commands."""
+        return {k: exp for k, (exp, mutating) in self._seen.items() if mutating}
 
     def targets(self) -> frozenset[str]:
         """The routing targets this host answers to now: itself, its current group, `all`."""
@@ -114,17 +118,12 @@ class ControlService:
 
     def _check_replay(self, cmd: Command) -> None:
         now = time.time()
-        for k, exp in list(self._seen.items()):
+        for k, (exp, _) in list(self._seen.items()):
             if exp < now:
                 del self._seen[k]
-        for k, exp in list(self.seen_mutating.items()):
-            if exp < now:
-                del self.seen_mutating[k]
         if cmd.id in self._seen:
             raise CommandRejected("Replayed", f"command {cmd.id} already ran")
-        self._seen[cmd.id] = cmd.expires
-        if cmd.command in control.MUTATING:
-            self.seen_mutating[cmd.id] = cmd.expires
+        self._seen[cmd.id] = (cmd.expires, cmd.command in control.MUTATING)
 
     async def run(self, cmd: Command, *, by: str) -> bytes:
         a = self.agent

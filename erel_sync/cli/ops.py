@@ -128,13 +128,7 @@ async def gather_entries(
     from erel_sync.adapters.broker import PublishFailed  # noqa: PLC0415
 
     now = time.time()
-    target = (
-        control.host_target(host)
-        if host
-        else control.group_target(group)
-        if group
-        else control.ALL_TARGET
-    )
+    target = control.target_for(host, group)
     ttl = max(10.0, within * 2)
     cmd = control.new_command("status", None, target, now=now, ttl=ttl)
     presence = asyncio.create_task(client.read_presence(now - since))
@@ -365,6 +359,16 @@ def wait(
     raise typer.Exit(_run(_wait(revision.lower(), group, limit, lookback, urls), urls))
 
 
+def _verdict(tty: bool, headline: str, hosts: dict[str, str], code: Exit) -> int:
+    """`wait`'s last words: the outcome, then a line per host that needs one."""
+    if tty:
+        sys.stderr.write("\n")  # end the progress line
+    print(headline)
+    for h, why in sorted(hosts.items()):
+        print(f"  {h}: {why}")
+    return int(code)
+
+
 async def _wait(
     revision: str, group: str | None, limit: float, since: float, urls: list[str]
 ) -> int:
@@ -394,28 +398,18 @@ async def _wait(
                 sys.stderr.flush()
                 last_line = line
             if v.state == "Converged":
-                if tty:
-                    sys.stderr.write("\n")
-                print(f"converged: {len(v.converged)} host(s) applied {revision[:12]}")
-                return int(Exit.OK)
+                head = f"converged: {len(v.converged)} host(s) applied {revision[:12]}"
+                return _verdict(tty, head, {}, Exit.OK)
             if v.state == "Failed":
                 # Hosts still on their way (reachable, not done) get a grace period, so that
                 # every failure is listed, not just the first one seen.
                 failed_at = failed_at or time.monotonic()
                 if not v.working or time.monotonic() >= min(deadline, failed_at + FAIL_GRACE):
-                    if tty:
-                        sys.stderr.write("\n")
-                    print(f"failed: {revision[:12]} did not apply on {len(v.failed)} host(s)")
-                    for h, why in sorted(v.failed.items()):
-                        print(f"  {h}: {why}")
-                    return int(Exit.CHANGES)
+                    head = f"failed: {revision[:12]} did not apply on {len(v.failed)} host(s)"
+                    return _verdict(tty, head, v.failed, Exit.CHANGES)
             if time.monotonic() >= deadline:
-                if tty:
-                    sys.stderr.write("\n")
-                print(f"timed out: {len(v.pending) or 'no'} host(s) did not converge")
-                for h, why in sorted(v.pending.items()):
-                    print(f"  {h}: {why}")
-                return int(Exit.PARTIAL)
+                head = f"timed out: {len(v.pending) or 'no'} host(s) did not converge"
+                return _verdict(tty, head, v.pending, Exit.PARTIAL)
             woken.clear()
             try:
                 async with asyncio.timeout(min(1.0, max(0.0, deadline - time.monotonic()))):
@@ -476,13 +470,7 @@ def _command(
         private = load_private_key(key.read_bytes())
     except (OSError, ValueError) as e:
         fail(f"{key}: {e}", Exit.INVALID)
-    target = (
-        control.host_target(host)
-        if host
-        else control.group_target(group)
-        if group
-        else control.ALL_TARGET
-    )
+    target = control.target_for(host, group)
     life = _seconds(ttl, "--ttl")
     try:
         cmd = control.new_command(

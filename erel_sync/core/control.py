@@ -101,6 +101,13 @@ def group_target(group: str) -> str:
     return f"group.{group}"
 
 
+def target_for(host: str | None, group: str | None) -> str:
+    """The narrowest target named: a host, else a group, else every agent."""
+    if host:
+        return host_target(host)
+    return group_target(group) if group else ALL_TARGET
+
+
 def new_command(
     command: str,
     release: str | None,

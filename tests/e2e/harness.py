@@ -4,10 +4,11 @@ plus a status watcher that follows `erel.status` in a background thread."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -144,3 +145,44 @@ class E2ECluster(DevCluster):
 
     def file(self, rel: str) -> Path:
         return self.repo / rel
+
+
+@contextlib.contextmanager
+def running_cluster(
+    rabbit: Any,
+    tmp_path_factory: Any,
+    name: str,
+    hosts: tuple[DevHost, ...],
+    files: dict[str, str],
+    *,
+    reconcile_interval: str,
+    watch: bool = False,
+) -> Iterator[E2ECluster]:
+    """A cluster of agent processes and a publisher on a fresh vhost of the test broker, with
+    `files` as the first commit; with `watch`, a StatusWatcher follows its heartbeats. Stopped
+    on exit, processes and releases first: nothing may outlive a failed run."""
+    from tests.rabbit import unique_name
+
+    vhost = unique_name(name)
+    rabbit.add_vhost(vhost)
+    c = E2ECluster(
+        tmp_path_factory.mktemp(name),
+        hosts=hosts,
+        amqp_url=rabbit.url_for(vhost),
+        reconcile_interval=reconcile_interval,
+        heartbeat_interval="500ms",
+    )
+    try:
+        c.prepare(files=files)
+        c.start()
+        if watch:
+            c.watcher = StatusWatcher(c.url)
+            c.watcher.start()
+        yield c
+    finally:
+        try:
+            c.stop()
+        finally:
+            if c.watcher is not None:
+                c.watcher.stop()
+            rabbit.delete_vhost(vhost)

@@ -19,7 +19,7 @@ from erel_sync.adapters import topology as topo
 from erel_sync.core.snapshot import build_envelope, generate_key, load_private_key
 from erel_sync.dev.cluster import DevHost
 from erel_sync.model.validate import SourceFile, validate_sources
-from tests.e2e.harness import E2ECluster, StatusWatcher, wait_for
+from tests.e2e.harness import E2ECluster, running_cluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -67,30 +67,10 @@ HOSTS = (
 
 @pytest.fixture(scope="module")
 def cluster(rabbit: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
-    from tests.rabbit import unique_name
-
-    vhost = unique_name("e2e")
-    rabbit.add_vhost(vhost)
-    c = E2ECluster(
-        tmp_path_factory.mktemp("e2e"),
-        hosts=HOSTS,
-        amqp_url=rabbit.url_for(vhost),
-        reconcile_interval="2s",
-        heartbeat_interval="500ms",
-    )
-    try:
-        c.prepare(files=FILES)
-        c.start()
-        c.watcher = StatusWatcher(c.url)
-        c.watcher.start()
+    with running_cluster(
+        rabbit, tmp_path_factory, "e2e", HOSTS, FILES, reconcile_interval="2s", watch=True
+    ) as c:
         yield c
-    finally:
-        try:
-            c.stop()  # processes and releases first: nothing may outlive a failed run
-        finally:
-            if c.watcher is not None:
-                c.watcher.stop()
-            rabbit.delete_vhost(vhost)
 
 
 def edit(c: E2ECluster, rel: str, old: str, new: str) -> str:

@@ -27,7 +27,7 @@ from erel_sync.adapters.opsclient import OpsClient
 from erel_sync.core import control
 from erel_sync.core.snapshot import generate_key, load_private_key
 from erel_sync.dev.cluster import REPO_ROOT, DevHost
-from tests.e2e.harness import E2ECluster, wait_for
+from tests.e2e.harness import E2ECluster, running_cluster, wait_for
 from tests.e2e.test_gitops import group, release
 
 pytestmark = pytest.mark.e2e
@@ -48,24 +48,10 @@ ALL = ["web-1", "web-2", "batch-1"]
 
 @pytest.fixture(scope="module")
 def cluster(rabbit: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
-    from tests.rabbit import unique_name
-
-    vhost = unique_name("ops")
-    rabbit.add_vhost(vhost)
-    c = E2ECluster(
-        tmp_path_factory.mktemp("ops"),
-        hosts=HOSTS,
-        amqp_url=rabbit.url_for(vhost),
-        reconcile_interval="1s",
-        heartbeat_interval="500ms",
-    )
-    try:
-        c.prepare(files=FILES)
-        c.start()
+    with running_cluster(
+        rabbit, tmp_path_factory, "ops", HOSTS, FILES, reconcile_interval="1s"
+    ) as c:
         yield c
-    finally:
-        c.stop()
-        rabbit.delete_vhost(vhost)
 
 
 def cli(c: E2ECluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

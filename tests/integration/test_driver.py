@@ -314,13 +314,13 @@ async def test_killed_release_is_observed_as_not_running(release_env: ReleaseEnv
 
 
 AGENT = """
-import asyncio, sys, time
+import asyncio, signal, sys
 from pathlib import Path
 from erel_sync.adapters.driver import DriverSettings, ReleaseDriver
 driver = ReleaseDriver(DriverSettings(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]))
 asyncio.run(driver.start("hello"))
 print("started", flush=True)
-time.sleep(600)  # the agent stand-in idles until the test SIGKILLs it (the behaviour)
+signal.pause()  # the agent stand-in idles until the test SIGKILLs it
 """
 
 

@@ -309,3 +309,9 @@ def test_a_host_that_cannot_store_snapshots_is_flagged() -> None:
     rows = view.status_rows(entries, now=NOW, wide=True)
     assert rows[0][5] == "Converged STORE-FAILED" and full in rows[0]
     assert rows[1][5] == "Converged"
+
+
+def test_target_for_takes_the_narrowest_named() -> None:
+    assert control.target_for("a", "web") == "host.a"
+    assert control.target_for(None, "web") == "group.web"
+    assert control.target_for(None, None) == control.ALL_TARGET
