@@ -7,8 +7,11 @@ Guarantees:
 - The cache holds only verified files: `cache_dir/sha256/<hex>.tar.gz` appears (by rename) only
   after its sha256 matched. A mismatch, a truncated or oversized download leaves nothing there.
 - A tarball is inspected whole before anything is written: absolute paths, `..`, links that
-  leave the root (or pass through another link), device files and fifos are refused with
-  `UnsafeArchive`. Extraction then also runs with tarfile's `data` filter as a second guard.
+  leave the root (or pass through another link), device files and fifos, names inside what the
+  agent owns (`ArchiveLimits.reserved`) are refused with `UnsafeArchive`, and so is an archive
+  that unpacks to more than the limit or than the free space, at the first member that crosses
+  it. Extraction is then our own (`extract_tarball`), with the guarantees of tarfile's `data`
+  filter on every Python, 3.11.2 included.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import hashlib
 import os
 import posixpath
 import shutil
+import stat
 import tarfile
 import threading
 import time
@@ -45,8 +49,6 @@ class ArtifactSettings:
     max_bytes: int = 2 * 1024**3  # refuse larger downloads even when the spec gives no size
     io_timeout: float = 30.0  # per socket operation
     deadline: float = 600.0  # whole download
-    max_unpacked_bytes: int = 8 * 1024**3
-    max_members: int = 200_000
 
 
 class _Cancelled(Exception):
@@ -210,6 +212,18 @@ def _sha256_file(path: Path) -> str:
 # ------------------------------------------------------------------------------ extraction
 
 
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """What an archive may hold. `reserved`: top-level names the agent owns in the target
+    (its private directory); an archive naming them, or linking into them, is refused.
+    `free_space_of`: refuse an archive that would not fit in that file system's free space."""
+
+    max_unpacked_bytes: int = 8 * 1024**3
+    max_members: int = 200_000
+    reserved: frozenset[str] = frozenset()
+    free_space_of: Path | None = None
+
+
 def _unsafe(message: str) -> reasons.DriverError:
     return reasons.driver_error(reasons.UnsafeArchive, message)
 
@@ -231,9 +245,10 @@ def _ancestors(path: str) -> Iterator[str]:
         yield "/".join(parts[:i])
 
 
-def _check_link_target(name: str, target: str, links: set[str]) -> None:
+def _resolve_link(name: str, target: str, links: set[str]) -> str:
     """Walk the target one component at a time, as the kernel would: leaving the root or
-    passing through another symlink (whose own target could lead anywhere) is refused."""
+    passing through another symlink (whose own target could lead anywhere) is refused.
+    Returns where the link points, relative to the root."""
     parts = [p for p in posixpath.dirname(name).split("/") if p]
     for comp in target.split("/"):
         if comp in ("", "."):
@@ -246,69 +261,201 @@ def _check_link_target(name: str, target: str, links: set[str]) -> None:
         parts.append(comp)
         if "/".join(parts) in links:
             raise _unsafe(f"symlink {name[:120]!r} points through another symlink")
+    return "/".join(parts)
 
 
-def inspect_tarball(
-    path: Path, *, max_unpacked_bytes: int, max_members: int
-) -> list[tarfile.TarInfo]:
-    """Every member, checked; raises `UnsafeArchive` on the first unsafe one. Writes nothing."""
+def _free_bytes(path: Path) -> int | None:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
     try:
-        with tarfile.open(path, "r:*") as tar:
-            members = tar.getmembers()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise _unsafe(f"not a readable tarball: {exc}") from exc
-    if len(members) > max_members:
-        raise _unsafe(f"{len(members)} members, the limit is {max_members}")
-    links: set[str] = set()
-    seen: set[str] = set()
-    total = 0
-    for m in members:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+class _Checker:
+    """Checks members one at a time, in archive order, as their headers are read: a limit is
+    enforced at the first member that crosses it, before that member's data is decompressed
+    (a small gzip bomb costs a header, not minutes of CPU)."""
+
+    def __init__(self, limits: ArchiveLimits) -> None:
+        self.limits = limits
+        self.links: set[str] = set()
+        self.seen: set[str] = set()
+        self.total = 0
+        self.count = 0
+        free = _free_bytes(limits.free_space_of) if limits.free_space_of is not None else None
+        self.free = free
+
+    def check(self, m: tarfile.TarInfo) -> str:
+        limits = self.limits
+        self.count += 1
+        if self.count > limits.max_members:
+            raise _unsafe(f"more than {limits.max_members} members")
         name = _clean_name(m.name)
-        if any(a in links for a in _ancestors(name)):
+        if name.split("/", 1)[0] in limits.reserved:
+            raise _unsafe(
+                f"member {name[:120]!r} is inside {name.split('/', 1)[0]}/, which the agent owns"
+            )
+        if any(a in self.links for a in _ancestors(name)):
             raise _unsafe(f"member {name[:120]!r} lies under a symlink")
         if m.issym():
             target = m.linkname
             if not target or target.startswith("/"):
                 raise _unsafe(f"symlink {name[:120]!r} points to an absolute path")
-            _check_link_target(name, target, links)
-            links.add(name)
+            resolved = _resolve_link(name, target, self.links)
+            if resolved.split("/", 1)[0] in limits.reserved:
+                raise _unsafe(f"symlink {name[:120]!r} points into what the agent owns")
+            self.links.add(name)
         elif m.islnk():
             target = _clean_name(m.linkname)  # hardlink targets are archive-root relative
-            if target not in seen:
+            if target not in self.seen or target in self.links:
                 raise _unsafe(f"hardlink {name[:120]!r} points outside the archive")
-        elif not (m.isreg() or m.isdir()):
+        elif m.issparse() or not (m.isreg() or m.isdir()):
             raise _unsafe(f"member {name[:120]!r} is a device, fifo or other special file")
-        total += max(0, m.size)
-        if total > max_unpacked_bytes:
-            raise _unsafe(f"unpacks to more than {max_unpacked_bytes} bytes")
-        seen.add(name)
-    return members
+        self.total += max(0, m.size)
+        if self.total > limits.max_unpacked_bytes:
+            raise _unsafe(
+                f"unpacks to more than {limits.max_unpacked_bytes} bytes (at {name[:120]!r})"
+            )
+        if self.free is not None and self.total > self.free:
+            raise _unsafe(
+                f"unpacks to more than the {self.free} bytes free for releases (at {name[:120]!r})"
+            )
+        self.seen.add(name)
+        return name
+
+
+def _open_archive(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, "r:*")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise _unsafe(f"not a readable tarball: {exc}") from exc
+
+
+Walked = Iterator[tuple[tarfile.TarFile, tarfile.TarInfo, str]]
+
+
+def _walk(path: Path, limits: ArchiveLimits) -> Walked:
+    """Every member with its checked name, read lazily (never `getmembers()`, which would
+    decompress the whole archive before a single limit is looked at)."""
+    checker = _Checker(limits)
+    tar = _open_archive(path)
+    with tar:
+        while True:
+            try:
+                member = tar.next()
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                raise _unsafe(f"not a readable tarball: {exc}") from exc
+            if member is None:
+                return
+            yield tar, member, checker.check(member)
+
+
+def inspect_tarball(path: Path, limits: ArchiveLimits) -> list[str]:
+    """Every member's name, checked; raises `UnsafeArchive` on the first unsafe one. Writes
+    nothing."""
+    return [name for _, _, name in _walk(path, limits)]
 
 
 def extract_tarball(
-    path: Path,
-    dest: Path,
-    *,
-    keep_existing: bool = False,
-    max_unpacked_bytes: int = ArtifactSettings.max_unpacked_bytes,
-    max_members: int = ArtifactSettings.max_members,
+    path: Path, dest: Path, limits: ArchiveLimits, *, keep_existing: bool = False
 ) -> None:
     """Inspect every member, then extract into `dest` (created). With `keep_existing`, files
     already there are left alone (release_handler's `keep_old_files`: a running node's files are
-    never rewritten under it)."""
-    members = inspect_tarball(path, max_unpacked_bytes=max_unpacked_bytes, max_members=max_members)
+    never rewritten under it).
+
+    Extraction is our own, the same on every Python: tarfile's `filter="data"` exists only from
+    3.11.4 (Debian 12 has 3.11.2). What it guarantees, and so does this: no setuid, setgid or
+    sticky bits, no group/other write, no device files, no links out, nothing written through a
+    symlink, and no ownership taken from the archive (files belong to the agent's user)."""
+    inspect_tarball(path, limits)
     dest.mkdir(parents=True, exist_ok=True)
-    if keep_existing:
-        members = [
-            m for m in members if m.isdir() or not os.path.lexists(dest / _clean_name(m.name))
-        ]
     try:
-        with tarfile.open(path, "r:*") as tar:
-            tar.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, OSError) as exc:
+        for tar, member, name in _walk(path, limits):
+            _extract_member(tar, member, name, dest, keep_existing=keep_existing)
+    except reasons.DriverError:
+        raise
+    except (tarfile.TarError, OSError, EOFError) as exc:
         raise reasons.driver_error(
             reasons.InstallFailed, f"extracting {path.name}: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _real_parent(dest: Path, name: str) -> Path:
+    """The member's directory, created as needed; no component below `dest` may be a symlink
+    (one left by an earlier archive, or made by hand), so nothing is written through one."""
+    current = dest
+    for part in name.split("/")[:-1]:
+        current = current / part
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            current.mkdir(mode=0o755)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise _unsafe(f"{name[:120]!r} would be written through {part!r}, not a directory")
+    return current
+
+
+def _file_mode(member: tarfile.TarInfo) -> int:
+    mode = member.mode & 0o755  # no setuid/setgid/sticky, no group/other write
+    if not mode & 0o100:
+        mode &= ~0o111
+    return mode | 0o600
+
+
+def _extract_member(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, dest: Path, *, keep_existing: bool
+) -> None:
+    if not name:
+        return  # the archive root itself (`./`)
+    parent = _real_parent(dest, name)
+    target = parent / name.rsplit("/", 1)[-1]
+    if member.isdir():
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            target.mkdir(mode=0o755)
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise _unsafe(f"directory {name[:120]!r} is already a file or a link")
+        return
+    if os.path.lexists(target):
+        if keep_existing:
+            return
+        if os.path.isdir(target) and not os.path.islink(target):
+            raise _unsafe(f"{name[:120]!r} is already a directory")
+        os.unlink(target)  # a later member of the same name wins, as with tar
+    if member.issym():
+        os.symlink(member.linkname, target)
+    elif member.islnk():
+        link = _clean_name(member.linkname)
+        source = _real_parent(dest, link) / link.rsplit("/", 1)[-1]
+        if not stat.S_ISREG(os.lstat(source).st_mode):
+            raise _unsafe(f"hardlink {name[:120]!r} does not point to a regular file")
+        os.link(source, target, follow_symlinks=False)
+    else:
+        _write_file(tar, member, target)
+
+
+def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+    src = tar.extractfile(member)
+    if src is None:
+        raise _unsafe(f"member {member.name[:120]!r} has no data")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(target, flags, 0o600)
+    with src, os.fdopen(fd, "wb") as out:
+        left = member.size
+        while left > 0 and (chunk := src.read(min(CHUNK, left))):
+            out.write(chunk)
+            left -= len(chunk)
+        if left:
+            raise _unsafe(f"member {member.name[:120]!r} is truncated")
+        # fchmod, not chmod: the mode lands on the file just written, whatever the umask.
+        os.fchmod(out.fileno(), _file_mode(member))
+        os.utime(out.fileno(), (member.mtime, member.mtime))
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from erel_sync.adapters import nodeproc, release_files
-from erel_sync.adapters.artifacts import ArtifactSettings, ArtifactStore
+from erel_sync.adapters.artifacts import ArchiveLimits, ArtifactSettings, ArtifactStore
 from erel_sync.adapters.erlcall import ErlCall, NodeRef, NodeRpc, ensure_epmd
 from erel_sync.adapters.node_ops import NodeOps
 from erel_sync.adapters.release_meta import ReleaseMeta, home_dir, load_meta, now, save_meta
@@ -60,6 +60,7 @@ class DriverSettings:
     loopback_only: bool = True  # nodes' distribution listens on 127.0.0.1 only
     max_artifact_bytes: int = 2 * 1024**3
     max_unpacked_bytes: int = 8 * 1024**3
+    max_archive_members: int = 200_000
     erl_call: str | None = None
     epmd: str | None = None
 
@@ -142,8 +143,12 @@ class ReleaseDriver:
         return meta
 
     @property
-    def _limits(self) -> tuple[int, int]:
-        return (self.settings.max_unpacked_bytes, ArtifactSettings.max_members)
+    def _limits(self) -> ArchiveLimits:
+        return release_files.archive_limits(
+            self.settings.releases_dir,
+            self.settings.max_unpacked_bytes,
+            self.settings.max_archive_members,
+        )
 
     # -------------------------------------------------------------------------- install
 

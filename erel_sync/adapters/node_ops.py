@@ -17,7 +17,7 @@ from typing import Any
 
 from erel_sync.adapters import nodeproc
 from erel_sync.adapters.erlcall import NodeRef, NodeRpc, outcome_value
-from erel_sync.adapters.release_meta import home_dir, log_dir, pipe_dir
+from erel_sync.adapters.release_meta import create_private_dirs, home_dir, log_dir, pipe_dir
 from erel_sync.core import reasons
 from erel_sync.core.erlterm import Atom
 from erel_sync.core.render import RpcOutcome, RpcStatus
@@ -85,6 +85,7 @@ class NodeOps:
         that VM was booting): it would hold the node name, so it goes first."""
         if nodeproc.node_pids(root):
             await self.kill_now(root)
+        create_private_dirs(root)  # home 0700, cookie 0400: re-asserted at every boot
         await nodeproc.spawn_daemon(
             root, release, version, home=home_dir(root), pipe=pipe_dir(root), logs=log_dir(root)
         )

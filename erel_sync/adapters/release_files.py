@@ -13,8 +13,14 @@ import shutil
 import uuid
 from pathlib import Path
 
-from erel_sync.adapters.artifacts import extract_tarball, inspect_tarball, staging_dir
+from erel_sync.adapters.artifacts import (
+    ArchiveLimits,
+    extract_tarball,
+    inspect_tarball,
+    staging_dir,
+)
 from erel_sync.adapters.release_meta import (
+    PRIVATE_DIR,
     ReleaseMeta,
     create_private_dirs,
     save_meta,
@@ -35,11 +41,21 @@ from erel_sync.core.upgrade import (
 from erel_sync.model.specs import ReleaseConfig
 
 
-def check_tarball(tarball: Path, release: str, version: str, *, limits: tuple[int, int]) -> None:
+def archive_limits(releases_dir: Path, max_unpacked_bytes: int, max_members: int) -> ArchiveLimits:
+    """What a release tarball may hold: nothing inside the agent's private directory of a root
+    (node identity: home, cookie, pipes, the record), and no more than the limit or the free
+    space of the releases directory."""
+    return ArchiveLimits(
+        max_unpacked_bytes=max_unpacked_bytes,
+        max_members=max_members,
+        reserved=frozenset({PRIVATE_DIR}),
+        free_space_of=releases_dir,
+    )
+
+
+def check_tarball(tarball: Path, release: str, version: str, *, limits: ArchiveLimits) -> None:
     """Refuse an unsafe tarball, or one that does not hold `release` `version`."""
-    max_bytes, max_members = limits
-    members = inspect_tarball(tarball, max_unpacked_bytes=max_bytes, max_members=max_members)
-    names = {m.name.removeprefix("./") for m in members}
+    names = set(inspect_tarball(tarball, limits))
     wanted = f"releases/{version}/{release}.rel"
     if wanted not in names:
         raise reasons.driver_error(
@@ -78,15 +94,14 @@ def install_fresh(
     config: ReleaseConfig,
     *,
     loopback_only: bool,
-    limits: tuple[int, int],
+    limits: ArchiveLimits,
 ) -> None:
     """A first install: unpack into a staging dir beside `root`, render, record, then rename
     into place, so `root` appears complete or not at all."""
-    max_bytes, max_members = limits
     for stale in root.parent.glob(f".{root.name}.tmp-*"):  # an install cut short by a crash
         shutil.rmtree(stale, ignore_errors=True)
     with staging_dir(root.parent, root.name) as stage:
-        extract_tarball(tarball, stage, max_unpacked_bytes=max_bytes, max_members=max_members)
+        extract_tarball(tarball, stage, limits)
         try:
             _, boot_vsn = parse_start_erl_data(
                 (stage / "releases" / "start_erl.data").read_text(encoding="utf-8")
@@ -109,14 +124,11 @@ def install_fresh(
 
 
 def add_version_offline(
-    tarball: Path, root: Path, release: str, version: str, *, limits: tuple[int, int]
+    tarball: Path, root: Path, release: str, version: str, *, limits: ArchiveLimits
 ) -> None:
     """Unpack another version beside the installed ones while no node runs: existing files are
     kept (as release_handler does), and RELEASES learns the version as `unpacked`."""
-    max_bytes, max_members = limits
-    extract_tarball(
-        tarball, root, keep_existing=True, max_unpacked_bytes=max_bytes, max_members=max_members
-    )
+    extract_tarball(tarball, root, limits, keep_existing=True)
     rel_file = root / "releases" / version / f"{release}.rel"
     try:
         entry = releases_entry_from_rel(rel_file.read_text(encoding="utf-8"), str(root))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import string
 import time
 import uuid
@@ -112,23 +113,34 @@ def save_meta(root: Path, meta: ReleaseMeta) -> None:
 
 
 def create_private_dirs(root: Path) -> Path:
-    """The home (0700) with a fresh random cookie (0400) and the pipe dir; returns the cookie
-    path. An existing cookie is kept: the running node knows only that one."""
+    """The private dir and home (0700) with a fresh random cookie (0400) and the pipe dir;
+    returns the cookie path. An existing cookie is kept (the running node knows only that one)
+    but its mode is set again, and modes are set explicitly, not left to the umask or to what
+    was there: this directory is the node's identity."""
     home = home_dir(root)
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    pipe_dir(root).mkdir(mode=0o700, parents=True, exist_ok=True)
+    for d in (private_dir(root), home, pipe_dir(root)):
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if d.is_symlink() or not d.is_dir():
+            raise reasons.driver_error(reasons.InstallFailed, f"{d} is not a directory")
+        os.chmod(d, 0o700)
     log_dir(root).mkdir(parents=True, exist_ok=True)
     cookie = cookie_path(root)
-    if not cookie.exists():
-        value = "".join(secrets.choice(string.ascii_uppercase) for _ in range(COOKIE_CHARS))
-        tmp = home / f".cookie.{uuid.uuid4().hex[:8]}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-        with os.fdopen(fd, "w") as f:
-            f.write(value)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, cookie)
-        fsync_dir(home)
+    if cookie.is_dir() and not cookie.is_symlink():
+        shutil.rmtree(cookie)
+    elif cookie.is_symlink() or (cookie.exists() and not cookie.is_file()):
+        cookie.unlink()  # never a cookie read through a link
+    if cookie.exists():
+        os.chmod(cookie, 0o400)
+        return cookie
+    value = "".join(secrets.choice(string.ascii_uppercase) for _ in range(COOKIE_CHARS))
+    tmp = home / f".cookie.{uuid.uuid4().hex[:8]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, cookie)
+    fsync_dir(home)
     return cookie
 
 

@@ -5,10 +5,12 @@ Downloads go to a local http.server on 127.0.0.1 in a thread (no other network).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.server
 import io
 import os
+import shutil
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from erel_sync.adapters.artifacts import (
+    ArchiveLimits,
     ArtifactSettings,
     ArtifactStore,
     extract_tarball,
@@ -27,6 +30,7 @@ from erel_sync.model.specs import Artifact
 
 MAX_BYTES = 10 * 1024**2
 MAX_MEMBERS = 1000
+LIMITS = ArchiveLimits(MAX_BYTES, MAX_MEMBERS, reserved=frozenset({".erel-sync"}))
 
 
 def make_tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]]) -> Path:
@@ -50,6 +54,18 @@ def special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
     return info
 
 
+def header_only_tar(path: Path, name: str, size: int) -> Path:
+    """A gzip'd tar whose second member declares `size` bytes but carries none: a reader that
+    looks at each header before inflating the data never notices the missing bytes."""
+    first = tarfile.TarInfo("releases/0.1.0/ok.rel")
+    big = tarfile.TarInfo(name)
+    big.size = size
+    with gzip.open(path, "wb") as out:
+        out.write(first.tobuf(tarfile.GNU_FORMAT))
+        out.write(big.tobuf(tarfile.GNU_FORMAT))
+    return path
+
+
 def listing(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
 
@@ -68,7 +84,7 @@ def test_safe_tarball_extracts(tmp_path: Path) -> None:
         ],
     )
     dest = tmp_path / "out"
-    extract_tarball(tar, dest, max_unpacked_bytes=MAX_BYTES, max_members=MAX_MEMBERS)
+    extract_tarball(tar, dest, LIMITS)
     assert (dest / "bin/hello").read_bytes().startswith(b"#!")
     assert os.access(dest / "bin/hello", os.X_OK)
     assert (dest / "releases/0.1.0/link").read_bytes() == b"{release,x}."
@@ -95,6 +111,13 @@ def test_safe_tarball_extracts(tmp_path: Path) -> None:
             [special("a", tarfile.SYMTYPE, "."), special("b", tarfile.SYMTYPE, "a/..")],
             "through another symlink",
         ),
+        # An artifact decides nothing about the node's identity (home, cookie, pipes, record).
+        ([(".erel-sync/home/.erlang.cookie", b"KNOWNCOOKIE")], "the agent owns"),
+        ([("./.erel-sync/release.json", b"{}")], "the agent owns"),
+        ([special(".erel-sync", tarfile.DIRTYPE)], "the agent owns"),
+        ([special(".erel-sync", tarfile.SYMTYPE, "releases")], "the agent owns"),
+        ([special("home", tarfile.SYMTYPE, ".erel-sync/home")], "points into what the agent owns"),
+        ([special("lib/x", tarfile.SYMTYPE, "../.erel-sync")], "points into what the agent owns"),
     ],
 )
 def test_unsafe_tarballs_are_refused_before_anything_is_written(
@@ -103,7 +126,7 @@ def test_unsafe_tarballs_are_refused_before_anything_is_written(
     tar = make_tar(tmp_path / "bad.tar.gz", [("first/ok.txt", b"ok"), *members])
     dest = tmp_path / "out"
     with pytest.raises(reasons.DriverError) as info:
-        extract_tarball(tar, dest, max_unpacked_bytes=MAX_BYTES, max_members=MAX_MEMBERS)
+        extract_tarball(tar, dest, LIMITS)
     assert info.value.reason == reasons.UnsafeArchive
     assert why in info.value.message
     assert not dest.exists()
@@ -113,16 +136,78 @@ def test_unsafe_tarballs_are_refused_before_anything_is_written(
 def test_size_and_member_limits(tmp_path: Path) -> None:
     tar = make_tar(tmp_path / "big.tar.gz", [(f"f{i}", b"x" * 100) for i in range(20)])
     with pytest.raises(reasons.DriverError, match="more than"):
-        inspect_tarball(tar, max_unpacked_bytes=1000, max_members=100)
+        inspect_tarball(tar, ArchiveLimits(1000, 100))
     with pytest.raises(reasons.DriverError, match="members"):
-        inspect_tarball(tar, max_unpacked_bytes=10**6, max_members=10)
+        inspect_tarball(tar, ArchiveLimits(10**6, 10))
+
+
+def test_a_gzip_bomb_is_refused_at_its_first_member_without_decompressing_it(
+    tmp_path: Path,
+) -> None:
+    # 64 GiB of zeros declared in one member, a few hundred bytes on disk: the header alone
+    # crosses the limit, so its data is never inflated (measured before: ~30 s of CPU for 8 GiB).
+    bomb = header_only_tar(tmp_path / "bomb.tar.gz", "lib/huge.bin", 64 * 1024**3)
+    with pytest.raises(
+        reasons.DriverError, match=r"unpacks to more than .*'lib/huge\.bin'"
+    ) as info:
+        inspect_tarball(bomb, ArchiveLimits(8 * 1024**3, MAX_MEMBERS))
+    assert info.value.reason == reasons.UnsafeArchive
+
+
+def test_an_archive_larger_than_the_free_space_is_refused(tmp_path: Path) -> None:
+    free = shutil.disk_usage(tmp_path).free
+    tar = header_only_tar(tmp_path / "big.tar.gz", "lib/big.bin", free + 1024**3)
+    limits = ArchiveLimits(10**15, MAX_MEMBERS, free_space_of=tmp_path / "releases")
+    with pytest.raises(reasons.DriverError, match="free for releases"):
+        inspect_tarball(tar, limits)
+
+
+def test_extraction_keeps_none_of_the_archive_s_privileges(tmp_path: Path) -> None:
+    """What tarfile's `data` filter guarantees (and Python 3.11.2 lacks): no setuid/setgid/sticky,
+    no group/other write, owner can read and write, no ownership from the archive."""
+
+    def member(name: str, mode: int, uid: int = 4242) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.uid, info.gid = 2, mode, uid, uid
+        info.uname = info.gname = "nobody-in-particular"
+        return info
+
+    tar = tmp_path / "modes.tar.gz"
+    with tarfile.open(tar, "w:gz") as t:
+        t.addfile(member("bin/suid", 0o6777), io.BytesIO(b"#!"))
+        t.addfile(member("lib/data", 0o1666), io.BytesIO(b"ok"))
+        t.addfile(member("lib/private", 0o000), io.BytesIO(b"ok"))
+        d = tarfile.TarInfo("lib/dir")
+        d.type, d.mode, d.uid = tarfile.DIRTYPE, 0o7777, 4242
+        t.addfile(d)
+    dest = tmp_path / "out"
+    extract_tarball(tar, dest, LIMITS)
+    modes = {p: (dest / p).stat().st_mode & 0o7777 for p in ("bin/suid", "lib/data", "lib/private")}
+    assert modes == {"bin/suid": 0o755, "lib/data": 0o644, "lib/private": 0o600}
+    assert (dest / "lib/dir").stat().st_mode & 0o7022 == 0
+    for p in ("bin/suid", "lib/data", "lib/dir"):
+        assert (dest / p).stat().st_uid == os.geteuid()
+
+
+def test_nothing_is_written_through_a_symlink_already_on_disk(tmp_path: Path) -> None:
+    """An earlier version (or a hand) left `lib/x -> elsewhere`: a later archive writing
+    `lib/x/file` is refused rather than followed."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    dest = tmp_path / "root"
+    (dest / "lib").mkdir(parents=True)
+    (dest / "lib/x").symlink_to(elsewhere)
+    tar = make_tar(tmp_path / "v2.tar.gz", [("lib/x/file", b"payload")])
+    with pytest.raises(reasons.DriverError, match="not a directory"):
+        extract_tarball(tar, dest, LIMITS, keep_existing=True)
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_not_a_tarball(tmp_path: Path) -> None:
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"\x1f\x8b not really")
     with pytest.raises(reasons.DriverError) as info:
-        inspect_tarball(junk, max_unpacked_bytes=MAX_BYTES, max_members=MAX_MEMBERS)
+        inspect_tarball(junk, LIMITS)
     assert info.value.reason == reasons.UnsafeArchive
 
 
@@ -131,9 +216,7 @@ def test_keep_existing_leaves_files_alone(tmp_path: Path) -> None:
     (dest / "bin").mkdir(parents=True)
     (dest / "bin/hello").write_bytes(b"old")
     tar = make_tar(tmp_path / "v2.tar.gz", [("bin/hello", b"new"), ("bin/hello-0.2.0", b"v2")])
-    extract_tarball(
-        tar, dest, keep_existing=True, max_unpacked_bytes=MAX_BYTES, max_members=MAX_MEMBERS
-    )
+    extract_tarball(tar, dest, LIMITS, keep_existing=True)
     assert (dest / "bin/hello").read_bytes() == b"old"
     assert (dest / "bin/hello-0.2.0").read_bytes() == b"v2"
 
