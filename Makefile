@@ -1,15 +1,23 @@
-# erel-sync: `make setup` once (idempotent), then `make demo` or `make test`.
+# erel-sync: `make setup` once (idempotent, offline once done), then `make demo` or `make test`.
 SHELL := /bin/bash
-PY ?= python3
+# Debian's own interpreter is what users run (3.11.2 on Debian 12); a pyenv or other python3
+# first on PATH would hide what they see. PY=... overrides.
+PY ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 BUILD := build
 EXAMPLES := $(BUILD)/examples
-APT_PACKAGES := git python3-venv rabbitmq-server erlang-base erlang-dev erlang-eunit erlang-syntax-tools erlang-tools rebar3
+TOOLS := $(BUILD)/tools/bin
+# What the project needs from Debian, nothing more (docs: README "What make setup installs").
+# rebar3 is NOT here: Debian's rebar3 package depends on common_test/observer/wx (GTK, WebKit,
+# LLVM: ~90 packages, ~270 MB); its escript alone builds releases with the packages below.
+APT_PACKAGES := git python3-venv rabbitmq-server erlang-base erlang-dev erlang-eunit erlang-syntax-tools erlang-tools erlang-parsetools
+# Scripts and tests find rebar3 here when it is not installed system-wide.
+export PATH := $(CURDIR)/$(TOOLS):$(PATH)
 
-.PHONY: setup system-packages venv lint test test-unit test-integration test-e2e erlang-test examples demo demo-plan bench clean
+.PHONY: setup system-packages rebar3 venv lint test test-unit test-integration test-e2e erlang-test examples demo demo-plan bench clean
 
-setup: system-packages venv
+setup: system-packages rebar3 venv
 
 # Installs only what is missing, so a second run is quick and needs no network.
 system-packages:
@@ -22,12 +30,34 @@ system-packages:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# rebar3: the system one if installed, else the escript out of Debian's package (downloaded
+# once, unpacked into build/tools; no dependencies installed).
+rebar3: system-packages
+	@if ! command -v rebar3 >/dev/null; then \
+	  set -e; dl=$$(mktemp -d); trap 'rm -rf "$$dl"' EXIT; \
+	  echo "fetching rebar3 (the escript of Debian's package, without its GUI dependencies)"; \
+	  (cd "$$dl" && { apt-get download rebar3 2>/dev/null || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	    $$SUDO apt-get update -qq && apt-get download rebar3; }; }); \
+	  dpkg-deb -x "$$dl"/rebar3_*.deb "$$dl/x"; \
+	  mkdir -p $(TOOLS); install -m 0755 "$$dl/x/usr/bin/rebar3" $(TOOLS)/rebar3; \
+	  $(TOOLS)/rebar3 version; \
+	fi
+
+# A venv from $(PY); made again when it was made from another interpreter.
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -U pip
 
-venv: $(BIN)/python
-	@$(BIN)/pip install -q -e '.[test]'
+# pip runs only when pyproject.toml changed since the last install (a set-up machine works
+# offline); the stamp names the interpreter, so switching PY reinstalls too.
+VENV_STAMP := $(VENV)/.installed-$(shell $(PY) -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)
+$(VENV_STAMP): pyproject.toml | $(BIN)/python
+	@want=$$($(PY) -c 'import sys; print(sys.version_info[:3])'); \
+	 have=$$($(BIN)/python -c 'import sys; print(sys.version_info[:3])' 2>/dev/null); \
+	 if [ "$$want" != "$$have" ]; then echo "recreating $(VENV) with $(PY)"; rm -rf $(VENV); $(PY) -m venv $(VENV); fi
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+venv: $(VENV_STAMP)
 
 lint: venv
 	$(BIN)/ruff check erel_sync tests bench
@@ -36,10 +66,10 @@ lint: venv
 	$(BIN)/lint-imports
 
 # Example Erlang releases (tarballs + sha256), cached: rebuilt only when their sources change.
-examples: system-packages
+examples: system-packages rebar3
 	bash erlang/build-examples.sh $(EXAMPLES)
 
-erlang-test: system-packages
+erlang-test: system-packages rebar3
 	cd erlang/erel && rebar3 eunit
 
 test-unit: venv
@@ -51,8 +81,10 @@ test-integration: venv examples
 test-e2e: venv examples
 	$(BIN)/pytest -q tests/e2e
 
+# The suite runs in random order (pytest-randomly; the seed is printed: `-p randomly
+# --randomly-seed=N` replays an order); PYTEST_ARGS adds flags.
 test: setup lint erlang-test examples
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 # The whole system on this machine: private RabbitMQ, publisher, three agents, real releases.
 demo: setup examples

@@ -25,8 +25,12 @@ EXAMPLES_DIR="$ERLANG_DIR/examples"
 EREL_DIR="$ERLANG_DIR/erel"
 [ -d "$EXAMPLES_DIR" ] && [ -d "$EREL_DIR" ] || die "cannot find erlang/examples and erlang/erel next to $0"
 
+# rebar3 from PATH, else the escript `make setup` unpacks into build/tools/bin.
 REBAR3="$(command -v rebar3 || true)"
-[ -n "$REBAR3" ] || die "rebar3 not found on PATH (Debian: apt-get install rebar3, or run 'make setup')"
+if [ -z "$REBAR3" ] && [ -x "$ERLANG_DIR/../build/tools/bin/rebar3" ]; then
+    REBAR3="$(cd "$ERLANG_DIR/../build/tools/bin" && pwd -P)/rebar3"
+fi
+[ -n "$REBAR3" ] || die "rebar3 not found on PATH or in build/tools/bin (run 'make setup')"
 ERL="$(command -v erl || true)"
 [ -n "$ERL" ] || die "erl not found on PATH (Debian: apt-get install erlang-base)"
 for tool in sha256sum tar flock find sort stat mktemp; do
