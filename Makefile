@@ -81,8 +81,8 @@ test-integration: venv examples
 test-e2e: venv examples
 	$(BIN)/pytest -q tests/e2e
 
-# The suite runs in random order (pytest-randomly; the seed is printed: `-p randomly
-# --randomly-seed=N` replays an order); PYTEST_ARGS adds flags.
+# The suite runs in random order (pytest-randomly; the seed is printed: `--randomly-seed=N`
+# replays an order); PYTEST_ARGS adds flags.
 test: setup lint erlang-test examples
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 

@@ -18,7 +18,7 @@ def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
     """The random order's seed, even under `-q` (pytest-randomly prints it only in the header,
-    which `-q` hides): `pytest -p randomly --randomly-seed=N` replays a failing order."""
+    which `-q` hides): `pytest --randomly-seed=N` replays a failing order."""
     try:
         seed = config.getoption("randomly_seed")
     except ValueError:  # pytest-randomly not installed or disabled with -p no:randomly

@@ -30,7 +30,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -38,6 +38,8 @@ from typing import BinaryIO
 
 from erel_sync.adapters.store import fsync_dir
 from erel_sync.core import reasons
+from erel_sync.model.names import format_size
+from erel_sync.model.settings import DEFAULT_MAX_ARCHIVE_MEMBERS, DEFAULT_MAX_UNPACKED_BYTES
 from erel_sync.model.specs import Artifact
 
 CHUNK = 256 * 1024
@@ -218,8 +220,8 @@ class ArchiveLimits:
     (its private directory); an archive naming them, or linking into them, is refused.
     `free_space_of`: refuse an archive that would not fit in that file system's free space."""
 
-    max_unpacked_bytes: int = 8 * 1024**3
-    max_members: int = 200_000
+    max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES  # AgentSettings spec.artifacts
+    max_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS
     reserved: frozenset[str] = frozenset()
     free_space_of: Path | None = None
 
@@ -292,7 +294,7 @@ class _Checker:
         limits = self.limits
         self.count += 1
         if self.count > limits.max_members:
-            raise _unsafe(f"more than {limits.max_members} members")
+            raise _unsafe(f"more than {limits.max_members} members (the max_members limit)")
         name = _clean_name(m.name)
         if name.split("/", 1)[0] in limits.reserved:
             raise _unsafe(
@@ -317,11 +319,13 @@ class _Checker:
         self.total += max(0, m.size)
         if self.total > limits.max_unpacked_bytes:
             raise _unsafe(
-                f"unpacks to more than {limits.max_unpacked_bytes} bytes (at {name[:120]!r})"
+                f"unpacks to more than {format_size(limits.max_unpacked_bytes)} "
+                f"(the max_unpacked_size limit; at {name[:120]!r})"
             )
         if self.free is not None and self.total > self.free:
             raise _unsafe(
-                f"unpacks to more than the {self.free} bytes free for releases (at {name[:120]!r})"
+                f"unpacks to more than the {format_size(self.free)} free for releases "
+                f"(at {name[:120]!r})"
             )
         self.seen.add(name)
         return name
@@ -372,31 +376,17 @@ def extract_tarball(
     symlink, and no ownership taken from the archive (files belong to the agent's user)."""
     inspect_tarball(path, limits)
     dest.mkdir(parents=True, exist_ok=True)
+    writer = _Writer(dest, keep_existing=keep_existing)
     try:
         for tar, member, name in _walk(path, limits):
-            _extract_member(tar, member, name, dest, keep_existing=keep_existing)
+            if name:  # "" is the archive root itself (`./`)
+                writer.member(tar, member, name)
     except reasons.DriverError:
         raise
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise reasons.driver_error(
             reasons.InstallFailed, f"extracting {path.name}: {type(exc).__name__}: {exc}"
         ) from exc
-
-
-def _real_parent(dest: Path, name: str) -> Path:
-    """The member's directory, created as needed; no component below `dest` may be a symlink
-    (one left by an earlier archive, or made by hand), so nothing is written through one."""
-    current = dest
-    for part in name.split("/")[:-1]:
-        current = current / part
-        try:
-            st = os.lstat(current)
-        except FileNotFoundError:
-            current.mkdir(mode=0o755)
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            raise _unsafe(f"{name[:120]!r} would be written through {part!r}, not a directory")
-    return current
 
 
 def _file_mode(member: tarfile.TarInfo) -> int:
@@ -406,51 +396,83 @@ def _file_mode(member: tarfile.TarInfo) -> int:
     return mode | 0o600
 
 
-def _extract_member(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, dest: Path, *, keep_existing: bool
-) -> None:
-    if not name:
-        return  # the archive root itself (`./`)
-    parent = _real_parent(dest, name)
-    target = parent / name.rsplit("/", 1)[-1]
-    if member.isdir():
+class _Writer:
+    """Writes checked members under `dest`, never through a symlink: every directory on the
+    way is a real one (checked once per extraction, then remembered), and files are created
+    with O_NOFOLLOW | O_EXCL."""
+
+    def __init__(self, dest: Path, *, keep_existing: bool) -> None:
+        self.dest = dest
+        self.keep_existing = keep_existing
+        self.dirs: set[str] = {""}  # relative paths known to be real directories
+
+    def parent(self, name: str) -> Path:
+        """The member's directory, created as needed. A component that is a symlink (left by
+        an earlier archive, or made by hand) or a file is refused."""
+        head, _, _ = name.rpartition("/")
+        if head not in self.dirs:
+            current, rel = self.dest, ""
+            for part in head.split("/"):
+                current, rel = current / part, f"{rel}/{part}" if rel else part
+                if rel in self.dirs:
+                    continue
+                try:
+                    st = os.lstat(current)
+                except FileNotFoundError:
+                    current.mkdir(mode=0o755)
+                else:
+                    if not stat.S_ISDIR(st.st_mode):
+                        raise _unsafe(
+                            f"{name[:120]!r} would be written through {part!r}, not a directory"
+                        )
+                self.dirs.add(rel)
+        return self.dest / head if head else self.dest
+
+    def member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, name: str) -> None:
+        target = self.parent(name) / name.rpartition("/")[2]
+        if member.isdir():
+            try:
+                target.mkdir(mode=0o755)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(target).st_mode):
+                    raise _unsafe(f"directory {name[:120]!r} is already a file or a link") from None
+            self.dirs.add(name)
+            return
+        if member.issym():
+            self._place(name, target, lambda: os.symlink(member.linkname, target))
+        elif member.islnk():
+            link = _clean_name(member.linkname)
+            source = self.parent(link) / link.rpartition("/")[2]
+            if not stat.S_ISREG(os.lstat(source).st_mode):
+                raise _unsafe(f"hardlink {name[:120]!r} does not point to a regular file")
+            self._place(name, target, lambda: os.link(source, target, follow_symlinks=False))
+        else:
+            self._place(name, target, lambda: _write_file(tar, member, target))
+
+    def _place(self, name: str, target: Path, create: Callable[[], None]) -> None:
         try:
-            st = os.lstat(target)
-        except FileNotFoundError:
-            target.mkdir(mode=0o755)
-            return
-        if not stat.S_ISDIR(st.st_mode):
-            raise _unsafe(f"directory {name[:120]!r} is already a file or a link")
-        return
-    if os.path.lexists(target):
-        if keep_existing:
-            return
-        if os.path.isdir(target) and not os.path.islink(target):
-            raise _unsafe(f"{name[:120]!r} is already a directory")
-        os.unlink(target)  # a later member of the same name wins, as with tar
-    if member.issym():
-        os.symlink(member.linkname, target)
-    elif member.islnk():
-        link = _clean_name(member.linkname)
-        source = _real_parent(dest, link) / link.rsplit("/", 1)[-1]
-        if not stat.S_ISREG(os.lstat(source).st_mode):
-            raise _unsafe(f"hardlink {name[:120]!r} does not point to a regular file")
-        os.link(source, target, follow_symlinks=False)
-    else:
-        _write_file(tar, member, target)
+            create()
+        except FileExistsError:
+            if self.keep_existing:
+                return
+            if stat.S_ISDIR(os.lstat(target).st_mode):
+                raise _unsafe(f"{name[:120]!r} is already a directory") from None
+            os.unlink(target)  # a later member of the same name wins, as with tar
+            create()
 
 
 def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
-    src = tar.extractfile(member)
-    if src is None:
-        raise _unsafe(f"member {member.name[:120]!r} has no data")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(target, flags, 0o600)
-    with src, os.fdopen(fd, "wb") as out:
-        left = member.size
-        while left > 0 and (chunk := src.read(min(CHUNK, left))):
-            out.write(chunk)
-            left -= len(chunk)
+    src = tar.extractfile(member)
+    with os.fdopen(fd, "wb") as out:
+        if src is None:
+            raise _unsafe(f"member {member.name[:120]!r} has no data")
+        with src:
+            left = member.size
+            while left > 0 and (chunk := src.read(min(CHUNK, left))):
+                out.write(chunk)
+                left -= len(chunk)
         if left:
             raise _unsafe(f"member {member.name[:120]!r} is truncated")
         # fchmod, not chmod: the mode lands on the file just written, whatever the umask.

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import aio_pika
@@ -24,9 +25,9 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
 )
-from yarl import URL
 
 from erel_sync.adapters import topology as topo
+from erel_sync.model.brokerurl import mask, url_vhost
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,13 @@ SNAPSHOT_PREFETCH = 16
 # Half the snapshot consumer's prefetch, so its credit never runs dry.
 ACK_BATCH = SNAPSHOT_PREFETCH // 2
 ACK_DELAY = 0.2
-StateProvider = Callable[[], bytes | None]
+# A state provider gets the seq the requester already holds (None: it did not say) and returns
+# the envelope to answer with, or None for no answer.
+StateProvider = Callable[[int | None], bytes | None]
+HAVE_FIELD = "have"  # in a state.request body: the seq the requester holds
+
+# What aio-pika and aiormq raise when a connection or channel fails (plus a confirm timeout).
+LIBRARY_ERRORS = (TimeoutError, *aio_pika.exceptions.CONNECTION_EXCEPTIONS)
 
 
 class BrokerError(Exception):
@@ -46,11 +53,37 @@ class PublishFailed(BrokerError):
     """A publish was nacked, returned as unroutable, or not confirmed in time."""
 
 
-def with_vhost(url: str, vhost: str | None) -> str:
-    if not vhost:
-        return url
-    u = URL(url)
-    return str(u.with_path("/" + vhost.replace("/", "%2F") if vhost != "/" else "/", encoded=True))
+def cancelled_by_us() -> bool:
+    """Whether a CancelledError seen now is a cancellation of the current task (shutdown, a
+    timeout, a supervisor), rather than aiormq rejecting the futures of a dead connection with
+    CancelledError (its default close reason), which does not touch the awaiting task."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
+@contextlib.contextmanager
+def wrapped(what: str, error: type[BrokerError] = BrokerError) -> Iterator[None]:
+    """Library failures of a broker call as `error`; a CancelledError that comes from a dead
+    connection too (it would otherwise end the caller's loop as if it had been cancelled).
+    A real cancellation of the calling task stays a CancelledError."""
+    try:
+        yield
+    except asyncio.CancelledError as e:
+        if cancelled_by_us():
+            raise
+        raise error(f"{what}: connection lost (its pending calls were cancelled)") from e
+    except LIBRARY_ERRORS as e:
+        raise error(f"{what}: {type(e).__name__}: {str(e)[:200]}") from e
+
+
+def refusal(error: BaseException, url: str) -> str:
+    """Why a connection failed, in words that point at the fix. RabbitMQ answers an open of a
+    vhost that does not exist, or that the user has no permissions in, with Connection.Close,
+    which aiormq reports as an unexpected frame (its reply text lost)."""
+    if isinstance(error, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(error):
+        vhost = url_vhost(url) or "/"
+        return f"the broker refused vhost {vhost!r}: no such vhost, or no permissions there"
+    return f"{type(error).__name__}: {error}"
 
 
 async def connect(
@@ -68,7 +101,7 @@ async def connect(
     `robust`: aio-pika reconnects and restores by itself (publisher, CLI). Agents pass False
     and own the whole session: any loss ends it and they rebuild it (see agent.daemon)."""
     connect_fn: Any = aio_pika.connect_robust if robust else aio_pika.connect
-    delay, tries = 0.1, 0
+    delay, tries, last = 0.1, 0, ""
     while True:
         for url in urls:
             try:
@@ -79,10 +112,13 @@ async def connect(
                     timeout=10,
                 )
             except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as e:
-                log.info("broker %s not reachable: %s", URL(url).with_password("***"), e)
+                # A vhost that does not exist or is not allowed to this user must not read as
+                # a network problem.
+                last = f"{mask(url)}: {refusal(e, url)}".splitlines()[0][:300]
+                log.info("broker not reachable: %s", last)
         tries += 1
         if attempts is not None and tries >= attempts:
-            raise BrokerError(f"no broker reachable after {tries} rounds")
+            raise BrokerError(f"no broker reachable after {tries} rounds (last: {last})")
         if stop is not None and stop.is_set():
             raise BrokerError("stopped while connecting")
         # Jitter keeps a hundred agents from reconnecting in lock step after an outage.
@@ -100,15 +136,17 @@ class Channels:
 
     async def publishing(self) -> AbstractChannel:
         if self._publish is None or self._publish.is_closed:
-            self._publish = await self.connection.channel(
-                publisher_confirms=True, on_return_raises=True
-            )
+            with wrapped("open publishing channel"):
+                self._publish = await self.connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
         return self._publish
 
     async def consuming(self, prefetch: int = 16) -> AbstractChannel:
         if self._consume is None or self._consume.is_closed:
-            self._consume = await self.connection.channel(publisher_confirms=False)
-            await self._consume.set_qos(prefetch_count=prefetch)
+            with wrapped("open consuming channel"):
+                self._consume = await self.connection.channel(publisher_confirms=False)
+                await self._consume.set_qos(prefetch_count=prefetch)
         return self._consume
 
 
@@ -137,11 +175,22 @@ async def declare_presence(channel: AbstractChannel) -> None:
     await stream.bind(status, routing_key=topo.PRESENCE_PATTERN)
 
 
+async def declare_revisions(channel: AbstractChannel) -> None:
+    """The revisions stream, bound to `erel.status` for `publisher.*`: the publisher's
+    `published`/`rejected` events, read back by `erel-sync wait` (docs/status.md)."""
+    status = await channel.get_exchange(topo.STATUS_EXCHANGE)
+    stream = await channel.declare_queue(
+        topo.REVISIONS_STREAM, durable=True, arguments=dict(topo.REVISIONS_STREAM_ARGUMENTS)
+    )
+    await stream.bind(status, routing_key=topo.REVISIONS_PATTERN)
+
+
 async def declare_topology(channel: AbstractChannel) -> None:
     """Exchanges and the streams (publisher side; agents only declare passively)."""
     await declare_exchanges(channel)
     await declare_stream(channel)
     await declare_presence(channel)
+    await declare_revisions(channel)
 
 
 async def publish(
@@ -172,17 +221,16 @@ async def publish(
         correlation_id=correlation_id,
         expiration=expiration,
     )
-    try:
-        ex: AbstractExchange = (
-            channel.default_exchange if exchange == "" else await channel.get_exchange(exchange)
-        )
-        confirm = await ex.publish(
-            message, routing_key, mandatory=mandatory, timeout=confirm_timeout
-        )
-    except aio_pika.exceptions.DeliveryError as e:
-        raise PublishFailed(f"{exchange}/{routing_key}: returned or nacked ({e})") from e
-    except (TimeoutError, aiormq.exceptions.AMQPError, RuntimeError, OSError) as e:
-        raise PublishFailed(f"{exchange}/{routing_key}: {type(e).__name__}: {e}") from e
+    with wrapped(f"{exchange}/{routing_key}", PublishFailed):
+        try:
+            ex: AbstractExchange = (
+                channel.default_exchange if exchange == "" else await channel.get_exchange(exchange)
+            )
+            confirm = await ex.publish(
+                message, routing_key, mandatory=mandatory, timeout=confirm_timeout
+            )
+        except aio_pika.exceptions.DeliveryError as e:
+            raise PublishFailed(f"{exchange}/{routing_key}: returned or nacked ({e})") from e
     if confirm is not None and not isinstance(confirm, aiormq.spec.Basic.Ack):
         raise PublishFailed(f"{exchange}/{routing_key}: not acknowledged ({confirm!r})")
 
@@ -269,22 +317,40 @@ class StreamAcks:
 
 
 async def serve_state_requests(
-    channel: AbstractChannel, provider: StateProvider, *, queue_name: str = ""
+    channel: AbstractChannel,
+    provider: StateProvider,
+    *,
+    queue_name: str = "",
+    keys: Sequence[str] = (topo.STATE_REQUEST_KEY,),
 ) -> AbstractQueue:
-    """Answer `state.request` with the stored signed envelope (publisher and every agent).
+    """Answer state requests with the stored signed envelope: the publisher binds
+    `state.request` and `state.request.publisher`, every agent `state.request` only.
 
+    The provider is told the seq the requester holds (`{"have": N}` in the request; None from
+    an older agent, which sends `{}`): agents answer only with something newer, so a hundred
+    agents joining at once do not each get a hundred copies of what they hold.
     Answers go to `erel.sync` with the requester's `reply.<host>` key: agents may not publish to
     direct reply-to or the default exchange (docs/broker.md)."""
     exchange = await channel.get_exchange(topo.SYNC_EXCHANGE)
     queue = await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
-    await queue.bind(exchange, routing_key=topo.STATE_REQUEST_KEY)
+    for key in keys:
+        await queue.bind(exchange, routing_key=key)
 
     async def on_request(message: AbstractIncomingMessage) -> None:
         await message.ack()
-        await answer(channel, message, provider())
+        await answer(channel, message, provider(requester_holds(message.body)))
 
     await queue.consume(on_request)
     return queue
+
+
+def requester_holds(body: bytes) -> int | None:
+    """The seq a state request says its sender holds; None when it does not say (or is junk)."""
+    try:
+        have = json.loads(body).get(HAVE_FIELD)
+    except (ValueError, AttributeError):
+        return None
+    return have if isinstance(have, int) and not isinstance(have, bool) else None
 
 
 async def answer(
@@ -300,7 +366,7 @@ async def answer(
     reply = request.reply_to or ""
     if body is None or not reply.startswith("reply."):
         return
-    with contextlib.suppress(PublishFailed):
+    with contextlib.suppress(BrokerError):
         await publish(
             channel,
             topo.SYNC_EXCHANGE,
@@ -313,28 +379,38 @@ async def answer(
 
 
 async def request_state(
-    channel: AbstractChannel, requester: str, *, window: float = 0.3
+    channel: AbstractChannel,
+    requester: str,
+    *,
+    window: float = 0.3,
+    key: str = topo.STATE_REQUEST_KEY,
+    have: int | None = None,
 ) -> list[bytes]:
-    """Ask publisher and peers for their snapshot; every answer received within `window`."""
+    """Ask for the current snapshot; every answer received within `window`. `key`:
+    `state.request` reaches the publisher and every agent, `state.request.publisher` the
+    publisher only. `have`: the seq the requester holds (agents answer only when newer)."""
     answers: list[bytes] = []
     correlation = uuid.uuid4().hex
-    exchange = await channel.get_exchange(topo.SYNC_EXCHANGE)
-    queue = await channel.declare_queue(
-        topo.agent_queue(requester, f"replies.{correlation[:8]}"), exclusive=True, auto_delete=True
-    )
-    await queue.bind(exchange, routing_key=topo.reply_key(requester))
+    with wrapped("state request"):
+        exchange = await channel.get_exchange(topo.SYNC_EXCHANGE)
+        queue = await channel.declare_queue(
+            topo.agent_queue(requester, f"replies.{correlation[:8]}"),
+            exclusive=True,
+            auto_delete=True,
+        )
+        await queue.bind(exchange, routing_key=topo.reply_key(requester))
 
-    async def on_reply(message: AbstractIncomingMessage) -> None:
-        if message.correlation_id == correlation:
-            answers.append(message.body)
+        async def on_reply(message: AbstractIncomingMessage) -> None:
+            if message.correlation_id == correlation:
+                answers.append(message.body)
 
-    await queue.consume(on_reply, no_ack=True)
+        await queue.consume(on_reply, no_ack=True)
     try:
         await publish(
             channel,
             topo.SYNC_EXCHANGE,
-            topo.STATE_REQUEST_KEY,
-            b"{}",
+            key,
+            b"{}" if have is None else json.dumps({HAVE_FIELD: have}).encode(),
             mandatory=False,
             reply_to=topo.reply_key(requester),
             correlation_id=correlation,
@@ -407,13 +483,17 @@ async def keep_session(
             await session(stop)
             return
         except asyncio.CancelledError:
-            raise
+            if cancelled_by_us():
+                raise
+            # aiormq rejected a pending call of a connection that died: a lost session, not
+            # the end of the loop (which would leave the daemon without a broker for good).
+            on_failure(BrokerError("connection lost (its pending calls were cancelled)"), delay)
         except Exception as e:
             on_failure(e, delay)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await stop.wait()
-            delay = min(max_delay, delay * 2)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await stop.wait()
+        delay = min(max_delay, delay * 2)
 
 
 STREAM_RETRY = 5.0  # a session without the config stream is rebuilt this often to retry it
@@ -427,7 +507,8 @@ async def hold_session(
     also: asyncio.Task[Any] | None = None,
 ) -> None:
     """Keep a session until `stop` (return) or until it is `broken`, `also` ends, or, without
-    the config stream, STREAM_RETRY passes (raise BrokerError, so `keep_session` rebuilds it)."""
+    the config stream, STREAM_RETRY passes (raise BrokerError, so `keep_session` rebuilds it;
+    an `also` that failed is named in it)."""
     stopped = asyncio.create_task(stop.wait())
     lost = asyncio.create_task(broken.wait())
     waiting = {stopped, lost, *([also] if also is not None else [])}
@@ -440,7 +521,10 @@ async def hold_session(
     finally:
         for t in waiting:
             t.cancel()
-    if not stop.is_set():
-        raise BrokerError(
-            "connection, channel or stream consumer lost" if stream_ok else "no config stream"
-        )
+    if stop.is_set():
+        return
+    if also is not None and also.done() and not also.cancelled() and also.exception():
+        raise BrokerError(f"{also.get_name()} failed: {also.exception()!r:.200}")
+    raise BrokerError(
+        "connection, channel or stream consumer lost" if stream_ok else "no config stream"
+    )

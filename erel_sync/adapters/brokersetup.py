@@ -1,4 +1,5 @@
-"""Prepare a RabbitMQ vhost for erel-sync: vhost, publisher and agent users, permissions, topology.
+"""Prepare a RabbitMQ vhost for erel-sync: vhost, users (publisher, agent, optional operator),
+their permissions and topic permissions, topology.
 
 Called by `erel-sync broker setup` (`cli.broker`) and by the integration tests, which run it
 against a private node. Lives in `adapters` because it runs `rabbitmqctl` and speaks AMQP.
@@ -12,7 +13,8 @@ which are set again because neither can be observed cheaply. `--dry-run` observe
 prints a shell script that does the same, so it also serves a broker this host cannot reach.
 
 The permission regexes are explained in docs/broker.md; they were worked out by experiment on
-RabbitMQ 3.10 and are checked by tests/integration/test_broker_permissions.py.
+RabbitMQ 3.10 and are checked by tests/integration/test_broker_permissions.py. The vhost comes
+from `--vhost` or the URL under the one rule of `model.brokerurl`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import aio_pika
 import aiormq
 
 from erel_sync.adapters import topology as topo
+from erel_sync.model.brokerurl import resolve_vhost, vhost_path
 
 
 class BrokerSetupError(Exception):
@@ -44,11 +47,11 @@ class Permissions:
 
 
 # Publisher: owns everything named erel.* (declares the topology, consumes erel.status and
-# state.request through server-named queues) and answers direct reply-to, which is a publish
-# to the default exchange and so needs write on `amq.default`.
+# state.request through its own queues, answers on erel.sync). No `amq.default`: nothing of
+# erel-sync publishes through the default exchange, which could route into any queue by name.
 PUBLISHER_PERMISSIONS = Permissions(
     configure=r"^(erel\..*|amq\.gen-.*)$",
-    write=r"^(erel\..*|amq\.gen-.*|amq\.default)$",
+    write=r"^(erel\..*|amq\.gen-.*)$",
     read=r"^(erel\..*|amq\.gen-.*)$",
 )
 
@@ -64,6 +67,49 @@ AGENT_PERMISSIONS = Permissions(
 
 
 @dataclass(frozen=True)
+class TopicPermission:
+    """Which routing keys a user may publish (`write`) and bind with (`read`) on one topic
+    exchange. Without one, RabbitMQ allows every key on that exchange."""
+
+    exchange: str
+    write: str
+    read: str
+
+
+NOTHING = "^$"
+
+# Agents publish only their heartbeats and presence records on erel.status: not the publisher's
+# `publisher.*` events, which feed the erel.revisions stream that `wait` trusts. (One agent can
+# still speak for another host while they share a user: docs/broker.md, optional hardening.)
+AGENT_TOPIC_PERMISSIONS = (
+    TopicPermission(
+        topo.STATUS_EXCHANGE, write=r"^(host|presence)\.[A-Za-z0-9][A-Za-z0-9._-]*$", read=NOTHING
+    ),
+)
+
+# Operator (the CLI: `status`, `members`, `wait`, remote start/stop/restart/delete, as
+# `adapters.opsclient` does them): publishes signed commands to erel.control; reads heartbeats
+# and publisher events from erel.status, command replies from erel.sync, through its own
+# server-named or `erel.operator.*` queues; reads the presence and revisions streams. No write
+# on erel.config (exchange or stream), on any stream queue, on erel.sync or on `amq.default`.
+OPERATOR_PERMISSIONS = Permissions(
+    configure=r"^(erel\.operator\..*|amq\.gen-.*)$",
+    write=r"^(erel\.control|erel\.status|erel\.operator\..*|amq\.gen-.*)$",
+    read=r"^(erel\.status|erel\.sync|erel\.presence|erel\.revisions|erel\.operator\..*"
+    r"|amq\.gen-.*)$",
+)
+# Write on erel.status is for one key: the marker the presence read appends to know where the
+# stream ends (opsclient.read_presence); no heartbeats, presence records or publisher events.
+OPERATOR_TOPIC_PERMISSIONS = (
+    TopicPermission(
+        topo.STATUS_EXCHANGE, write=r"^presence\.~marker$", read=r"^(host|publisher)\..+$"
+    ),
+    TopicPermission(topo.CONTROL_EXCHANGE, write=r"^(host\..+|group\..+|all)$", read=NOTHING),
+    TopicPermission(topo.SYNC_EXCHANGE, write=NOTHING, read=r"^reply\.op-.+$"),
+)
+
+
+@dataclass(frozen=True)
 class BrokerSetupSpec:
     """What `broker setup` is asked to make true."""
 
@@ -72,22 +118,53 @@ class BrokerSetupSpec:
     publisher_password: str
     agent_user: str
     agent_password: str
+    operator_user: str | None = None  # None: no operator user
+    operator_password: str = ""
+
+    def users(self) -> list[tuple[str, str, Permissions, tuple[TopicPermission, ...]]]:
+        """(role, user, permissions, topic permissions) of every user to set up."""
+        out = [
+            ("publisher", self.publisher_user, PUBLISHER_PERMISSIONS, ()),
+            ("agent", self.agent_user, AGENT_PERMISSIONS, AGENT_TOPIC_PERMISSIONS),
+        ]
+        if self.operator_user is not None:
+            out.append(
+                ("operator", self.operator_user, OPERATOR_PERMISSIONS, OPERATOR_TOPIC_PERMISSIONS)
+            )
+        return out
+
+    def passwords(self) -> dict[str, str]:
+        return {
+            self.publisher_user: self.publisher_password,
+            self.agent_user: self.agent_password,
+            **({self.operator_user: self.operator_password} if self.operator_user else {}),
+        }
 
     def problems(self, *, passwords: bool = True) -> list[str]:
         """What is wrong with the request; `passwords=False` for a dry run, which needs none."""
         out = []
-        for what, value in (
+        checks = [
             ("vhost", self.vhost),
             ("publisher user", self.publisher_user),
             ("agent user", self.agent_user),
             ("publisher password", self.publisher_password if passwords else "-"),
             ("agent password", self.agent_password if passwords else "-"),
-        ):
+        ]
+        if self.operator_user is not None:
+            checks += [
+                ("operator user", self.operator_user),
+                ("operator password", self.operator_password if passwords else "-"),
+            ]
+        for what, value in checks:
             if not value:
                 out.append(f"{what} is empty")
-        if self.publisher_user and self.publisher_user == self.agent_user:
-            out.append("publisher and agent must be different users (agents may not write config)")
-        if self.publisher_user == "guest" or self.agent_user == "guest":
+        names = [user for _, user, _, _ in self.users() if user]
+        if len(set(names)) < len(names):
+            out.append(
+                "publisher, agent and operator must be different users (only the publisher "
+                "may write config)"
+            )
+        if "guest" in names:
             out.append("'guest' can only log in from localhost: use dedicated users")
         return out
 
@@ -171,10 +248,7 @@ def plan_ctl(spec: BrokerSetupSpec, observed: ObservedBroker | None) -> list[Ctl
     steps: list[CtlStep] = []
     if observed is None or spec.vhost not in observed.vhosts:
         steps.append(CtlStep(("add_vhost", spec.vhost), "the vhost erel-sync lives in"))
-    for user, perms, role in (
-        (spec.publisher_user, PUBLISHER_PERMISSIONS, "publisher"),
-        (spec.agent_user, AGENT_PERMISSIONS, "agent"),
-    ):
+    for role, user, perms, topics in spec.users():
         if observed is not None and user in observed.users:
             steps.append(
                 CtlStep(("change_password", user), f"{role} exists: set the given password", user)
@@ -195,6 +269,13 @@ def plan_ctl(spec: BrokerSetupSpec, observed: ObservedBroker | None) -> list[Ctl
                 f"{role} permissions (configure, write, read)",
             )
         )
+        for t in topics:
+            steps.append(
+                CtlStep(
+                    ("set_topic_permissions", "-p", spec.vhost, user, t.exchange, t.write, t.read),
+                    f"{role} routing keys on {t.exchange} (write, read)",
+                )
+            )
     return steps
 
 
@@ -207,10 +288,12 @@ def render_script(
     """
     ctl = "rabbitmqctl" + (f" -n {shlex.quote(node)}" if node else "")
     env = {spec.publisher_user: "EREL_PUBLISHER_PASSWORD", spec.agent_user: "EREL_AGENT_PASSWORD"}
+    if spec.operator_user is not None:
+        env[spec.operator_user] = "EREL_OPERATOR_PASSWORD"
     lines = [
         "#!/bin/sh",
         "# erel-sync broker setup: run where rabbitmqctl reaches the node (same Erlang cookie).",
-        "# Needs EREL_PUBLISHER_PASSWORD and EREL_AGENT_PASSWORD in the environment.",
+        f"# Needs {', '.join(env.values())} in the environment.",
         "set -e",
     ]
     for step in steps:
@@ -247,7 +330,7 @@ def describe_topology() -> list[str]:
 def apply_ctl(
     ctl: Ctl, spec: BrokerSetupSpec, steps: Sequence[CtlStep], echo: Callable[[str], None]
 ) -> None:
-    passwords = {spec.publisher_user: spec.publisher_password, spec.agent_user: spec.agent_password}
+    passwords = spec.passwords()
     for step in steps:
         stdin = None if step.password_of is None else passwords[step.password_of] + "\n"
         try:
@@ -267,7 +350,7 @@ def topology_url(admin_url: str, vhost: str, user: str, password: str) -> str:
     netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
     if parts.port:
         netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, "/" + quote(vhost, safe=""), parts.query, ""))
+    return urlunsplit((parts.scheme, netloc, vhost_path(vhost), parts.query, ""))
 
 
 def redact(url: str) -> str:
@@ -322,6 +405,7 @@ def setup_broker(
     """
     if problems := spec.problems():
         raise ValueError("; ".join(problems))
+    resolve_vhost([amqp_url], spec.vhost)  # another vhost in the URL: BrokerUrlError (ValueError)
     observed = observe(ctl)
     if spec.vhost in observed.vhosts:
         echo(f"skip vhost {spec.vhost!r} exists")

@@ -45,6 +45,7 @@ from erel_sync.core.upgrade import (
     node_name,
 )
 from erel_sync.model.names import HOST_ID_RE, NAME_RE
+from erel_sync.model.settings import DEFAULT_MAX_ARCHIVE_MEMBERS, DEFAULT_MAX_UNPACKED_BYTES
 from erel_sync.model.specs import HealthSpec, ReleaseConfig, ReleaseSpec
 
 
@@ -59,8 +60,8 @@ class DriverSettings:
     long_timeout: float = 120.0  # unpack / install / rollback
     loopback_only: bool = True  # nodes' distribution listens on 127.0.0.1 only
     max_artifact_bytes: int = 2 * 1024**3
-    max_unpacked_bytes: int = 8 * 1024**3
-    max_archive_members: int = 200_000
+    max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES  # AgentSettings spec.artifacts
+    max_archive_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS
     erl_call: str | None = None
     epmd: str | None = None
 

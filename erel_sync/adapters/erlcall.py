@@ -42,7 +42,8 @@ _CHILD_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME"
 
 
 def child_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A minimal environment: no ERL_FLAGS/ERL_AFLAGS/RELX_* leak from the agent into nodes."""
+    """A minimal environment: no ERL_FLAGS/ERL_AFLAGS/RELX_* leak from the agent into nodes
+    (a node's own RELX_* are set by `nodeproc.node_env`, never inherited)."""
     env = {k: os.environ[k] for k in _CHILD_ENV_KEEP if k in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env["HOME"] = str(home)

@@ -51,6 +51,35 @@ def is_ancestor(repo: git.Repo, older: str, newer: str) -> bool:
         return False
 
 
+def new_commits(
+    repo: git.Repo, head: str, previous: str | None, limit: int
+) -> tuple[list[str], bool]:
+    """The commits `head` brings over `previous` (reachable from head, not from previous),
+    newest first, at most `limit`; and whether the list was cut short (or could not be
+    computed exactly: then it holds `head` alone). The usual case, one commit on top of the
+    previous one, is answered from the commit's parents without spawning git."""
+    try:
+        commit = repo.commit(head)
+        if previous is not None and [str(p.hexsha) for p in commit.parents] == [previous]:
+            return [head], False
+        if head == previous:
+            return [], False
+        args = [head] if previous is None else [head, f"^{previous}"]
+        shas = str(repo.git.rev_list(*args, max_count=limit + 1)).split()
+    except (git.BadName, ValueError, git.GitCommandError):
+        return [head], True
+    return shas[:limit], len(shas) > limit
+
+
+def commit_summary(repo: git.Repo, sha: str) -> tuple[str, str]:
+    """(author name, subject line) of a commit; empty strings when it cannot be read."""
+    try:
+        commit = repo.commit(sha)
+        return str(commit.author.name or ""), str(commit.summary or "")[:200]
+    except (git.BadName, ValueError, git.GitCommandError):
+        return "", ""
+
+
 # Only changes count. watchdog also reports opens and closes-without-write, and reading a ref
 # (our own `git rev-parse`) would then wake us again: a busy loop.
 _CHANGES = frozenset({"created", "modified", "moved", "deleted", "closed"})

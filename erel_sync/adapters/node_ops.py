@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from erel_sync.adapters import nodeproc
+from erel_sync.adapters import nodeproc, release_files
 from erel_sync.adapters.erlcall import NodeRef, NodeRpc, outcome_value
 from erel_sync.adapters.release_meta import create_private_dirs, home_dir, log_dir, pipe_dir
 from erel_sync.core import reasons
@@ -80,12 +80,16 @@ class NodeOps:
     # ------------------------------------------------------------------------ boot / wait
 
     async def boot(self, root: Path, release: str, version: str) -> None:
-        """Spawn the VM of `version`. Callers boot only when no node of this root should run,
-        so a VM still found here is the leftover of an interrupted step (an agent killed while
-        that VM was booting): it would hold the node name, so it goes first."""
+        """Spawn the VM of `version` with the config files the agent rendered for it. Callers
+        boot only when no node of this root should run, so a VM still found here is the
+        leftover of an interrupted step (an agent killed while that VM was booting): it would
+        hold the node name, so it goes first."""
         if nodeproc.node_pids(root):
             await self.kill_now(root)
         create_private_dirs(root)  # home 0700, cookie 0400: re-asserted at every boot
+        # Also at every boot: a root unpacked by an older agent may still hold relx templates,
+        # which the start script would render over the agent's files.
+        release_files.remove_displaced_config(root, version)
         await nodeproc.spawn_daemon(
             root, release, version, home=home_dir(root), pipe=pipe_dir(root), logs=log_dir(root)
         )

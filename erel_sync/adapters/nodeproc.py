@@ -7,7 +7,10 @@ Start: what `bin/<rel> daemon` does, minus its `sleep 1` polling loop and the co
 erl_call's command line: `run_erl -daemon PIPE LOG "exec bin/<rel>-<vsn> console"`, in a new
 session, with `HOME` pointing at the release's cookie. run_erl detaches (fork + setsid), so the
 node is never a child of the agent and survives an agent crash or SIGKILL. The versioned script
-`bin/<rel>-<vsn>` picks the version to boot (boot file, `releases/<vsn>/vm.args`, `sys.config`).
+`bin/<rel>-<vsn>` picks the version to boot (its boot file); `VMARGS_PATH` and
+`RELX_CONFIG_PATH` name the version's rendered `vm.args` and `sys.config`, because the script
+would otherwise prefer a `<root>/vm.args` or `<root>/sys.config` that a tarball shipped
+(`node_env`).
 
 A process belongs to a release root when its argv has `-root <root>` (the VM), or is run_erl or
 a start script with an argument inside the root. Nothing is ever signalled by name, only by a
@@ -120,7 +123,7 @@ async def spawn_daemon(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env=child_env(home, {"TERM": "dumb", "RUN_ERL_DISABLE_FLOWCNTRL": "true"}),
+        env=node_env(root, version, home),
         start_new_session=True,
     )
     out, _ = await proc.communicate()
@@ -130,7 +133,30 @@ async def spawn_daemon(
         )
 
 
+def node_env(root: Path, version: str, home: Path) -> dict[str, str]:
+    """The node's environment: `child_env` (nothing inherited that changes how a node runs:
+    no `ERL_FLAGS`, no `RELX_*`, never `RELX_REPLACE_OS_VARS`, which would substitute `${VAR}`s
+    into the rendered files) plus the paths of the version's rendered config files, so relx's
+    start script reads exactly those."""
+    rendered = root / "releases" / version
+    return child_env(
+        home,
+        {
+            "TERM": "dumb",
+            "RUN_ERL_DISABLE_FLOWCNTRL": "true",
+            "VMARGS_PATH": str(rendered / "vm.args"),
+            "RELX_CONFIG_PATH": str(rendered / "sys.config"),
+        },
+    )
+
+
 def _prepare(root: Path, release: str, version: str, pipe: Path, logs: Path) -> tuple[Path, Path]:
+    for name in ("vm.args", "sys.config"):
+        if not (root / "releases" / version / name).is_file():
+            # The script would fail on its own, with a message that only reaches the node's log.
+            raise reasons.driver_error(
+                reasons.StartFailed, f"releases/{version}/{name} was never rendered"
+            )
     script = root / "bin" / f"{release}-{version}"
     if not script.is_file():
         script = root / "bin" / release  # relx always writes both; older layouts only this

@@ -5,7 +5,11 @@ Adapter (AMQP). Replies come to a private queue bound on `erel.sync` under `repl
 same path peer agents use for state answers), matched by correlation id. The set of hosts that
 *should* answer comes from the presence stream (docs/operating.md): every agent writes a small
 record there when it connects, every 30 s and when it stops cleanly, so a host whose agent died
-is still known and can be named as unreachable.
+is still known and can be named as unreachable. `wait` also follows the `erel.revisions` stream
+(the publisher's `published`/`rejected` events) to learn what became of the revision it awaits.
+
+Every library failure leaves as `broker.BrokerError` (one line for the CLI); a vhost without
+erel-sync's exchanges as `TopologyMissing`, which says how to create them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import datetime as dt
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import aiormq
@@ -28,6 +32,34 @@ from erel_sync.core import control
 from erel_sync.core.control import Command
 
 PRESENCE_IDLE = 0.12  # the presence backlog is delivered at once: this much silence ends it
+REVISION_KINDS = ("published", "rejected")
+
+
+class TopologyMissing(broker.BrokerError):
+    """The vhost lacks an exchange or stream of erel-sync: nothing was set up there yet."""
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """aiormq/aio-pika failures of one step as BrokerError, bounded and on one line."""
+    try:
+        yield
+    except broker.BrokerError:
+        raise
+    except aiormq.exceptions.ChannelNotFoundEntity as e:
+        raise TopologyMissing(
+            f"{what}: {_first_line(e)}: this vhost has no erel-sync topology; create it with "
+            "`erel-sync broker setup` (or start the publisher once), or check --vhost"
+        ) from e
+    except aiormq.exceptions.ChannelAccessRefused as e:
+        raise broker.BrokerError(f"{what}: access refused: {_first_line(e)}") from e
+    except (aiormq.exceptions.AMQPError, ConnectionError, TimeoutError, RuntimeError) as e:
+        raise broker.BrokerError(f"{what}: {type(e).__name__}: {_first_line(e)}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = " ".join(str(a) for a in e.args if a) if e.args else str(e)
+    return (text.strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 class OpsClient:
@@ -46,11 +78,18 @@ class OpsClient:
         self._conn = await broker.connect(
             self.urls, name="erel-sync-cli", stop=stop, robust=False, attempts=2
         )
-        self._channel = await self._conn.channel(publisher_confirms=True)
-        exchange = await self._channel.get_exchange(topo.SYNC_EXCHANGE)
-        queue = await self._channel.declare_queue("", exclusive=True, auto_delete=True)
-        await queue.bind(exchange, routing_key=self.reply_key)
-        await queue.consume(self._on_reply, no_ack=True)
+        try:
+            with _translated("reply queue on erel.sync"):
+                self._channel = await self._conn.channel(publisher_confirms=True)
+                exchange = await self._channel.get_exchange(topo.SYNC_EXCHANGE)
+                queue = await self._channel.declare_queue("", exclusive=True, auto_delete=True)
+                await queue.bind(exchange, routing_key=self.reply_key)
+                await queue.consume(self._on_reply, no_ack=True)
+        except BaseException:
+            # `async with` runs no __aexit__ when __aenter__ fails: close here, or the
+            # connection's callbacks fire after the event loop is gone (noise at exit).
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -72,7 +111,10 @@ class OpsClient:
 
     async def send(self, cmd: Command, ttl: float) -> None:
         """Publish a command; a `host.<id>` command nobody is bound for raises PublishFailed
-        (no live agent for that host), group and `all` commands may reach nobody."""
+        (no live agent for that host), group and `all` commands may reach nobody. A vhost
+        without `erel.control` raises TopologyMissing."""
+        with _translated(f"exchange {topo.CONTROL_EXCHANGE}"):
+            await self.channel.get_exchange(topo.CONTROL_EXCHANGE)
         await broker.publish(
             self.channel,
             topo.CONTROL_EXCHANGE,
@@ -129,6 +171,10 @@ class OpsClient:
         record of its own and reads until the marker comes back: exact, and no waiting for
         silence. A user who may not write `erel.status` falls back to PRESENCE_IDLE of silence.
         """
+        with _translated(f"read {topo.PRESENCE_STREAM}"):
+            return await self._read_presence(since, max_wait)
+
+    async def _read_presence(self, since: float, max_wait: float) -> list[dict[str, Any]]:
         marker = uuid.uuid4().hex
         marked = await self._append_marker(marker)
         channel = await self._conn.channel(publisher_confirms=False)
@@ -203,4 +249,36 @@ class OpsClient:
                     doc["received"] = time.time()
                     handler(doc)
 
-        await broker.consume_status(self.channel, on_status, pattern=pattern)
+        with _translated(f"follow {topo.STATUS_EXCHANGE}"):
+            await broker.consume_status(self.channel, on_status, pattern=pattern)
+
+    async def follow_revisions(
+        self, handler: Callable[[dict[str, Any]], None], *, max_wait: float = 3.0
+    ) -> bool:
+        """Every record the `erel.revisions` stream keeps, then each new one, to `handler`
+        until the client closes. Returns once the backlog is in (PRESENCE_IDLE of silence, at
+        most `max_wait`); False when the stream does not exist (a publisher older than this
+        CLI): `wait` then knows revisions only from what the hosts report.
+
+        No marker is appended (unlike presence): the stream is the publisher's history, and
+        reading it needs no write right. A record arriving late is simply handled later."""
+        with _translated(f"read {topo.REVISIONS_STREAM}"):
+            channel = await self._conn.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=1000)
+            try:
+                queue = await channel.declare_queue(topo.REVISIONS_STREAM, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return False
+            arrived = asyncio.Event()
+
+            async def on_message(message: AbstractIncomingMessage) -> None:
+                with contextlib.suppress(ValueError, UnicodeDecodeError):
+                    doc = json.loads(message.body)
+                    if isinstance(doc, dict) and doc.get("kind") in REVISION_KINDS:
+                        handler(doc)
+                arrived.set()
+                await message.ack()
+
+            await queue.consume(on_message, arguments={"x-stream-offset": "first"})
+            await self._until_silent(arrived, max_wait)
+        return True

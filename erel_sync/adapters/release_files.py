@@ -1,9 +1,14 @@
 """Files of a release root: first install, versions added side by side, rendered config files,
 and the release_handler's `RELEASES` / `start_erl.data`.
 
-Called by `adapters.driver`. Lives in `adapters` because it writes the disk; what to write comes
-from pure code (`core.render`, `core.upgrade`). Every tarball is inspected whole before any byte
-of it is written (`adapters.artifacts`).
+Called by `adapters.driver` (and `adapters.node_ops` before every boot). Lives in `adapters`
+because it writes the disk; what to write comes from pure code (`core.render`, `core.upgrade`).
+Every tarball is inspected whole before any byte of it is written (`adapters.artifacts`).
+
+The node runs with exactly the `releases/<vsn>/vm.args` and `sys.config` rendered here: what a
+tarball ships in their place (a root-level `vm.args`, relx templates `vm.args.src` /
+`sys.config.src`, `*.orig` copies) is removed at every render and every boot
+(`remove_displaced_config`); their content is not used (the Release config is the source).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from erel_sync.adapters.release_meta import (
 )
 from erel_sync.adapters.store import fsync_dir
 from erel_sync.core import reasons
-from erel_sync.core.render import RenderError, render_config_files
+from erel_sync.core.render import RenderError, displaced_config_files, render_config_files
 from erel_sync.core.upgrade import (
     ReleasesEntry,
     clear_tmp_current,
@@ -64,11 +69,35 @@ def check_tarball(tarball: Path, release: str, version: str, *, limits: ArchiveL
         )
 
 
+def remove_displaced_config(root: Path, version: str) -> list[str]:
+    """Remove what relx's start script would read instead of, or render over, the agent's
+    config files of `version` (`core.render.displaced_config_files`); returns what was there.
+    Runs after every unpack (through `render_version_config`) and before every boot, so a root
+    unpacked by an older agent or by release_handler inside the node is covered too."""
+    try:
+        names = displaced_config_files(version)
+    except RenderError as exc:
+        raise reasons.driver_error(reasons.InstallFailed, str(exc)) from exc
+    removed: list[str] = []
+    for name in names:
+        path = root / name
+        if not os.path.lexists(path):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(name)
+    for parent in {(root / name).parent for name in removed}:
+        fsync_dir(parent)
+    return removed
+
+
 def render_version_config(
     root: Path, version: str, node: str, config: ReleaseConfig, *, loopback_only: bool
 ) -> bool:
-    """Write `releases/<vsn>/vm.args` and `sys.config`; True when vm.args changed (a running
-    node only picks that up on its next boot)."""
+    """Write `releases/<vsn>/vm.args` and `sys.config`, after removing what would displace
+    them; True when vm.args changed (a running node only picks that up on its next boot)."""
     try:
         files = render_config_files(node, config, loopback_only=loopback_only)
     except RenderError as exc:
@@ -76,6 +105,7 @@ def render_version_config(
     target = root / "releases" / version
     if not target.is_dir():
         raise reasons.driver_error(reasons.InstallFailed, f"{target} does not exist")
+    remove_displaced_config(root, version)
     vm_args = target / "vm.args"
     try:
         before = vm_args.read_text(encoding="utf-8")

@@ -14,6 +14,9 @@ Topology (docs/broker.md has the why):
 - `erel.status` -> `erel.presence` stream (binding `presence.*`): small presence records each
   agent publishes on connect, every PRESENCE_INTERVAL and when it leaves, read back by
   `erel-sync status`/`members` to know which hosts exist and name the ones that do not answer.
+- `erel.status` -> `erel.revisions` stream (binding `publisher.*`): the publisher's revision
+  events, `publisher.published` and `publisher.rejected`, kept for a week, so that `erel-sync
+  wait` started later (even while the publisher is down) knows what became of a revision.
 - `erel.sync` (topic): `state.request` (reply-to `amq.rabbitmq.reply-to`, answered by a
   publisher) and peer replies `reply.<host>` (agents cannot publish to direct reply-to).
 """
@@ -42,8 +45,12 @@ SERVER_NAMED_PREFIX: Final = "amq.gen-"  # queues declared with an empty name
 AGENT_QUEUE_PREFIX: Final = "erel.agent."  # client-named agent queues: erel.agent.<host>.<use>
 
 # Routing keys.
-STATE_REQUEST_KEY: Final = "state.request"  # on erel.sync
+STATE_REQUEST_KEY: Final = "state.request"  # on erel.sync: publisher and every agent answer
+PUBLISHER_STATE_KEY: Final = "state.request.publisher"  # on erel.sync: only publishers answer
 PUBLISHER_REJECTED_KEY: Final = "publisher.rejected"  # on erel.status: a revision refused
+PUBLISHER_PUBLISHED_KEY: Final = "publisher.published"  # on erel.status: a snapshot published
+REVISIONS_PATTERN: Final = "publisher.*"  # on erel.status, into the revisions stream
+REVISIONS_STREAM: Final = "erel.revisions"
 PRESENCE_PATTERN: Final = "presence.*"  # on erel.status, into the presence stream
 PRESENCE_STREAM: Final = "erel.presence"
 PRESENCE_INTERVAL: Final = 30.0  # seconds between two presence records of a live agent
@@ -93,6 +100,15 @@ PRESENCE_STREAM_ARGUMENTS: Final[dict[str, str | int]] = {
     "x-max-age": "1D",
 }
 
+# Revision events: one small record per commit the publisher took (its commit list is bounded),
+# read back by `wait` (and later `history`); a week of them is plenty and stays small.
+REVISIONS_STREAM_ARGUMENTS: Final[dict[str, str | int]] = {
+    "x-queue-type": "stream",
+    "x-max-length-bytes": 64 * 1024 * 1024,
+    "x-stream-max-segment-size-bytes": 1024 * 1024,
+    "x-max-age": "7D",
+}
+
 EXCHANGES: Final = (
     ExchangeSpec(CONFIG_EXCHANGE, CONFIG_EXCHANGE_TYPE),
     ExchangeSpec(STATUS_EXCHANGE, "topic"),
@@ -102,10 +118,12 @@ EXCHANGES: Final = (
 QUEUES: Final = (
     QueueSpec(CONFIG_STREAM, dict(CONFIG_STREAM_ARGUMENTS)),
     QueueSpec(PRESENCE_STREAM, dict(PRESENCE_STREAM_ARGUMENTS)),
+    QueueSpec(REVISIONS_STREAM, dict(REVISIONS_STREAM_ARGUMENTS)),
 )
 BINDINGS: Final = (
     BindingSpec(CONFIG_EXCHANGE, CONFIG_STREAM, CONFIG_ROUTING_KEY),
     BindingSpec(STATUS_EXCHANGE, PRESENCE_STREAM, PRESENCE_PATTERN),
+    BindingSpec(STATUS_EXCHANGE, REVISIONS_STREAM, REVISIONS_PATTERN),
 )
 
 

@@ -7,9 +7,11 @@ down: it reconciles from the snapshot on disk and keeps retrying the broker with
 Snapshot intake (`on_snapshot`): verify the signature against the trusted keys and re-check the
 body, refuse a seq not newer than the one held (counted), write it durably and atomically (a
 `store.SlotFile`: `snapshot.slot-a`/`-b`), and only then return so the delivery is acked; then
-trigger a reconcile. Join: consume the config stream from `last`; if nothing arrives within a
-short window (empty stream), ask the cluster with `state.request` and take the highest valid
-answer.
+trigger a reconcile. Join (`_join`): consume the config stream from `last` and ask the
+publisher with `state.request.publisher`; only when no valid answer comes, ask every peer
+(`state.request`, saying which seq is held); the newest valid snapshot wins, whatever the tail
+held. Long-lived tasks run under `adapters.supervisor`: one that ends is logged, counted and
+restarted, and a task crashing in a loop makes `run` raise TaskFailed (the CLI exits 4).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import gc
 import json
 import logging
@@ -35,17 +38,26 @@ from erel_sync import __version__
 from erel_sync.adapters import broker, store
 from erel_sync.adapters import topology as topo
 from erel_sync.adapters.driver import DriverSettings, ReleaseDriver
+from erel_sync.adapters.supervisor import Supervisor
 from erel_sync.agent.control import ControlService, serve_socket
 from erel_sync.agent.reconciler import Driver, Reconciler, utc_now
 from erel_sync.core.matching import HostIdentity
-from erel_sync.core.snapshot import Snapshot, SnapshotRejected, peek_seq, verify_envelope
+from erel_sync.core.snapshot import (
+    Refusal,
+    Snapshot,
+    SnapshotRejected,
+    peek_seq,
+    report_refusal,
+    verify_envelope,
+)
 from erel_sync.core.status import memory_from_json, memory_to_json
 from erel_sync.model.settings import AgentSettings
 
 log = logging.getLogger("erel_sync.agent")
 
-JOIN_WINDOW = 0.15  # wait this long for the stream tail before asking peers
+JOIN_WINDOW = 0.3  # how long each join round (publisher, then peers) collects answers
 STOP_GRACE = 60.0  # SIGTERM: how long a running tick may take to finish
+LEAVE_GRACE = 2.0  # SIGTERM: how long the broker session may take to publish `left`
 REPORT_SPACING = 1.0  # seconds between two change-driven heartbeats
 STORE_RETRY_MIN, STORE_RETRY_MAX = 1.0, 30.0  # backoff after a failed snapshot write
 
@@ -88,6 +100,8 @@ class Agent:
                 cache_dir=Path(settings.cache_dir),
                 host_id=settings.host_id,
                 node_host=settings.node_host,
+                max_unpacked_bytes=settings.max_unpacked_bytes,
+                max_archive_members=settings.max_archive_members,
             )
         )
         saved = store.read_json(self.status_file) or {}
@@ -101,7 +115,6 @@ class Agent:
         self.reconciler.attempted = saved.get("attempted")
         self._load_snapshot()
         self._trigger = asyncio.Event()
-        self._snapshot_seen = asyncio.Event()
         self._channels: broker.Channels | None = None
         self._heartbeat_now = asyncio.Event()
         self._persisted: tuple[str, bytes] = ("", b"")  # (failure memory + holds, whole file)
@@ -109,8 +122,9 @@ class Agent:
         self._commands: set[asyncio.Task[bytes | None]] = set()
         self._presence_group: str | None = None
         self.store_error: str | None = None  # why the newest snapshot could not be stored
+        self.snapshot_refused: Refusal | None = None  # heartbeats report it while in force
         self._unstored: Snapshot | None = None
-        self._store_retry: asyncio.Task[None] | None = None
+        self._supervisor: Supervisor | None = None  # the long-lived tasks, while `run` runs
 
     # --- snapshots
     def _load_snapshot(self) -> None:
@@ -130,12 +144,22 @@ class Agent:
 
     async def on_snapshot(self, raw: bytes) -> None:
         """Verify, refuse stale, store atomically; returns only after the write (then acked)."""
-        self._snapshot_seen.set()
         try:
             snap = verify_envelope(raw, self.trusted, previous=self.snapshot)
         except SnapshotRejected as e:
             self.counters[f"rejected.{e.reason}"] += 1
             log.warning("%s: snapshot refused: %s", self.s.host_id, e)
+            # The held snapshot stays in force; the refusal shows in `status` (e.g. AgentTooOld
+            # with the version needed) until a newer snapshot is applied.
+            held = self.snapshot.seq if self.snapshot else 0
+            verified = self._verified_count()
+            refusal = Refusal.of(e, verified)
+            before = self.snapshot_refused
+            self.snapshot_refused = report_refusal(
+                before, refusal, held_seq=held, verified=verified
+            )
+            if self.snapshot_refused is not before:
+                self._heartbeat_now.set()
             return
         current = self.snapshot
         if current is not None and snap.seq <= current.seq:
@@ -161,8 +185,8 @@ class Agent:
             self.store_error = str(e)
             if self._unstored is None or snap.seq > self._unstored.seq:
                 self._unstored = snap
-            if self._store_retry is None or self._store_retry.done():
-                self._store_retry = asyncio.get_running_loop().create_task(self._retry_store())
+            if self._supervisor is not None:
+                self._supervisor.start("store-retry", self._retry_store, until_done=True)
             raise
         if self.store_error is not None:
             log.info("%s: snapshot store works again", self.s.host_id)
@@ -190,26 +214,55 @@ class Agent:
             with contextlib.suppress(store.StoreError):
                 self._store(snap)
 
-    def stored_envelope(self) -> bytes | None:
+    def stored_envelope(self, have: int | None = None) -> bytes | None:
+        """The answer to a peer's state.request: what is held, when newer than the `have` the
+        peer said it holds (an older agent says nothing and always gets it)."""
         snap = self.snapshot
-        return snap.raw if snap else None
+        if snap is None or (have is not None and snap.seq <= have):
+            return None
+        return snap.raw
+
+    def _held_seq(self) -> int:
+        return self.snapshot.seq if self.snapshot else 0
 
     async def _join(self, channel: Any) -> None:
-        """After (re)connecting: if the stream gave nothing, ask the publisher and peers."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(JOIN_WINDOW):
-                await self._snapshot_seen.wait()
-        if self._snapshot_seen.is_set():
+        """After (re)connecting: end on the newest valid snapshot the cluster has. The stream's
+        tail alone is not trusted for that: junk, a refused or a replayed older snapshot at the
+        tail (anyone with write on `erel.config` can put one there) would leave a new host with
+        nothing or with an old state until the next commit.
+
+        The publisher is asked first, on a key only publishers bind: one answer per joining
+        agent, like one republish. The stream tail arrives meanwhile. Only when no valid answer
+        came (publisher down, or older than this agent) every peer is asked, told the seq held
+        now, and answers only with something newer. Both go through `on_snapshot`."""
+        answers = await broker.request_state(
+            channel,
+            self.s.host_id,
+            key=topo.PUBLISHER_STATE_KEY,
+            have=self._held_seq(),
+            window=JOIN_WINDOW,
+        )
+        if await self._take_newest(answers):
             return
-        answers = await broker.request_state(channel, self.s.host_id)
+        self.counters["joins_via_peers"] += 1
+        answers = await broker.request_state(
+            channel, self.s.host_id, have=self._held_seq(), window=JOIN_WINDOW
+        )
+        await self._take_newest(answers)
+
+    async def _take_newest(self, answers: list[bytes]) -> bool:
+        """Offer the answers to `on_snapshot`, newest first, until one verifies (stored when
+        newer, counted as duplicate or stale when not). True when one did: the cluster said
+        where it stands. Refused ones are counted and reported like any refused delivery."""
         for raw in sorted(answers, key=lambda r: peek_seq(r) or 0, reverse=True):
-            before = self.snapshot.seq if self.snapshot else 0
+            verified = self._verified_count()
             try:
                 await self.on_snapshot(raw)
             except store.StoreError:
-                break  # reported, and retried by the agent itself; older answers would fail too
-            if self.snapshot and self.snapshot.seq > before:
-                break
+                return True  # reported, and retried by the agent itself
+            if self._verified_count() > verified:
+                return True
+        return False
 
     # --- status
     async def persist(self, *, lasting_only: bool = False) -> None:
@@ -254,6 +307,7 @@ class Agent:
                 "hostname": socket.gethostname(),
                 "broker": "connected" if self.connected else "BrokerDisconnected",
                 "store_error": self.store_error,
+                "snapshot_refused": self._refusal_report(),
                 # What a reader may expect between two heartbeats: never under the spacing.
                 "heartbeat_interval": max(self.s.heartbeat_interval, REPORT_SPACING),
                 "counters": dict(self.counters),
@@ -261,6 +315,19 @@ class Agent:
             }
         )
         return doc
+
+    def _verified_count(self) -> int:
+        """Deliveries that verified so far (applied, duplicate or stale): a refusal whose seq is
+        only claimed stays reported until this moves."""
+        c = self.counters
+        return c["applied_snapshots"] + c["duplicate"] + c["stale"]
+
+    def _refusal_report(self) -> dict[str, Any] | None:
+        r = self.snapshot_refused
+        held = self.snapshot.seq if self.snapshot else 0
+        if r is None or not r.in_force(held, self._verified_count()):
+            return None
+        return r.to_json()
 
     def request_heartbeat(self) -> None:
         self._heartbeat_now.set()
@@ -377,7 +444,7 @@ class Agent:
         raises when anything of it is lost (connection, channel, or the stream consumer, which
         the broker cancels when the stream is deleted), so `_broker_loop` rebuilds it."""
         connection = await broker.connect(
-            self.s.broker_urls,
+            self.s.amqp_urls,
             name=f"erel-agent:{self.s.host_id}",
             heartbeat=self.s.broker_heartbeat,
             stop=stop,
@@ -389,7 +456,6 @@ class Agent:
             connection.close_callbacks.add(lambda *_: broken.set())
             consume = await self._channels.consuming()
             consume.close_callbacks.add(lambda *_: broken.set())
-            self._snapshot_seen.clear()
             stream_ok = await self._consume_stream(connection, broken)
             await broker.serve_state_requests(
                 consume,
@@ -444,15 +510,12 @@ class Agent:
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Run until `stop` is set. Raises StoreError at once when another agent holds the
-        state directory."""
+        state directory, and `supervisor.TaskFailed` (after a clean shutdown) when one of its
+        tasks kept ending: the process should then exit non-zero and be restarted."""
         lock = store.lock_directory(self.state_dir)
         try:
             await self._run(stop, ready)
         finally:
-            if self._store_retry is not None:
-                self._store_retry.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._store_retry
             self.snapshot_store.close()
             os.close(lock)
 
@@ -468,30 +531,29 @@ class Agent:
             id="reconcile",
         )
         scheduler.start()
-        tasks = [
-            asyncio.create_task(self._reconcile_loop(stop)),
-            asyncio.create_task(self._heartbeat_loop(stop)),
-            asyncio.create_task(self._broker_loop(stop)),
-        ]
-        self._trigger.set()  # reconcile from what is on disk while the broker is away
-        server = await self._serve_socket()
-        if ready is not None:
-            ready.set()
+        # The loops stop on `halt`: the caller's stop, or the supervisor giving up on a task.
+        halt = asyncio.Event()
+        tasks = self._supervisor = Supervisor(f"agent {self.s.host_id}", self.counters, halt)
+        server: asyncio.AbstractServer | None = None
         try:
-            await stop.wait()
+            tasks.start("reconcile", functools.partial(self._reconcile_loop, halt))
+            tasks.start("heartbeat", functools.partial(self._heartbeat_loop, halt))
+            tasks.start("broker", functools.partial(self._broker_loop, halt))
+            self._trigger.set()  # reconcile from what is on disk while the broker is away
+            server = await self._serve_socket()
+            if ready is not None:
+                ready.set()
+            await tasks.watch(stop)
         finally:
+            halt.set()
             if server is not None:
                 server.close()
             scheduler.shutdown(wait=False)
-            reconcile, others = tasks[0], tasks[1:]
-            for t in others:
-                t.cancel()
             # A tick in progress finishes its current steps (the driver journals each one)
-            # rather than being cut in the middle of an upgrade.
+            # rather than being cut in the middle of an upgrade; the broker session says it
+            # leaves (presence `left`), if it can at once; the other tasks are cancelled.
             self._trigger.set()
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(reconcile, timeout=STOP_GRACE)
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await tasks.close(finish={"reconcile": STOP_GRACE, "broker": LEAVE_GRACE})
             if self._commands:  # operator commands finish their driver step, like a tick
                 await asyncio.wait(self._commands, timeout=STOP_GRACE)
             with contextlib.suppress(store.StoreError):

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from erel_sync.cli.common import Exit, fail
+from erel_sync.model import brokerurl
 
 app = typer.Typer(
     name="broker",
@@ -35,8 +36,9 @@ def setup(
         typer.Option(
             "--amqp-url",
             envvar="EREL_AMQP_URL",
-            help="Broker address (amqp:// or amqps://, host, port, query). The topology is "
-            "declared as the publisher user on this host; credentials in the URL are not used.",
+            help="Broker address (amqp:// or amqps://, host, port, query, optionally the vhost "
+            "as its path). The topology is declared as the publisher user on this host; "
+            "credentials in the URL are not used.",
         ),
     ],
     publisher_password: Annotated[
@@ -55,13 +57,37 @@ def setup(
             help="Prefer the env var. Not needed with --dry-run.",
         ),
     ] = "",
-    vhost: Annotated[str, typer.Option("--vhost", help="Virtual host to use (created).")] = "/",
+    vhost: Annotated[
+        str | None,
+        typer.Option(
+            "--vhost",
+            envvar="EREL_AMQP_VHOST",
+            help="Virtual host to use (created). Default: the URL's, else /; a URL naming "
+            "another vhost is an error.",
+        ),
+    ] = None,
     publisher_user: Annotated[
         str, typer.Option("--publisher-user", help="User the publisher logs in as.")
     ] = "erel-publisher",
     agent_user: Annotated[
         str, typer.Option("--agent-user", help="User every agent logs in as.")
     ] = "erel-agent",
+    operator_user: Annotated[
+        str | None,
+        typer.Option(
+            "--operator-user",
+            help="Also make this user for `erel-sync status|members|wait|start|stop|…`: it may "
+            "send commands and read status, never write config.",
+        ),
+    ] = None,
+    operator_password: Annotated[
+        str,
+        typer.Option(
+            "--operator-password",
+            envvar="EREL_OPERATOR_PASSWORD",
+            help="With --operator-user. Prefer the env var. Not needed with --dry-run.",
+        ),
+    ] = "",
     node: Annotated[
         str | None,
         typer.Option("--node", help="rabbitmqctl -n NODE (default: rabbitmqctl's own default)."),
@@ -77,15 +103,17 @@ def setup(
         ),
     ] = False,
 ) -> None:
-    """Create the vhost, the publisher and agent users with their permissions, and the topology.
+    """Create the vhost, the publisher, agent and (with --operator-user) operator users with
+    their permissions and topic permissions, and the topology.
 
     Idempotent: existing users get the given password and permissions again. rabbitmqctl must
     reach the broker node from here (same Erlang cookie in $HOME); if it cannot, use --dry-run
     and run the script on a broker host.
 
     Examples:
-      EREL_PUBLISHER_PASSWORD=... EREL_AGENT_PASSWORD=... \\
-        erel-sync broker setup --amqp-url amqp://broker:5672/ --vhost erel
+      EREL_PUBLISHER_PASSWORD=... EREL_AGENT_PASSWORD=... EREL_OPERATOR_PASSWORD=... \\
+        erel-sync broker setup --amqp-url amqp://broker:5672/ --vhost erel \\
+        --operator-user erel-operator
       erel-sync broker setup --amqp-url amqp://broker:5672/ --vhost erel --dry-run > setup.sh
     """
     # aio-pika (in brokersetup) loads only when this command runs, not on every CLI start.
@@ -98,12 +126,18 @@ def setup(
         setup_broker,
     )
 
+    try:
+        vhost = brokerurl.resolve_vhost([amqp_url], vhost)
+    except brokerurl.BrokerUrlError as e:
+        fail(f"{e.reason}: {e}", Exit.INVALID)
     spec = BrokerSetupSpec(
         vhost=vhost,
         publisher_user=publisher_user,
         publisher_password=publisher_password,
         agent_user=agent_user,
         agent_password=agent_password,
+        operator_user=operator_user,
+        operator_password=operator_password,
     )
     if problems := spec.problems(passwords=not dry_run):
         fail("; ".join(problems), Exit.INVALID)

@@ -2,7 +2,8 @@
 
 Settings are read once here (file, then environment, then flags) and passed down; the daemons
 never re-read them. SIGTERM/SIGINT set a stop event: the daemons finish their current step and
-exit 0.
+exit 0. A daemon whose long-lived task keeps ending (`adapters.supervisor.TaskFailed`) shuts
+down the same way and exits 4 (runtime error), so that systemd restarts it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +21,8 @@ import typer
 from yarl import URL
 
 from erel_sync.adapters import eventloop, store
-from erel_sync.cli.common import Exit, fail
+from erel_sync.adapters.supervisor import TaskFailed
+from erel_sync.cli.common import Exit, VhostOpt, broker_urls, fail
 from erel_sync.core.snapshot import generate_key
 from erel_sync.model.problems import ConfigError
 from erel_sync.model.settings import AgentSettings, TrustedKey, load_agent_settings
@@ -44,6 +47,15 @@ async def run_until_signalled(main: object) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await main(stop)  # type: ignore[operator]
+
+
+def run_daemon(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run a daemon until SIGTERM/SIGINT (then it returns: exit 0). A long-lived task that kept
+    ending makes the daemon shut down and raise TaskFailed: exit 4, for systemd to restart it."""
+    try:
+        eventloop.run(run_until_signalled(main))
+    except TaskFailed as e:
+        fail(str(e), Exit.RUNTIME)
 
 
 def keygen(
@@ -87,6 +99,7 @@ def publisher(
         list[str] | None,
         typer.Option("--amqp-url", envvar="EREL_AMQP_URL", help="Broker URL(s)."),
     ] = None,
+    vhost: VhostOpt = None,
     republish: Annotated[float, typer.Option(help="Republish interval, seconds.")] = 60.0,
     poll: Annotated[float, typer.Option(help="Fallback poll of the branch, seconds.")] = 5.0,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
@@ -94,11 +107,12 @@ def publisher(
     """Watch a config repository and publish each valid commit as a signed snapshot.
 
     Example: erel-sync publisher --repo /srv/config.git --key /etc/erel-sync/publisher.key
+      --amqp-url amqps://erel-publisher@broker.example:5671 --vhost erel
     """
     from erel_sync.publisher.daemon import Publisher, PublisherSettings  # noqa: PLC0415
 
     setup_logging(log_level)
-    urls = tuple(amqp_url or [DEFAULT_AMQP])
+    urls = tuple(broker_urls(amqp_url or [DEFAULT_AMQP], vhost))
     if not key.is_file():
         fail(f"{key}: no such key file (make one with `erel-sync keygen`)", Exit.INVALID)
     settings = PublisherSettings(
@@ -116,25 +130,28 @@ def publisher(
         pub = Publisher(settings)
     except (OSError, ValueError, store.StoreError) as e:
         fail(str(e), Exit.INVALID)
-    eventloop.run(run_until_signalled(pub.run))
+    run_daemon(pub.run)
 
 
 def load_settings(config: Path | None, **overrides: object) -> AgentSettings:
-    if config is not None:
-        try:
-            settings = load_agent_settings(str(config), config.read_bytes())
-        except OSError as e:
-            fail(f"{config}: {e.strerror or e}", Exit.INVALID)
-        except ConfigError as e:
-            for p in e.problems:
-                sys.stderr.write(f"{p}\n")
-            raise typer.Exit(int(Exit.INVALID)) from None
-    else:
-        host = overrides.get("host_id") or os.environ.get("EREL_HOST_ID")
-        if not host:
-            fail("no --config and no --host-id / EREL_HOST_ID", Exit.INVALID)
-        settings = AgentSettings(host_id=str(host))
-    return settings.with_overrides(**overrides)
+    try:
+        if config is not None:
+            try:
+                settings = load_agent_settings(str(config), config.read_bytes())
+            except OSError as e:
+                fail(f"{config}: {e.strerror or e}", Exit.INVALID)
+        else:
+            host = overrides.get("host_id") or os.environ.get("EREL_HOST_ID")
+            if not host:
+                fail("no --config and no --host-id / EREL_HOST_ID", Exit.INVALID)
+            settings = AgentSettings(host_id=str(host))
+        # Flags and environment are checked with the file (a URL naming another vhost than
+        # the file's `vhost`, or the reverse, is refused here).
+        return settings.with_overrides(**overrides)
+    except ConfigError as e:
+        for p in e.problems:
+            sys.stderr.write(f"{p}\n")
+        raise typer.Exit(int(Exit.INVALID)) from None
 
 
 def agent(
@@ -143,6 +160,7 @@ def agent(
     amqp_url: Annotated[
         list[str] | None, typer.Option("--amqp-url", envvar="EREL_AMQP_URL", help="Broker URL(s).")
     ] = None,
+    vhost: VhostOpt = None,
     trusted_key: Annotated[
         list[str] | None, typer.Option("--trusted-key", help="ID=BASE64 publisher key.")
     ] = None,
@@ -164,6 +182,7 @@ def agent(
         config,
         host_id=host_id,
         broker_urls=tuple(amqp_url) if amqp_url else None,
+        vhost=vhost,
         trusted_keys=keys,
         state_dir=state_dir,
         releases_dir=releases_dir,
@@ -172,6 +191,6 @@ def agent(
         fail("no trusted publisher keys: every snapshot would be refused", Exit.INVALID)
     eventloop.limit_malloc_arenas()
     try:
-        eventloop.run(run_until_signalled(Agent(settings).run))
+        run_daemon(Agent(settings).run)
     except store.StoreError as e:
         fail(str(e), Exit.RUNTIME)

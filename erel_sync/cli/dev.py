@@ -34,48 +34,35 @@ def _console() -> Console:
 
 
 def hosts_table(beats: dict[str, dict[str, Any]], title: str) -> Table:
+    from rich.markup import escape  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
+    from erel_sync.dev.progress import COLUMNS, host_row  # noqa: PLC0415
+
     table = Table(title=title, expand=False)
-    for col in ("host", "group", "seq", "applied", "releases", "broker"):
+    for col in COLUMNS:
         table.add_column(col)
     for host_id in sorted(beats):
-        b = beats[host_id]
-        rels = ", ".join(
-            f"{r['name']} {r.get('version') or '-'} {r['state']}" for r in b.get("releases", [])
-        )
-        snap = (b.get("snapshot") or {}).get("seq", "-")
-        applied = (b.get("applied") or {}).get("seq", "-")
-        ok = "[green]" if b.get("converged") else "[yellow]"
-        table.add_row(
-            host_id,
-            b.get("group") or b.get("match", "-"),
-            str(snap),
-            f"{ok}{applied}",
-            rels or "-",
-            b.get("broker", "-"),
-        )
+        row = [escape(c) for c in host_row({"host_id": host_id, **beats[host_id]})]
+        row[3] = ("[green]" if beats[host_id].get("converged") else "[yellow]") + row[3]
+        if row[-1] != "-":
+            row[-1] = f"[red]{row[-1]}[/red]"
+        table.add_row(*row)
     return table
-
-
-def all_converged(beats: dict[str, dict[str, Any]], hosts: list[str]) -> bool:
-    if set(beats) < set(hosts):
-        return False
-    seqs = {(beats[h].get("snapshot") or {}).get("seq") for h in hosts}
-    return len(seqs) == 1 and all(beats[h].get("converged") for h in hosts)
 
 
 async def watch(cluster: DevCluster, stop: asyncio.Event, *, exit_when_converged: bool) -> bool:
     from rich.live import Live  # noqa: PLC0415
 
     from erel_sync.adapters import broker  # noqa: PLC0415
+    from erel_sync.dev.progress import Progress  # noqa: PLC0415
 
     console = _console()
     hosts = [h.host_id for h in cluster.hosts]
     beats: dict[str, dict[str, Any]] = {}
     connection = await broker.connect([cluster.url], name="erel-dev-watch", stop=stop)
-    started = time.monotonic()
-    converged_at: float | None = None
+    progress = Progress(started=time.monotonic())
+    ever_converged = False
     try:
         channel = await connection.channel()
 
@@ -84,6 +71,8 @@ async def watch(cluster: DevCluster, stop: asyncio.Event, *, exit_when_converged
                 doc = json.loads(body)
                 if key.startswith("host.") and isinstance(doc, dict):
                     beats[doc.get("host_id", key[5:])] = doc
+                elif doc.get("kind") == "published":  # a new rollout: converging again
+                    progress.published(doc.get("seq"), time.monotonic())
                 elif doc.get("kind") == "rejected":
                     console.print(f"[red]publisher rejected {doc['revision'][:12]}:[/red]")
                     for p in doc.get("problems", []):
@@ -100,14 +89,9 @@ async def watch(cluster: DevCluster, stop: asyncio.Event, *, exit_when_converged
             hosts_table(beats, "erel-sync dev"), console=console, refresh_per_second=4
         ) as live:
             while not stop.is_set():
-                done = all_converged(beats, hosts)
-                if done and converged_at is None:
-                    converged_at = time.monotonic() - started
-                title = (
-                    f"converged in {converged_at:.1f}s"
-                    if done and converged_at is not None
-                    else f"converging… {time.monotonic() - started:.0f}s"
-                )
+                title = progress.update(beats, hosts, time.monotonic())
+                done = progress.converged_at is not None
+                ever_converged = ever_converged or done
                 live.update(hosts_table(beats, f"erel-sync dev — {title}"))
                 if done and exit_when_converged:
                     return True
@@ -116,7 +100,7 @@ async def watch(cluster: DevCluster, stop: asyncio.Event, *, exit_when_converged
                         await stop.wait()
     finally:
         await connection.close()
-    return converged_at is not None
+    return ever_converged
 
 
 def dev(
@@ -145,18 +129,8 @@ def dev(
         cluster.prepare()
         console.print("starting broker, publisher and agents …")
         cluster.start()
-        console.print(
-            f"config repo: {cluster.repo}\n"
-            "try:  cd "
-            f'{cluster.repo} && sed -i \'s/"0.2.0"/"0.1.0"/\' groups/web.yaml && '
-            "git commit -qam 'web: back to hello 0.1.0'\n"
-            f"then: EREL_AMQP_URL={cluster.url} erel-sync wait -r $(git -C {cluster.repo} "
-            "rev-parse HEAD)\n"
-            f"      EREL_AMQP_URL={cluster.url} erel-sync status -o wide\n"
-            f"      EREL_AMQP_URL={cluster.url} erel-sync stop hello --group web "
-            f"--key {cluster.operator_key}\n"
-            f"logs: {cluster.work / 'logs'}   Ctrl-C stops everything."
-        )
+        # soft_wrap: no line breaks inserted into the commands, so they paste as printed.
+        console.print(cluster.hints(), markup=False, highlight=False, soft_wrap=True)
 
         async def main() -> bool:
             stop = asyncio.Event()

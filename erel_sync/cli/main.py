@@ -3,12 +3,21 @@
 Each command's module is imported only when that command runs (or for `--help` and anything
 unknown, all of them): a long-lived `erel-sync agent` then carries none of the other commands'
 code and libraries in memory, and a short `erel-sync status` starts faster.
+
+`main` is also the guard of every command: whatever escapes one (a broker error, an OSError, a
+bug) ends as one line on stderr and exit 4 (2 for a configuration error), never a traceback.
+`EREL_DEBUG=1` shows the traceback; daemons log it at debug level (`--log-level debug`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import logging
+import os
+import re
 import sys
+import traceback
 from collections.abc import Sequence
 
 import typer
@@ -25,11 +34,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "dev": ("dev", "dev", "command"),
     "status": ("ops", "status", "command"),
     "members": ("ops", "members", "command"),
-    "wait": ("ops", "wait", "command"),
-    "start": ("ops", "start", "command"),
-    "stop": ("ops", "stop", "command"),
-    "restart": ("ops", "restart", "command"),
-    "delete": ("ops", "delete", "command"),
+    "wait": ("waiting", "wait", "command"),
+    "start": ("steer", "start", "command"),
+    "stop": ("steer", "stop", "command"),
+    "restart": ("steer", "restart", "command"),
+    "delete": ("steer", "delete", "command"),
     "broker": ("broker", "app", "group"),
     "release": ("release", "app", "group"),
 }
@@ -66,10 +75,53 @@ def build(only: Sequence[str] | None = None) -> typer.Typer:
     return app
 
 
+DEBUG_ENV = "EREL_DEBUG"
+_URL_PASSWORD = re.compile(r"(amqps?://[^:/@\s]*):[^@\s]*@")
+
+
+def describe(error: BaseException) -> tuple[str, int]:
+    """The one line an escaped error becomes (first line, bounded, passwords masked), and
+    the exit code: 2 for what the user must fix, 4 for everything else."""
+    from erel_sync.model.problems import ConfigError  # noqa: PLC0415
+
+    text = " ".join(str(error).split()) if str(error).strip() else ""
+    if isinstance(error, ConfigError):
+        return f"invalid configuration: {text}", 2
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename else ""
+        text = f"{where}{error.strerror}"
+    elif isinstance(error, asyncio.CancelledError):
+        text = "the broker connection was lost (its pending calls were cancelled)"
+    reason = getattr(error, "reason", None)
+    if isinstance(reason, str) and reason and not text.startswith(reason):
+        text = f"{reason}: {text}"
+    module = type(error).__module__.split(".")[0]
+    kind = type(error).__name__
+    if module in ("aiormq", "aio_pika", "pamqp") or kind.startswith("Broker"):
+        prefix = "broker: "
+    elif module == "erel_sync" or isinstance(error, OSError | asyncio.CancelledError):
+        prefix = ""
+    else:
+        prefix = "internal error: "  # a bug: say so, and how to see more
+        text = f"{kind}: {text} ({DEBUG_ENV}=1 shows the traceback)"
+    line = _URL_PASSWORD.sub(r"\1:***@", prefix + (text or kind))
+    return line[:500], 4
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     first = args[0] if args else ""
-    build([first] if first in COMMANDS else None)(args=args, prog_name="erel-sync")
+    try:
+        build([first] if first in COMMANDS else None)(args=args, prog_name="erel-sync")
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as e:  # the guard of every command (see the module docstring)
+        if os.environ.get(DEBUG_ENV):
+            traceback.print_exc()
+        logging.getLogger("erel_sync.cli").debug("%s failed", first or "erel-sync", exc_info=True)
+        line, code = describe(e)
+        sys.stderr.write(f"erel-sync: {line}\n")
+        raise SystemExit(code) from None
 
 
 def __getattr__(name: str) -> typer.Typer:

@@ -1,9 +1,11 @@
-"""`erel-sync status|members|wait|start|stop|restart|delete`: see and steer the running cluster.
+"""`erel-sync status|members`: see the running cluster; the options and helpers that `wait`
+(`cli.waiting`) and the release commands (`cli.steer`) share.
 
-Adapter glue: `adapters.opsclient` talks to the broker (or, for commands without a target, the
-local agent's Unix socket), `core.clusterview` decides what to show. Exit codes (DESIGN.md §6):
-0 ok, 1 failed (a command refused, `wait` saw a failure), 2 invalid input, 3 some hosts did not
-answer (listed) or `wait` timed out, 4 runtime error (broker unreachable).
+Adapter glue: `adapters.opsclient` talks to the broker, `core.clusterview` decides what to show
+and `core.conditions` what is wrong. `status` exit codes (docs/operating.md): 0 every host
+converged and healthy; 1 something Failed or Degraded, or (with every host answering) not
+converged yet; 3 some hosts did not answer (listed); 2 invalid input; 4 runtime error (broker
+unreachable, no erel-sync topology in the vhost).
 """
 
 from __future__ import annotations
@@ -12,18 +14,16 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import sys
 import time
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from erel_sync.cli.common import Exit, fail
+from erel_sync.cli.common import Exit, VhostOpt, broker_urls, fail
 from erel_sync.core import clusterview as view
-from erel_sync.core import control
+from erel_sync.core import conditions, control
 from erel_sync.model.names import parse_duration
 
 
@@ -51,22 +51,20 @@ SinceOpt = Annotated[
 TimeoutOpt = Annotated[
     float, typer.Option("--timeout", help="Seconds to wait for hosts to answer.")
 ]
-DEFAULT_SOCKET = "/var/lib/erel-sync/agent.sock"
-FAIL_GRACE = 30.0  # after a first failure, how long `wait` lets hosts still at work finish
 
 
-def _urls(amqp_url: list[str] | None) -> list[str]:
-    return amqp_url or ["amqp://guest:guest@127.0.0.1:5672/"]
+def urls_of(amqp_url: list[str] | None, vhost: str | None) -> list[str]:
+    return broker_urls(amqp_url or ["amqp://guest:guest@127.0.0.1:5672/"], vhost)
 
 
-def _seconds(text: str, what: str) -> float:
+def seconds(text: str, what: str) -> float:
     try:
         return parse_duration(text)
     except ValueError as e:
         fail(f"{what}: {e}", Exit.INVALID)
 
 
-def _run(coro: Any, urls: list[str] | None = None) -> Any:
+def run(coro: Any, urls: list[str] | None = None) -> Any:
     from erel_sync.adapters.broker import BrokerError  # noqa: PLC0415 - aio-pika only when used
 
     # aiormq logs every failed connection attempt; the CLI reports the outcome in one line.
@@ -99,7 +97,7 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _dump(doc: Any, output: Output) -> str:
+def dump(doc: Any, output: Output) -> str:
     if output is Output.yaml:
         import yaml  # noqa: PLC0415
 
@@ -114,6 +112,31 @@ def _unreachable_note(entries: list[dict[str, Any]], now: float) -> int:
     names = ", ".join(f"{e['host_id']} (seen {view.age(e['last_seen'], now)} ago)" for e in gone)
     sys.stderr.write(f"erel-sync: {len(gone)} host(s) did not answer: {names}\n")
     return int(Exit.PARTIAL)
+
+
+def status_code(entries: list[dict[str, Any]], now: float) -> int:
+    """`status`'s exit code, with a line on stderr per kind of trouble (hosts named)."""
+    verdict = conditions.status_verdict(
+        (
+            e["host_id"],
+            conditions.host_condition(e, store_error=e["error"] if e["reachable"] else None),
+        )
+        for e in entries
+    )
+    for what, hosts in (
+        ("failed or degraded", verdict.failed),
+        ("not converged yet", verdict.progressing),
+    ):
+        if hosts:
+            listed = "; ".join(f"{h} ({conditions.clip(why, 120)})" for h, why in hosts.items())
+            sys.stderr.write(f"erel-sync: {len(hosts)} host(s) {what}: {listed}\n")
+    unreachable = _unreachable_note(entries, now)
+    return {
+        "Failed": int(Exit.CHANGES),
+        "Partial": unreachable,
+        "Progressing": int(Exit.CHANGES),
+        "Ok": int(Exit.OK),
+    }[verdict.state]
 
 
 async def gather_entries(
@@ -147,7 +170,7 @@ async def gather_entries(
 
 def _render_status(entries: list[dict[str, Any]], output: Output, now: float) -> str:
     if output in (Output.json, Output.yaml):
-        return _dump(entries, output)
+        return dump(entries, output)
     wide = output is Output.wide
     headers = view.STATUS_WIDE_HEADERS if wide else view.STATUS_HEADERS
     if not entries:
@@ -163,6 +186,7 @@ def status(
     since: SinceOpt = "10m",
     timeout: TimeoutOpt = 2.0,
     amqp_url: AmqpUrl = None,
+    vhost: VhostOpt = None,
 ) -> None:
     """Desired vs running release versions, state, health, revision and holds of every host.
 
@@ -177,9 +201,9 @@ def status(
       erel-sync status --host web-1 -o json | jq '.[0].releases'
       erel-sync status --watch
     """
-    lookback = _seconds(since, "--since")
-    urls = _urls(amqp_url)
-    code = _run(_status(group, host, output, watch, lookback, timeout, urls), urls)
+    lookback = seconds(since, "--since")
+    urls = urls_of(amqp_url, vhost)
+    code = run(_status(group, host, output, watch, lookback, timeout, urls), urls)
     raise typer.Exit(code)
 
 
@@ -199,7 +223,12 @@ async def _status(
         now = time.time()
         if not watch:
             print(_render_status(entries, output, now))
-            return _unreachable_note(entries, now)
+            if host is not None and not entries:
+                sys.stderr.write(
+                    f"erel-sync: host {host} did not answer (not seen within --since)\n"
+                )
+                return int(Exit.PARTIAL)
+            return status_code(entries, now)
         await _watch(client, entries, group, host, output)
     return int(Exit.OK)
 
@@ -298,6 +327,7 @@ def members(
     since: SinceOpt = "10m",
     timeout: TimeoutOpt = 2.0,
     amqp_url: AmqpUrl = None,
+    vhost: VhostOpt = None,
 ) -> None:
     """Live hosts: group (or unassigned), labels, agent version, last seen.
 
@@ -309,9 +339,9 @@ def members(
       erel-sync members -o wide
       erel-sync members -o json | jq -r '.[] | select(.state != "Live") | .host_id'
     """
-    lookback = _seconds(since, "--since")
-    urls = _urls(amqp_url)
-    raise typer.Exit(_run(_members(output, lookback, timeout, urls), urls))
+    lookback = seconds(since, "--since")
+    urls = urls_of(amqp_url, vhost)
+    raise typer.Exit(run(_members(output, lookback, timeout, urls), urls))
 
 
 async def _members(output: Output, since: float, within: float, urls: list[str]) -> int:
@@ -322,7 +352,7 @@ async def _members(output: Output, since: float, within: float, urls: list[str])
     now = time.time()
     ms = view.member_entries(entries)
     if output in (Output.json, Output.yaml):
-        print(_dump(ms, output))
+        print(dump(ms, output))
     elif not ms:
         print("no hosts (no agent answered and none was seen within --since)")
     else:
@@ -333,313 +363,3 @@ async def _members(output: Output, since: float, within: float, urls: list[str])
     if dups:
         sys.stderr.write(f"erel-sync: more than one agent claims host id(s): {', '.join(dups)}\n")
     return _unreachable_note(entries, now)
-
-
-def wait(
-    revision: Annotated[str, typer.Option("--revision", "-r", help="Git sha (full or short).")],
-    group: GroupOpt = None,
-    timeout: Annotated[str, typer.Option("--timeout", help="Give up after this long.")] = "5m",
-    since: SinceOpt = "10m",
-    amqp_url: AmqpUrl = None,
-) -> None:
-    """Block until every matching host applied REVISION and its releases are healthy.
-
-    Exit 0 converged; 1 a host failed (hosts and reasons listed); 3 timed
-    out (the hosts still pending are listed). Shows progress on a terminal.
-
-    Examples:
-      erel-sync wait --revision $(git rev-parse HEAD) --timeout 5m
-      git push && erel-sync wait -r $(git rev-parse --short HEAD) --group web
-    """
-    if len(revision) < 4 or any(c not in "0123456789abcdef" for c in revision.lower()):
-        fail(f"--revision {revision!r} is not a git sha", Exit.INVALID)
-    limit = _seconds(timeout, "--timeout")
-    lookback = _seconds(since, "--since")
-    urls = _urls(amqp_url)
-    raise typer.Exit(_run(_wait(revision.lower(), group, limit, lookback, urls), urls))
-
-
-def _verdict(tty: bool, headline: str, hosts: dict[str, str], code: Exit) -> int:
-    """`wait`'s last words: the outcome, then a line per host that needs one."""
-    if tty:
-        sys.stderr.write("\n")  # end the progress line
-    print(headline)
-    for h, why in sorted(hosts.items()):
-        print(f"  {h}: {why}")
-    return int(code)
-
-
-async def _wait(
-    revision: str, group: str | None, limit: float, since: float, urls: list[str]
-) -> int:
-    from erel_sync.adapters.opsclient import OpsClient  # noqa: PLC0415
-
-    tty = sys.stderr.isatty()
-    deadline = time.monotonic() + limit
-    last_line = ""
-    failed_at: float | None = None
-    async with OpsClient(urls) as client:
-        woken = asyncio.Event()
-        await client.follow_heartbeats(lambda _doc: woken.set())
-        while True:
-            left = deadline - time.monotonic()
-            entries = await gather_entries(
-                client, group=group, host=None, since=since, within=max(0.2, min(2.0, left))
-            )
-            v = view.wait_verdict(entries, revision, group=group)
-            total = len(v.converged) + len(v.failed) + len(v.pending)
-            line = f"{len(v.converged)}/{total} hosts at {revision[:12]}" + (
-                "; waiting for " + ", ".join(f"{h} ({why})" for h, why in sorted(v.pending.items()))
-                if v.pending
-                else ""
-            )
-            if line != last_line:
-                sys.stderr.write(("\r\x1b[2K" if tty else "") + line + ("" if tty else "\n"))
-                sys.stderr.flush()
-                last_line = line
-            if v.state == "Converged":
-                head = f"converged: {len(v.converged)} host(s) applied {revision[:12]}"
-                return _verdict(tty, head, {}, Exit.OK)
-            if v.state == "Failed":
-                # Hosts still on their way (reachable, not done) get a grace period, so that
-                # every failure is listed, not just the first one seen.
-                failed_at = failed_at or time.monotonic()
-                if not v.working or time.monotonic() >= min(deadline, failed_at + FAIL_GRACE):
-                    head = f"failed: {revision[:12]} did not apply on {len(v.failed)} host(s)"
-                    return _verdict(tty, head, v.failed, Exit.CHANGES)
-            if time.monotonic() >= deadline:
-                head = f"timed out: {len(v.pending) or 'no'} host(s) did not converge"
-                return _verdict(tty, head, v.pending, Exit.PARTIAL)
-            woken.clear()
-            try:
-                async with asyncio.timeout(min(1.0, max(0.0, deadline - time.monotonic()))):
-                    await woken.wait()  # a heartbeat: something changed somewhere
-            except TimeoutError:
-                pass
-
-
-# --- commands
-
-
-ReleaseArg = Annotated[str, typer.Argument(help="Release name.")]
-KeyOpt = Annotated[
-    Path | None,
-    typer.Option("--key", envvar="EREL_OPERATOR_KEY", help="Operator Ed25519 key (PEM)."),
-]
-KeyIdOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--key-id", envvar="EREL_OPERATOR_KEY_ID", help="Its id in the agents' operator_keys."
-    ),
-]
-AllOpt = Annotated[bool, typer.Option("--all", help="Every host.")]
-SocketOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--socket", envvar="EREL_CONTROL_SOCKET", help=f"Local agent socket ({DEFAULT_SOCKET})."
-    ),
-]
-TtlOpt = Annotated[
-    str, typer.Option("--ttl", help="The command is void after this long (never runs late).")
-]
-
-
-def _command(
-    command: str,
-    release: str,
-    host: str | None,
-    group: str | None,
-    all_hosts: bool,
-    sock: Path | None,
-    key: Path | None,
-    key_id: str | None,
-    ttl: str,
-    timeout: float,
-    output: Output,
-    amqp_url: list[str] | None,
-) -> None:
-    if sum(bool(x) for x in (host, group, all_hosts)) > 1:
-        fail("give at most one of --host, --group, --all", Exit.INVALID)
-    if not (host or group or all_hosts):
-        raise typer.Exit(_local(command, release, sock or Path(DEFAULT_SOCKET), output))
-    if key is None:
-        fail("remote commands are signed: give --key (or EREL_OPERATOR_KEY)", Exit.INVALID)
-    from erel_sync.core.snapshot import load_private_key  # noqa: PLC0415
-
-    try:
-        private = load_private_key(key.read_bytes())
-    except (OSError, ValueError) as e:
-        fail(f"{key}: {e}", Exit.INVALID)
-    target = control.target_for(host, group)
-    life = _seconds(ttl, "--ttl")
-    try:
-        cmd = control.new_command(
-            command,
-            release,
-            target,
-            now=time.time(),
-            ttl=life,
-            key=private,
-            key_id=key_id or key.stem,
-        )
-    except ValueError as e:
-        fail(str(e), Exit.INVALID)
-    urls = _urls(amqp_url)
-    code = _run(_remote(cmd, life, host, group, timeout, output, urls), urls)
-    raise typer.Exit(code)
-
-
-async def _remote(
-    cmd: control.Command,
-    ttl: float,
-    host: str | None,
-    group: str | None,
-    within: float,
-    output: Output,
-    urls: list[str],
-) -> int:
-    from erel_sync.adapters.broker import PublishFailed  # noqa: PLC0415
-    from erel_sync.adapters.opsclient import OpsClient  # noqa: PLC0415
-
-    async with OpsClient(urls) as client:
-        presence = asyncio.create_task(client.read_presence(time.time() - 600))
-        try:
-            await client.send(cmd, ttl)
-        except PublishFailed:
-            presence.cancel()
-            fail(f"no live agent for host {host}", Exit.PARTIAL)
-        known = view.known_hosts(await presence)
-        expected = (
-            {host}
-            if host
-            else {h for h, k in known.items() if group is None or k.last.get("group") == group}
-        )
-        replies = await client.collect(cmd.id, expected=expected, within=within)
-    results: list[dict[str, Any]] = []
-    for h in sorted(set(expected) | set(replies)):
-        for r in replies.get(h) or [{"host_id": h, "ok": None, "reason": "NoAnswer"}]:
-            row = ((r.get("result") or {}).get("release")) or {}
-            results.append(
-                {
-                    "host_id": h,
-                    "ok": r.get("ok"),
-                    "reason": r.get("reason") or "",
-                    "message": r.get("message") or "",
-                    "state": row.get("state"),
-                    "version": row.get("version"),
-                    "hold": row.get("hold"),
-                }
-            )
-    if output in (Output.json, Output.yaml):
-        print(_dump(results, output))
-    else:
-        rows = [
-            [
-                r["host_id"],
-                "ok" if r["ok"] else ("no answer" if r["ok"] is None else f"refused {r['reason']}"),
-                r["state"] or "-",
-                r["version"] or "-",
-                (r["hold"] or {}).get("kind", "-"),
-                r["message"],
-            ]
-            for r in results
-        ]
-        print(f"{cmd.command} {cmd.release} -> {cmd.target}")
-        print(format_table(["HOST", "RESULT", "STATE", "RUNNING", "HOLD", "MESSAGE"], rows))
-    if any(r["ok"] is False for r in results):
-        return int(Exit.CHANGES)
-    if any(r["ok"] is None for r in results):
-        silent = ", ".join(r["host_id"] for r in results if r["ok"] is None)
-        sys.stderr.write(f"erel-sync: no answer from: {silent}\n")
-        return int(Exit.PARTIAL)
-    if not results:
-        sys.stderr.write("erel-sync: no host answered (none known in scope)\n")
-        return int(Exit.PARTIAL)
-    return int(Exit.OK)
-
-
-def _local(command: str, release: str, path: Path, output: Output) -> int:
-    """Through the local agent's Unix socket: no broker, no signature (the socket's mode is
-    the authentication)."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(120)
-            s.connect(str(path))
-            s.sendall(json.dumps({"command": command, "release": release}).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-    except OSError as e:
-        fail(f"local agent at {path}: {e.strerror or e} (is the agent running? --socket?)")
-    doc = control.parse_reply(data) or {}
-    if output in (Output.json, Output.yaml):
-        print(_dump(doc, output))
-    elif doc.get("ok"):
-        row = (doc.get("result") or {}).get("release") or {}
-        hold = (row.get("hold") or {}).get("kind")
-        print(
-            f"{doc.get('host_id')}: {command} {release}: ok"
-            + (f", {row.get('state')}" if row.get("state") else "")
-            + (f" (hold: {hold})" if hold else "")
-        )
-    if not doc.get("ok"):
-        fail(f"{command} {release}: {doc.get('reason')}: {doc.get('message')}", Exit.CHANGES)
-    return int(Exit.OK)
-
-
-def _make(command: str, summary: str, examples: str) -> Any:
-    def cmd(
-        release: ReleaseArg,
-        host: Annotated[str | None, typer.Option("--host", "-H", help="This host.")] = None,
-        group: Annotated[
-            str | None, typer.Option("--group", "-g", help="Every host of this group.")
-        ] = None,
-        all_hosts: AllOpt = False,
-        sock: SocketOpt = None,
-        key: KeyOpt = None,
-        key_id: KeyIdOpt = None,
-        ttl: TtlOpt = "60s",
-        timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 60.0,
-        output: OutputOpt = Output.table,
-        amqp_url: AmqpUrl = None,
-    ) -> None:
-        _command(
-            command, release, host, group, all_hosts, sock, key, key_id, ttl, timeout, output,
-            amqp_url,
-        )  # fmt: skip
-
-    cmd.__name__ = command
-    cmd.__doc__ = (
-        f"{summary}\n\n"
-        "With --host, --group or --all the command goes through the broker,\n"
-        "signed with your operator key; without, to the agent on this machine\n"
-        "through its Unix socket. Exit 0 ok, 1 refused or failed somewhere,\n"
-        "3 some hosts did not answer.\n\n"
-        f"Examples:\n{examples}"
-    )
-    return cmd
-
-
-start = _make(
-    "start",
-    "Clear the hold on RELEASE and let the reconciler start it (if git wants it).",
-    "  erel-sync start hello --group web --key ops.key\n  erel-sync start hello",
-)
-stop = _make(
-    "stop",
-    "Stop RELEASE and hold it: the reconciler leaves it stopped until `start`.",
-    "  erel-sync stop hello --host web-1 --key ops.key\n  erel-sync stop hello",
-)
-restart = _make(
-    "restart",
-    "Restart a running RELEASE; desired state and holds stay as they are.",
-    "  erel-sync restart hello --group web --key ops.key",
-)
-delete = _make(
-    "delete",
-    "Delete RELEASE and hold it deleted until its desired state changes in git (or `start`).",
-    "  erel-sync delete ledger --host db-3 --key ops.key",
-)

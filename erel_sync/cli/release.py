@@ -22,6 +22,8 @@ import typer
 from erel_sync.cli.common import Exit, fail
 from erel_sync.core import reasons
 from erel_sync.core.observed import ObservedRelease
+from erel_sync.model.names import parse_size
+from erel_sync.model.settings import DEFAULT_MAX_ARCHIVE_MEMBERS, DEFAULT_MAX_UNPACKED_BYTES
 from erel_sync.model.specs import ReleaseSpec
 from erel_sync.model.validate import SourceFile, validate_sources
 
@@ -68,19 +70,51 @@ HostId = Annotated[
     typer.Option("--host-id", envvar="EREL_SYNC_HOST_ID", help="Host id (default: hostname)."),
 ]
 OutputOpt = Annotated[Output, typer.Option("-o", "--output", help="Output format.")]
+MaxUnpackedOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-unpacked-size",
+        envvar="EREL_SYNC_MAX_UNPACKED_SIZE",
+        help="Largest size a tarball may unpack to: bytes, or e.g. 512MiB, 8GiB (default 8GiB).",
+    ),
+]
+MaxMembersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-archive-members",
+        envvar="EREL_SYNC_MAX_ARCHIVE_MEMBERS",
+        min=1,
+        help="Largest number of members in a tarball (default 200000).",
+    ),
+]
 VersionOpt = Annotated[str, typer.Option("--version", "-V", help="Release version.")]
 
 DEFAULT_RELEASES = Path("/var/lib/erel-sync/releases")
 DEFAULT_CACHE = Path("/var/cache/erel-sync")
 
 
-def _driver(releases_dir: Path, cache_dir: Path, host_id: str | None) -> ReleaseDriver:
+def _driver(
+    releases_dir: Path,
+    cache_dir: Path,
+    host_id: str | None,
+    *,
+    max_unpacked_size: str | None = None,
+    max_archive_members: int | None = None,
+) -> ReleaseDriver:
+    """The driver, with the archive limits given or else the defaults of an agent without
+    `spec.artifacts` in its AgentSettings."""
     from erel_sync.adapters.driver import DriverSettings, ReleaseDriver  # noqa: PLC0415
 
     host = host_id or socket.gethostname().split(".")[0]
     try:
         settings = DriverSettings(
-            releases_dir=releases_dir.resolve(), cache_dir=cache_dir.resolve(), host_id=host
+            releases_dir=releases_dir.resolve(),
+            cache_dir=cache_dir.resolve(),
+            host_id=host,
+            max_unpacked_bytes=parse_size(
+                DEFAULT_MAX_UNPACKED_BYTES if max_unpacked_size is None else max_unpacked_size
+            ),
+            max_archive_members=max_archive_members or DEFAULT_MAX_ARCHIVE_MEMBERS,
         )
     except ValueError as exc:
         fail(str(exc), Exit.INVALID)
@@ -163,6 +197,8 @@ def install(
     cache_dir: CacheDir = DEFAULT_CACHE,
     host_id: HostId = None,
     output: OutputOpt = Output.table,
+    max_unpacked_size: MaxUnpackedOpt = None,
+    max_archive_members: MaxMembersOpt = None,
 ) -> None:
     """Fetch, verify and unpack a version, and render its config. Starts nothing.
 
@@ -170,7 +206,13 @@ def install(
       erel-sync release install -f hello.yaml -V 0.1.0 --releases-dir /tmp/rel
     """
     spec = _load_spec(file, name)
-    driver = _driver(releases_dir, cache_dir, host_id)
+    driver = _driver(
+        releases_dir,
+        cache_dir,
+        host_id,
+        max_unpacked_size=max_unpacked_size,
+        max_archive_members=max_archive_members,
+    )
     _print([_run(driver.install(spec, version))], output)
 
 
@@ -183,6 +225,8 @@ def upgrade(
     cache_dir: CacheDir = DEFAULT_CACHE,
     host_id: HostId = None,
     output: OutputOpt = Output.table,
+    max_unpacked_size: MaxUnpackedOpt = None,
+    max_archive_members: MaxMembersOpt = None,
 ) -> None:
     """Move a release to a version (hot when a relup allows it, else by restart).
 
@@ -192,7 +236,13 @@ def upgrade(
       erel-sync release upgrade -f hello.yaml -V 0.2.0 --releases-dir /tmp/rel
     """
     spec = _load_spec(file, name)
-    driver = _driver(releases_dir, cache_dir, host_id)
+    driver = _driver(
+        releases_dir,
+        cache_dir,
+        host_id,
+        max_unpacked_size=max_unpacked_size,
+        max_archive_members=max_archive_members,
+    )
 
     async def go() -> ObservedRelease:
         result = await driver.upgrade(spec, version)

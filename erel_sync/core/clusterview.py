@@ -4,7 +4,8 @@ Pure: documents in, documents out. A host is *known* when it sent a presence rec
 look-back window (and did not leave cleanly after it); it is *reachable* when it answered the
 query now. A known host that did not answer is listed as unreachable with its last presence
 (the CLI then exits 3). The output documents follow `schemas/cli/status.schema.json` and
-`schemas/cli/members.schema.json` (docs/operating.md).
+`schemas/cli/members.schema.json` (docs/operating.md). What counts as a problem, and how an
+error reads, is `core.conditions`; where a revision stands at the publisher, `core.revisions`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,16 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from erel_sync.core.conditions import (
+    ERROR_WIDTH,
+    clip,
+    host_problems,
+    refusal,
+    release_error,
+    trying,
+)
+from erel_sync.core.revisions import names
 
 OUTPUT_FORMAT = 1
 
@@ -104,6 +115,7 @@ def host_entries(
             "reachable": bool(answers),
             "group": base.get("group"),
             "match": hb.get("match") if hb else None,
+            "candidates": [str(c) for c in hb.get("candidates") or []] if hb else [],
             "labels": dict(base.get("labels") or {}),
             "agent_version": base.get("agent_version"),
             "instance": base.get("instance"),
@@ -121,6 +133,7 @@ def host_entries(
             "converged": hb.get("converged") if hb else None,
             "releases": [_release_row(r) for r in hb.get("releases", [])] if hb else [],
             "error": (hb.get("store_error") or None) if hb else None,
+            "snapshot_refused": (hb.get("snapshot_refused") or None) if hb else None,
         }
         failed = [a for a in replies.get(host_id, []) if not a.get("ok")]
         if not answers:
@@ -151,50 +164,61 @@ def age(ts_iso: Any, now: float) -> str:
     return f"{s / 3600:.1f}h"
 
 
+def revision_cell(e: Mapping[str, Any]) -> str:
+    """The applied revision, and the one being tried only while it is newer (docs/operating.md)."""
+    applied, attempted = e.get("applied"), e.get("attempted")
+    rev = short((applied or {}).get("revision"))
+    if trying(applied, attempted):
+        rev += f" (trying {short((attempted or {}).get('revision'))})"
+    return rev
+
+
 def status_rows(entries: Iterable[Mapping[str, Any]], *, now: float, wide: bool) -> list[list[str]]:
-    """Table rows: one per host x release; a host without releases or unreachable: one row."""
+    """Table rows: one per host x release; a host without releases or unreachable: one row.
+    ERROR holds the release's last error (cut to ERROR_WIDTH unless `wide`) and, on the host's
+    last row, host-level problems, which also tag its STATE (STORE-FAILED, AGENT-TOO-OLD …)."""
     rows = []
+
+    def err(text: str) -> str:
+        return clip(text, 2000 if wide else ERROR_WIDTH)  # the agent bounds it at 2000
+
     for e in entries:
-        applied = (e.get("applied") or {}).get("revision")
-        attempted = (e.get("attempted") or {}).get("revision")
-        rev = short(applied)
-        if attempted and attempted != applied:
-            rev += f" (trying {short(attempted)})"
         common = [e["host_id"], e.get("group") or "(unassigned)"]
-        tail = [rev, age(e.get("last_seen"), now)]
+        tail = [revision_cell(e), age(e.get("last_seen"), now)]
+        agent = [e.get("agent_version") or "-"] if wide else []
         if not e["reachable"]:
-            rows.append(
-                [*common, "-", "-", "-", "Unreachable", "-", "-", "-", age(e["last_seen"], now)]
-                + ([e.get("error") or "", e.get("agent_version") or "-"] if wide else [])
-            )
+            seen = age(e["last_seen"], now)
+            why = err(e.get("error") or "no answer")
+            rows.append([*common, "-", "-", "-", "Unreachable", "-", "-", "-", seen, why, *agent])
             continue
         rels = e.get("releases") or []
         if not rels:
             state = "Converged" if e.get("converged") else (e.get("match") or "-")
-            rows.append(
-                [*common, "-", "-", "-", state, "-", "-", *tail]
-                + ([e.get("error") or "", e.get("agent_version") or "-"] if wide else [])
-            )
+            rows.append([*common, "-", "-", "-", state, "-", "-", *tail, "", *agent])
         for r in rels:
             hold = r.get("hold")
             health = {True: "healthy", False: "UNHEALTHY", None: "-"}[r.get("healthy")]
-            row = [
-                *common,
-                r["name"],
-                r.get("desired_version") or "-",
-                r.get("version") or "-",
-                r.get("state") or "-",
-                health,
-                hold["kind"] if hold else "-",
-                *tail,
-            ]
-            if wide:
-                row += [r.get("last_error") or r.get("reason") or "", e.get("agent_version") or "-"]
-            rows.append(row)
-        if e.get("duplicate"):
-            rows[-1][5] += " DUPLICATE-ID"
-        if e.get("error"):  # answered, but cannot store snapshots (disk full)
-            rows[-1][5] += " STORE-FAILED"
+            rows.append(
+                [
+                    *common,
+                    r["name"],
+                    r.get("desired_version") or "-",
+                    r.get("version") or "-",
+                    r.get("state") or "-",
+                    health,
+                    hold["kind"] if hold else "-",
+                    *tail,
+                    err(release_error(r)),
+                    *agent,
+                ]
+            )
+        problems = host_problems(e, store_error=e.get("error"))
+        for flag, _ in problems:
+            rows[-1][5] += f" {flag}"
+        if problems:
+            cell = STATUS_HEADERS.index("ERROR")
+            texts = [rows[-1][cell]] if rows[-1][cell] else []
+            rows[-1][cell] = err("; ".join([*texts, *(m for _, m in problems)]))
     return rows
 
 
@@ -209,8 +233,9 @@ STATUS_HEADERS = [
     "HOLD",
     "REVISION",
     "SEEN",
+    "ERROR",
 ]
-STATUS_WIDE_HEADERS = [*STATUS_HEADERS, "LAST ERROR", "AGENT"]
+STATUS_WIDE_HEADERS = [*STATUS_HEADERS, "AGENT"]
 
 
 def member_entries(entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -264,29 +289,63 @@ class WaitVerdict:
 
 
 def wait_verdict(
-    entries: Iterable[Mapping[str, Any]], revision: str, *, group: str | None
+    entries: Iterable[Mapping[str, Any]],
+    revision: str,
+    *,
+    group: str | None,
+    target_seq: int | None = None,
 ) -> WaitVerdict:
-    """Has every matching host applied `revision` (a full or abbreviated sha) with healthy
-    releases? A host that attempted it and has a Failed release fails the wait."""
+    """Has every host the revision concerns applied it with healthy releases?
+
+    `revision` is a full or abbreviated sha; `target_seq`, when the publisher's records name
+    it, the first snapshot seq that contains it: a host at that seq or later has it. Which
+    hosts a revision concerns is known only from the revision itself, so every host that
+    answers and does not hold it yet counts (pending) until it does; then its group under
+    the revision decides: in scope (`group`, or any group) it must converge, else it is left
+    out. A host that did not answer counts when its last known group is in scope. A host
+    that attempted the revision (or a later one) and has a Failed release fails the wait, and
+    so does one that refused the snapshot (`snapshot_refused`, e.g. AgentTooOld) or that two
+    groups claim under it."""
 
     def at(doc: Any) -> bool:
-        rev = (doc or {}).get("revision") or ""
-        return bool(rev) and rev.startswith(revision)
+        if not isinstance(doc, Mapping):
+            return False
+        seq = doc.get("seq")
+        reached = target_seq is not None and isinstance(seq, int) and seq >= target_seq
+        return reached or names(revision, doc.get("revision"))
+
+    def in_scope(g: Any) -> bool:
+        return g is not None and (group is None or g == group)
 
     converged, failed, pending, working = [], {}, {}, []
     for e in entries:
-        if group is None and e.get("group") is None and e["reachable"]:
-            continue  # an unassigned host takes no part in any rollout
         host = e["host_id"]
         if not e["reachable"]:
-            pending[host] = f"unreachable ({e.get('error') or 'no answer'})"
+            if in_scope(e.get("group")):
+                pending[host] = f"unreachable ({e.get('error') or 'no answer'})"
             continue
+        refused = e.get("snapshot_refused")
+        if isinstance(refused, Mapping) and at(refused):
+            failed[host] = refusal(refused)[1]
+            continue
+        if not at(e.get("snapshot")):
+            snap = e.get("snapshot")
+            where = f"at {short(snap.get('revision'))}" if snap else "no snapshot yet"
+            if e.get("error"):
+                where += f"; StoreFailed: {clip(str(e['error']), ERROR_WIDTH)}"
+            pending[host] = where
+            working.append(host)
+            continue
+        if e.get("match") == "Ambiguous" and (group is None or group in e.get("candidates", [])):
+            failed[host] = "Ambiguous: matched by " + ", ".join(e.get("candidates") or [])
+            continue
+        if not in_scope(e.get("group")):
+            continue  # under this revision the host is in no group, or in another one
         rels = e.get("releases") or []
         bad = [r for r in rels if r.get("state") == "Failed"]
-        if bad and (at(e.get("attempted")) or at(e.get("snapshot"))):
+        if bad and at(e.get("attempted")):
             failed[host] = "; ".join(
-                f"{r['name']} {r.get('desired_version') or ''}: "
-                f"{r.get('last_error') or r.get('reason') or 'Failed'}"
+                f"{r['name']} {r.get('desired_version') or ''}: {release_error(r) or 'Failed'}"
                 for r in bad
             )
             continue

@@ -48,6 +48,9 @@ Stopped = "Stopped"
 Healthy = "Healthy"
 Unhealthy = "Unhealthy"
 UpgradePending = "UpgradePending"
+# --- snapshot intake (core.snapshot; the other refusal reasons are listed in docs/status.md)
+AgentTooOld = "AgentTooOld"  # the snapshot needs a newer erel-sync than this agent
+InvalidState = "InvalidState"  # the body fails the schema and semantic re-check
 
 TAIL_LIMIT = 2048
 MESSAGE_LIMIT = 512

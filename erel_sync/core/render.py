@@ -2,8 +2,9 @@
 it answers (the `erel1:` envelope, erl_call's output).
 
 Pure: text in, text out. The release driver (`adapters.driver`) writes the rendered files into
-`releases/<vsn>/` before a version boots or is hot-installed; `adapters.erlcall` builds its argv
-and decodes results here, so both sides are tested table-driven on canned text.
+`releases/<vsn>/` before a version boots or is hot-installed, and removes what would displace
+them (`displaced_config_files`); `adapters.erlcall` builds its argv and decodes results here, so
+both sides are tested table-driven on canned text.
 
 The Release config value encoding (DESIGN.md §2, docs/erel.md) for `sys.config` and
 `apply_config`:
@@ -25,6 +26,7 @@ from enum import StrEnum
 from typing import Any
 
 from erel_sync.core.erlterm import Atom, Binary, TermSyntaxError, parse_term, render_term
+from erel_sync.model.names import VERSION_RE
 from erel_sync.model.specs import ReleaseConfig, thaw
 
 # The schema's own patterns for vm.args (schemas/release.schema.json): checked again here because
@@ -158,6 +160,26 @@ def render_config_files(
         "vm.args": render_vm_args(node, config.vm_args, loopback_only=loopback_only),
         "sys.config": render_sys_config(config.sys_config),
     }
+
+
+# relx's start script reads `<root>/vm.args` (and sys.config) before `releases/<vsn>/`'s, renders
+# `<file>.src` over `<file>` at boot (with `${VAR}`s from the environment) and copies
+# `<file>.orig` over it. Each would let the artifact, not the agent, decide the node's name,
+# cookie or config, so the agent owns these names too.
+CONFIG_FILES = ("vm.args", "sys.config")
+_ROOT_VARIANTS = ("", ".src", ".orig")
+_VERSION_VARIANTS = (".src", ".orig")
+
+
+def displaced_config_files(version: str) -> tuple[str, ...]:
+    """Paths, relative to the release root, that the agent removes whenever it renders or boots
+    `version`: anything relx's start script would read instead of the agent's
+    `releases/<vsn>/vm.args` and `sys.config`, or render or copy over them."""
+    if not VERSION_RE.fullmatch(version):  # `$` alone would let a trailing newline through
+        raise RenderError(f"bad release version {version[:70]!r}")
+    at_root = [f"{name}{suffix}" for name in CONFIG_FILES for suffix in _ROOT_VARIANTS]
+    beside = [f"{name}{suffix}" for name in CONFIG_FILES for suffix in _VERSION_VARIANTS]
+    return (*at_root, *(f"releases/{version}/{name}" for name in beside))
 
 
 def encode_config_payload(sys_config: Mapping[str, Any]) -> str:

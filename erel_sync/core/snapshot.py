@@ -5,7 +5,13 @@ verify before anything touches their disk, and peers answering a `state.request`
 envelope exactly as they stored it, so the publisher's signature travels with it.
 
 Signed message: the canonical JSON of `{format, kind, seq, revision, digest}`; the digest is the
-sha256 of the canonical body, so the signature covers the whole desired state.
+sha256 of the canonical body, so the signature covers the whole desired state (and the body's
+`requires`, the erel-sync version it needs).
+
+Agents of mixed versions (docs/architecture.md, "Compatibility between versions"): a verified
+snapshot that needs a newer agent is refused as `AgentTooOld` (with the version needed when the
+body says it), never as `InvalidState` or a bad signature. `Refusal` is what the agent reports
+of the newest refusal in its heartbeats (`snapshot_refused`).
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ from typing import TYPE_CHECKING, Any
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from erel_sync import __version__
+from erel_sync.core.reasons import MESSAGE_LIMIT, AgentTooOld, InvalidState
 from erel_sync.model.problems import ConfigError
 from erel_sync.model.specs import DesiredState, canonical_json
-from erel_sync.model.validate import KnownDocs, state_from_body
+from erel_sync.model.validate import BodyRefused, KnownDocs, state_from_body
 
 FORMAT = 1
 KIND_SNAPSHOT = "snapshot"
@@ -37,11 +45,87 @@ if TYPE_CHECKING:
 
 
 class SnapshotRejected(Exception):
-    """A snapshot that must not be applied; `reason` is a CamelCase constant for counters."""
+    """A snapshot that must not be applied; `reason` is a CamelCase constant for counters.
 
-    def __init__(self, reason: str, message: str) -> None:
+    `seq`, `revision`: as the envelope gives them (authentic only for `SIGNED_REFUSALS`);
+    `needs`: for AgentTooOld, the erel-sync version the snapshot requires, when it says."""
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        seq: int | None = None,
+        revision: str | None = None,
+        needs: str | None = None,
+    ) -> None:
+        if len(message) > MESSAGE_LIMIT:
+            message = message[: MESSAGE_LIMIT - 1] + "…"
         super().__init__(f"{reason}: {message}")
         self.reason = reason
+        self.message = message
+        self.seq = seq
+        self.revision = revision[:64] if revision is not None else None  # may be anyone's text
+        self.needs = needs
+
+
+# Refused after the signature verified: seq and revision are the publisher's own.
+SIGNED_REFUSALS = frozenset({AgentTooOld, InvalidState})
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The snapshot refusal an agent reports (heartbeat `snapshot_refused`) while in force.
+
+    `verified`: how many snapshots the agent had verified before it (see `in_force`)."""
+
+    reason: str
+    message: str
+    seq: int | None
+    revision: str | None
+    needs: str | None
+    verified: int
+
+    @classmethod
+    def of(cls, e: SnapshotRejected, verified: int) -> Refusal:
+        return cls(e.reason, e.message, e.seq, e.revision, e.needs, verified)
+
+    @property
+    def signed(self) -> bool:
+        return self.reason in SIGNED_REFUSALS
+
+    def in_force(self, held_seq: int, verified: int) -> bool:
+        """A signed refusal holds until the agent holds that seq or a newer one. Any other (its
+        seq is only claimed: junk or a forgery could claim any) holds until a snapshot verifies
+        again, be it a duplicate (the publisher republishes every minute)."""
+        if self.signed:
+            return self.seq is not None and self.seq > held_seq
+        return verified == self.verified
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "message": self.message,
+            "seq": self.seq,
+            "revision": self.revision,
+            "needs": self.needs,
+        }
+
+
+def report_refusal(
+    current: Refusal | None, new: Refusal, *, held_seq: int, verified: int
+) -> Refusal | None:
+    """The refusal to report after `new`. A signed refusal older than what is held changes
+    nothing; junk does not hide that the newest signed snapshot was refused."""
+    if not new.in_force(held_seq, verified):
+        return current
+    keep = (
+        current is not None
+        and current.signed
+        and current.in_force(held_seq, verified)
+        and (not new.signed or (new.seq or 0) < (current.seq or 0))
+    )
+    return current if keep else new
 
 
 @dataclass(frozen=True)
@@ -177,20 +261,38 @@ def verify_envelope(
         raise SnapshotRejected("Malformed", "missing or mistyped envelope fields")
     public = trusted.get(key_id)
     if public is None:
-        raise SnapshotRejected("UnknownKey", f"key id {key_id!r} is not trusted")
+        raise SnapshotRejected(
+            "UnknownKey", f"key id {key_id[:64]!r} is not trusted", seq=seq, revision=revision
+        )
     if hashlib.sha256(canonical_json(body)).hexdigest() != digest:
-        raise SnapshotRejected("DigestMismatch", "body does not match its digest")
+        raise SnapshotRejected(
+            "DigestMismatch", "body does not match its digest", seq=seq, revision=revision
+        )
     try:
         VerifyKey(base64.b64decode(public)).verify(
             signed_message(seq, revision, digest), base64.b64decode(signature, validate=True)
         )
     except (BadSignatureError, ValueError, TypeError) as e:
         raise SnapshotRejected(
-            "BadSignature", f"signature does not verify ({e or 'invalid'})"
+            "BadSignature",
+            f"signature does not verify ({e or 'invalid'})",
+            seq=seq,
+            revision=revision,
         ) from None
     try:
         state, docs = state_from_body(body, known=previous.docs if previous else None)
+    except BodyRefused as e:
+        # A body from a newer model: it says so (`needs`), or it carries fields this code does
+        # not know. Either explains whatever else the re-check found, so it is the reason.
+        if e.needs is not None:
+            raise SnapshotRejected(
+                AgentTooOld, str(e), needs=e.needs, seq=seq, revision=revision
+            ) from None
+        if e.unknown:
+            message = f"made by a newer erel-sync than {__version__}: {e}"
+            raise SnapshotRejected(AgentTooOld, message, seq=seq, revision=revision) from None
+        raise SnapshotRejected(InvalidState, str(e), seq=seq, revision=revision) from None
     except ConfigError as e:
-        raise SnapshotRejected("InvalidState", str(e)) from None
+        raise SnapshotRejected(InvalidState, str(e), seq=seq, revision=revision) from None
     created = str(env.get("created", ""))
     return Snapshot(seq, revision, created, digest, key_id, state, raw, docs)

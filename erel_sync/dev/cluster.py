@@ -5,6 +5,10 @@ RabbitMQ node (unless a broker URL is given), the publisher and N agents as sepa
 `python -m erel_sync` processes in their own sessions — on a work copy of `sample-repo/` whose
 artifacts point at the example release tarballs built from `erlang/examples`. `stop()` ends
 every process it started, by PID, and stops the releases the agents started.
+
+The work repository gets a git identity of its own (`user.name`/`user.email` in its config), so
+the README's `git commit` steps work on a machine without a global git identity; `hints()`
+prints commands that run as printed, with or without an activated virtualenv.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -121,14 +126,37 @@ class DevCluster:
             if not result.ok:
                 raise RuntimeError("work repo invalid: " + "; ".join(map(str, result.problems)))
             git(self.repo, "init", "-q", "-b", "main")
+            self._set_identity()
             git(self.repo, "add", "-A")
             git(self.repo, "commit", "-q", "-m", "sample cluster")
+        self._set_identity()  # also in a work repo made by an older version
         keys = self.work / "keys"
         for key_id in (self.key_id, self.operator_key_id):
             if not (keys / f"{key_id}.key").exists():
                 pem, pub = generate_key()
                 store.write_atomic(keys / f"{key_id}.key", pem)
                 store.write_atomic(keys / f"{key_id}.pub", pub.encode())
+
+    def _set_identity(self) -> None:
+        """The demo's commits (README, `hints`) are made by hand in this repository: without
+        an identity of its own, git refuses them where no global one is configured."""
+        git(self.repo, "config", "user.name", GIT_ENV["GIT_AUTHOR_NAME"])
+        git(self.repo, "config", "user.email", GIT_ENV["GIT_AUTHOR_EMAIL"])
+
+    def hints(self) -> str:
+        """What to try next, as shell commands that work when pasted."""
+        q, cli, url = shlex.quote, cli_command(), shlex.quote(self.url)
+        repo = q(str(self.repo))
+        return (
+            f"config repo: {self.repo}\n"
+            f'try:  cd {repo} && sed -i \'s/"0.2.0"/"0.1.0"/\' groups/web.yaml && '
+            "git commit -qam 'web: back to hello 0.1.0'\n"
+            f"then: EREL_AMQP_URL={url} {cli} wait -r $(git -C {repo} rev-parse HEAD)\n"
+            f"      EREL_AMQP_URL={url} {cli} status\n"
+            f"      EREL_AMQP_URL={url} {cli} stop hello --group web "
+            f"--key {q(str(self.operator_key))}\n"
+            f"logs: {self.work / 'logs'}   Ctrl-C stops everything."
+        )
 
     def public_key(self, key_id: str | None = None) -> str:
         return (self.work / "keys" / f"{key_id or self.key_id}.pub").read_text().strip()
@@ -240,6 +268,19 @@ spec:
         git(self.repo, "add", "-A")
         git(self.repo, "commit", "-q", "-m", message)
         return git(self.repo, "rev-parse", "HEAD")
+
+
+def cli_command() -> str:
+    """How a shell reaches this erel-sync: `erel-sync` when that is the one on PATH (an
+    activated virtualenv, an installed package), else the script beside this interpreter by
+    its full path (`.venv/bin/erel-sync` of `make demo`), else `python -m erel_sync`."""
+    script = Path(sys.executable).parent / "erel-sync"
+    found = shutil.which("erel-sync")
+    if script.is_file():
+        if found and Path(found).resolve() == script.resolve():
+            return "erel-sync"
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m erel_sync"
 
 
 def _stop_nodes_under(releases_dir: Path) -> None:

@@ -1,18 +1,26 @@
 """Documents <-> specs: build frozen specs from schema-valid documents, and back.
 
 Pure. `release_from_document`/`group_from_document` are called by `model.validate` after the JSON
-Schema passed; `*_to_document` produce the normalised form (defaults filled in, durations in
-canonical text, keys sorted by serialisation) that makes up a snapshot body. Round trip holds:
-`from_document(to_document(spec)) == spec`.
+Schema passed; `*_to_document` produce the normalised form that makes up a snapshot body: sparse
+(an optional field at its default is left out), durations in canonical text, keys sorted by
+serialisation. Round trip holds: `from_document(to_document(spec)) == spec`.
+
+Sparse, because agents are upgraded one host at a time: an optional field added by a later
+erel-sync is absent from the body while it stays at its default, so older agents, whose schemas
+refuse unknown fields, keep applying the snapshot. A field or value that an older agent cannot
+ignore is listed in `FEATURES` with the version that introduced it; `required_version` turns
+the fields a body uses into the `requires` the agent checks (docs/architecture.md,
+"Compatibility between versions").
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from erel_sync.model.names import format_duration, parse_duration
+from erel_sync.model.names import Version, format_duration, parse_duration
 from erel_sync.model.specs import (
     Artifact,
     GroupRelease,
@@ -31,6 +39,53 @@ from erel_sync.model.specs import (
 )
 
 API_VERSION = "erel/v1"
+# Every agent with the compatibility policy reads the documents of this version; a body that
+# needs nothing newer carries no `requires`, so it stays readable by agents of this version.
+BASELINE_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A field (or some values of one) that agents older than `since` do not understand.
+
+    `path` walks a normalised document; `*` stands for any list item or mapping key. With
+    `values`, only those values need `since` (a new enum value); without, any value does (the
+    field is absent at its default, so present means used)."""
+
+    kind: str
+    path: tuple[str, ...]
+    since: str
+    values: tuple[Any, ...] = ()
+
+
+# Append a Feature with every optional field (or value) added after BASELINE_VERSION; give the
+# version that ships it (a test checks none is newer than this code's own version).
+FEATURES: tuple[Feature, ...] = ()
+
+
+def required_version(
+    docs: Iterable[Mapping[str, Any]], features: Iterable[Feature] | None = None
+) -> str | None:
+    """The oldest erel-sync that understands every feature these documents use (`FEATURES`
+    unless given); None when BASELINE_VERSION does."""
+    docs = list(docs)
+    needed = Version(BASELINE_VERSION)
+    for f in FEATURES if features is None else features:
+        if Version(f.since) > needed and any(
+            d.get("kind") == f.kind and _uses(d, f.path, f.values) for d in docs
+        ):
+            needed = Version(f.since)
+    return None if needed == Version(BASELINE_VERSION) else needed.text
+
+
+def _uses(node: Any, path: tuple[str, ...], values: tuple[Any, ...]) -> bool:
+    if not path:
+        return not values or node in values
+    head, rest = path[0], path[1:]
+    if head == "*":
+        items = node.values() if isinstance(node, Mapping) else node
+        return isinstance(node, Mapping | list) and any(_uses(x, rest, values) for x in items)
+    return isinstance(node, Mapping) and head in node and _uses(node[head], rest, values)
 
 
 def _config(raw: Mapping[str, Any] | None) -> ReleaseConfig:
@@ -42,7 +97,12 @@ def _config(raw: Mapping[str, Any] | None) -> ReleaseConfig:
 
 
 def _config_doc(config: ReleaseConfig) -> dict[str, Any]:
-    return {"sys_config": thaw(config.sys_config), "vm_args": dict(config.vm_args)}
+    doc: dict[str, Any] = {}
+    if config.sys_config:
+        doc["sys_config"] = thaw(config.sys_config)
+    if config.vm_args:
+        doc["vm_args"] = dict(config.vm_args)
+    return doc
 
 
 def release_from_document(doc: Mapping[str, Any]) -> ReleaseSpec:
@@ -81,23 +141,37 @@ def release_to_document(spec: ReleaseSpec) -> dict[str, Any]:
         if v.artifact.size is not None:
             artifact["size"] = v.artifact.size
         versions.append({"version": v.version, "artifact": artifact})
+    body: dict[str, Any] = {"versions": versions}
+    if spec.upgrade != UpgradeMode.AUTO:
+        body["upgrade"] = spec.upgrade.value
+    defaults = HealthSpec()
+    health = {
+        k: text
+        for k, text, default in (
+            ("rpc", spec.health.rpc, defaults.rpc),
+            ("timeout", *_durs(spec.health.timeout, defaults.timeout)),
+            ("probation", *_durs(spec.health.probation, defaults.probation)),
+            ("start_timeout", *_durs(spec.health.start_timeout, defaults.start_timeout)),
+        )
+        if text != default
+    }
+    if health:
+        body["health"] = health
+    stop, default_stop = _durs(spec.stop_timeout, ReleaseSpec.stop_timeout)
+    if stop != default_stop:
+        body["stop_timeout"] = stop
+    if config := _config_doc(spec.config):
+        body["config"] = config
     return {
         "apiVersion": API_VERSION,
         "kind": "Release",
         "metadata": {"name": spec.name},
-        "spec": {
-            "versions": versions,
-            "upgrade": spec.upgrade.value,
-            "health": {
-                "rpc": spec.health.rpc,
-                "timeout": format_duration(spec.health.timeout),
-                "probation": format_duration(spec.health.probation),
-                "start_timeout": format_duration(spec.health.start_timeout),
-            },
-            "stop_timeout": format_duration(spec.stop_timeout),
-            "config": _config_doc(spec.config),
-        },
+        "spec": body,
     }
+
+
+def _durs(value: float, default: float) -> tuple[str, str]:
+    return format_duration(value), format_duration(default)
 
 
 def group_from_document(doc: Mapping[str, Any]) -> GroupSpec:
@@ -133,6 +207,8 @@ def group_from_document(doc: Mapping[str, Any]) -> GroupSpec:
 
 
 def group_to_document(spec: GroupSpec) -> dict[str, Any]:
+    # `hosts` stays even when empty: with no selector, the schema needs it. A present GroupRelease
+    # config stays even when empty: `config: {}` and no config are different specs.
     body: dict[str, Any] = {
         "hosts": list(spec.hosts),
         "releases": [
@@ -140,19 +216,23 @@ def group_to_document(spec: GroupSpec) -> dict[str, Any]:
             | ({"config": _config_doc(r.config)} if r.config is not None else {})
             for r in spec.releases
         ],
-        "rollout": {"max_unavailable": spec.rollout.max_unavailable},
-        "suspend": spec.suspend,
-        "allow_empty": spec.allow_empty,
     }
+    if spec.rollout != RolloutSpec():
+        body["rollout"] = {"max_unavailable": spec.rollout.max_unavailable}
+    if spec.suspend:
+        body["suspend"] = True
+    if spec.allow_empty:
+        body["allow_empty"] = True
     if spec.selector is not None:
-        body["selector"] = {
-            "labels": dict(spec.selector.labels),
-            "expressions": [
+        # `labels` stays even when empty: the schema refuses an empty selector mapping.
+        selector: dict[str, Any] = {"labels": dict(spec.selector.labels)}
+        if spec.selector.expressions:
+            selector["expressions"] = [
                 {"key": e.key, "operator": e.operator.value}
                 | ({"values": list(e.values)} if e.values else {})
                 for e in spec.selector.expressions
-            ],
-        }
+            ]
+        body["selector"] = selector
     return {
         "apiVersion": API_VERSION,
         "kind": "Group",

@@ -1,4 +1,5 @@
-"""Value rules shared by the schemas' intent and the Python model: names, versions, durations.
+"""Value rules shared by the schemas' intent and the Python model: names, versions, durations,
+sizes.
 
 Pure. The JSON Schemas in `schemas/` enforce the same patterns so editors catch them early; the
 model re-checks because snapshots reach agents without passing through an editor.
@@ -29,6 +30,9 @@ DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
+# Sizes: bytes, or a whole number of binary units (`512MiB`, `8GiB`); never zero.
+SIZE_PATTERN = r"^[1-9][0-9]{0,15}(B|KiB|MiB|GiB|TiB)?$"
+_SIZE_UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
 
 
 def parse_duration(text: str) -> float:
@@ -49,6 +53,29 @@ def format_duration(seconds: float) -> str:
     if s and s % 60 == 0:
         return f"{s // 60}m"
     return f"{s}s"
+
+
+def parse_size(value: str | int) -> int:
+    """`"8GiB"` -> 8589934592 bytes; an integer is a number of bytes. Raises ValueError on
+    anything else, zero and negative sizes included."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"not a size: {value!r} (use e.g. 512MiB, 8GiB, or bytes)")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"not a size: {value} (at least 1 byte)")
+        return value
+    m = re.fullmatch(SIZE_PATTERN, value)
+    if not m:
+        raise ValueError(f"not a size: {value[:40]!r} (use e.g. 512MiB, 8GiB, or bytes)")
+    return int(value[: len(value) - len(m.group(1) or "")]) * _SIZE_UNITS[m.group(1) or ""]
+
+
+def format_size(size: int) -> str:
+    """Text of a size in the largest binary unit that divides it (`8GiB`), else bytes (`1000B`)."""
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        if size and size % _SIZE_UNITS[unit] == 0:
+            return f"{size // _SIZE_UNITS[unit]}{unit}"
+    return f"{size}B"
 
 
 @total_ordering

@@ -51,6 +51,13 @@ def _fast_check(kind: str) -> Any:
 
 # (path, message, points at the key rather than the value)
 SchemaIssue = tuple[tuple[str | int, ...], str, bool]
+UNKNOWN_FIELD = "unknown field"
+
+
+def is_unknown_field(issue: SchemaIssue) -> bool:
+    """A property the schema does not list: in a snapshot body, the mark of a newer model."""
+    _path, message, at_key = issue
+    return at_key and message.startswith(UNKNOWN_FIELD + " ")
 
 
 def check_document(kind: str, doc: Any) -> list[SchemaIssue]:
@@ -81,7 +88,7 @@ def _explain(error: ValidationError) -> Iterator[SchemaIssue]:
         for key in value:
             if key not in schema.get("properties", {}):
                 hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
-                yield (*path, key), f"unknown field {key!r}{hint}", True
+                yield (*path, key), f"{UNKNOWN_FIELD} {key!r}{hint}", True
         return
     if v == "required":
         missing = str(expected)

@@ -12,10 +12,16 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-from erel_sync.model.names import parse_duration
+from erel_sync.model import brokerurl
+from erel_sync.model.names import parse_duration, parse_size
 from erel_sync.model.problems import ConfigError, Problem, json_path
 from erel_sync.model.schema import check_document
 from erel_sync.model.yamldocs import parse_documents
+
+# What one release tarball may unpack to (`spec.artifacts`): checked member by member as the
+# archive is read (`adapters.artifacts`), so a gzip bomb is refused at its first big header.
+DEFAULT_MAX_UNPACKED_BYTES = 8 * 1024**3
+DEFAULT_MAX_ARCHIVE_MEMBERS = 200_000
 
 
 @dataclass(frozen=True)
@@ -29,7 +35,7 @@ class AgentSettings:
     host_id: str
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     broker_urls: tuple[str, ...] = ("amqp://guest:guest@127.0.0.1:5672/",)
-    vhost: str = "/"
+    vhost: str | None = None  # for URLs naming none; None: the URLs' own, else "/"
     broker_heartbeat: float = 10.0
     trusted_keys: tuple[TrustedKey, ...] = ()
     operator_keys: tuple[TrustedKey, ...] = ()
@@ -41,6 +47,23 @@ class AgentSettings:
     reconcile_interval: float = 30.0
     heartbeat_interval: float = 5.0
     node_host: str = "localhost"
+    max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES
+    max_archive_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS
+
+    def __post_init__(self) -> None:
+        # Refused when made (file, environment and flags together), never later as an endless
+        # "broker not reachable" in the agent's session loop.
+        try:
+            brokerurl.resolve_vhost(self.broker_urls, self.vhost)
+        except brokerurl.BrokerUrlError as e:
+            raise ConfigError(
+                [Problem("AgentSettings", path="$.spec.broker", message=str(e))]
+            ) from e
+
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """The URLs the agent connects to: `broker_urls` under the vhost rule (model.brokerurl)."""
+        return brokerurl.broker_urls(self.broker_urls, self.vhost)
 
     @property
     def control_socket_path(self) -> str:
@@ -76,6 +99,11 @@ def settings_from_document(doc: Mapping[str, Any]) -> AgentSettings:
             changes[k] = parse_duration(spec[k])
     if "heartbeat" in broker:
         changes["broker_heartbeat"] = parse_duration(broker["heartbeat"])
+    artifacts = spec.get("artifacts", {})
+    if "max_unpacked_size" in artifacts:
+        changes["max_unpacked_bytes"] = parse_size(artifacts["max_unpacked_size"])
+    if "max_members" in artifacts:
+        changes["max_archive_members"] = int(artifacts["max_members"])
     return replace(
         d,
         labels=MappingProxyType(dict(spec.get("labels", {}))),
@@ -103,4 +131,10 @@ def load_agent_settings(file: str, data: bytes) -> AgentSettings:
         raise ConfigError(
             [Problem(file, *doc.where(p, key=k), json_path(p), m) for p, m, k in issues]
         )
+    broker = doc.data["spec"].get("broker", {})
+    try:
+        brokerurl.resolve_vhost(broker.get("urls", AgentSettings.broker_urls), broker.get("vhost"))
+    except brokerurl.BrokerUrlError as e:
+        where = ("spec", "broker", "vhost" if "vhost" in broker else "urls")
+        raise ConfigError([Problem(file, *doc.where(where), json_path(where), str(e))]) from e
     return settings_from_document(doc.data)

@@ -2,19 +2,22 @@
 
 Pure: takes file contents (bytes), never reads the disk or git itself (`adapters.configsource`
 does that). Reports every problem at once. Also rebuilds a DesiredState from a snapshot body for
-the agent, through the same schema and semantic checks.
+the agent, through the same schema and semantic checks, after checking that this code is new
+enough for the body (`requires`); a refused body's problems read root cause first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from erel_sync import __version__
 from erel_sync.model.documents import group_from_document, release_from_document
+from erel_sync.model.names import VERSION_RE, Version
 from erel_sync.model.problems import ConfigError, Problem, json_path
-from erel_sync.model.schema import check_document
+from erel_sync.model.schema import UNKNOWN_FIELD, check_document, is_unknown_field
 from erel_sync.model.semantics import check_semantics
 from erel_sync.model.specs import DesiredState, GroupSpec, ReleaseSpec
 from erel_sync.model.yamldocs import ParsedDoc, parse_documents
@@ -62,6 +65,7 @@ class _Collector:
     known: KnownDocs = field(default_factory=dict)
     built: dict[DocKey, tuple[Any, ReleaseSpec | GroupSpec]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    unknown: list[Problem] = field(default_factory=list)  # the subset: fields the schema lacks
     releases: dict[str, ReleaseSpec] = field(default_factory=dict)
     groups: dict[str, GroupSpec] = field(default_factory=dict)
     origin: dict[tuple[str, str], ParsedDoc] = field(default_factory=dict)
@@ -94,9 +98,12 @@ class _Collector:
         # or two documents, and this skips the schema check of all the others.
         reuse = seen[1] if seen is not None and seen[0] == data else None
         issues = [] if reuse is not None else check_document(kind, data)
-        for path, message, at_key in issues:
+        for issue in issues:
+            path, message, at_key = issue
             line, col = doc.where(path, key=at_key)
             self.problems.append(Problem(doc.file, line, col, json_path(path), message))
+            if is_unknown_field(issue):
+                self.unknown.append(self.problems[-1])
         if not isinstance(name, str):
             return
         key = (kind, name)
@@ -157,23 +164,80 @@ def validate_sources(
     return LoadResult(state, (), n_files, n_docs)
 
 
+class BodyRefused(ConfigError):
+    """A snapshot body the re-check refused. `problems` stay sorted by place (ConfigError);
+    `ordered` and the message put the root cause first: fields this code does not know, then
+    what else the schema refused, then cross-document problems, which may follow from those.
+
+    `needs`: the erel-sync version the body requires, when newer than this code (then nothing
+    else was checked); `unknown`: fields this code's schemas do not list (a newer model that did
+    not declare them in `requires`)."""
+
+    def __init__(
+        self,
+        ordered: Sequence[Problem],
+        *,
+        needs: str | None = None,
+        unknown: Sequence[Problem] = (),
+    ) -> None:
+        super().__init__(list(ordered))
+        self.ordered = tuple(ordered)
+        self.needs = needs
+        self.unknown = tuple(unknown)
+        shown = "; ".join(str(p) for p in self.ordered[:3])
+        more = f" (and {len(self.ordered) - 3} more)" if len(self.ordered) > 3 else ""
+        self.args = (shown + more,)
+
+
+BODY_SECTIONS = ("releases", "groups")
+
+
 def state_from_body(
-    body: Mapping[str, Any], *, origin: str = "<snapshot>", known: KnownDocs | None = None
+    body: Mapping[str, Any],
+    *,
+    origin: str = "<snapshot>",
+    known: KnownDocs | None = None,
+    agent_version: str = __version__,
 ) -> tuple[DesiredState, KnownDocs]:
-    """Rebuild and re-check a DesiredState from a canonical snapshot body (raises ConfigError).
+    """Rebuild and re-check a DesiredState from a canonical snapshot body (raises BodyRefused).
 
     `known`: what the previous call returned; documents equal to one in it are reused instead
-    of checked and built again. Returns the state and the documents to pass next time."""
+    of checked and built again. Returns the state and the documents to pass next time.
+    Problems name the place by a JSON path from the body's root (`$.releases[0].spec…`)."""
+    if not isinstance(body, Mapping) or not all(k in body for k in BODY_SECTIONS):
+        raise BodyRefused([Problem(origin, message="snapshot body must have releases and groups")])
+    requires = body.get("requires")
+    if requires is not None:
+        if not isinstance(requires, str) or not VERSION_RE.fullmatch(requires):
+            raise BodyRefused([Problem(origin, path="$.requires", message="not a version")])
+        if Version(requires) > Version(agent_version):
+            # Checked first: every other problem of such a body would follow from this one.
+            message = f"needs erel-sync {requires} or newer; this agent runs {agent_version}"
+            raise BodyRefused([Problem(origin, path="$.requires", message=message)], needs=requires)
     c = _Collector(known=known or {})
-    if not isinstance(body, Mapping) or set(body) != {"releases", "groups"}:
-        raise ConfigError([Problem(origin, message="snapshot body must have releases and groups")])
-    for section in ("releases", "groups"):
+    for key in sorted(set(body) - {*BODY_SECTIONS, "requires"}):
+        name = str(key)[:64]
+        c.unknown.append(Problem(origin, path=f"$.{name}", message=f"{UNKNOWN_FIELD} {name!r}"))
+    for section in BODY_SECTIONS:
         items = body[section]
         if not isinstance(items, list):
-            raise ConfigError([Problem(origin, path=f"$.{section}", message="must be a list")])
+            raise BodyRefused([Problem(origin, path=f"$.{section}", message="must be a list")])
         for i, doc in enumerate(items):
-            c.add(ParsedDoc(f"{origin}#{section}[{i}]", i, doc, 0, 0))
-    c.problems.extend(check_semantics(c.releases, c.groups, c.locate))
-    if c.problems:
-        raise ConfigError(c.problems)
+            # The document's "file" is its place in the body; `_in_body` joins it to the path.
+            c.add(ParsedDoc(f"$.{section}[{i}]", i, doc, 0, 0))
+    broken = frozenset(n for k, n in c.broken if k == "Release")
+    unknown_set = set(c.unknown)
+    schema_problems = [p for p in c.problems if p not in unknown_set]
+    semantic = check_semantics(c.releases, c.groups, c.locate, broken_releases=broken)
+    if c.unknown or c.problems or semantic:
+        unknown = [_in_body(p, origin) for p in c.unknown]
+        rest = [_in_body(p, origin) for p in (*schema_problems, *semantic)]
+        raise BodyRefused([*unknown, *rest], unknown=unknown)
     return DesiredState(MappingProxyType(c.releases), MappingProxyType(c.groups)), c.built
+
+
+def _in_body(p: Problem, origin: str) -> Problem:
+    """A problem placed by (document, path in it) as one path from the body's root."""
+    if not p.file.startswith("$."):
+        return p
+    return Problem(origin, path=p.file + p.path.removeprefix("$"), message=p.message)

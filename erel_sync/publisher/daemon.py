@@ -5,7 +5,9 @@ from git objects, validate it as a whole; an invalid one is logged and announced
 (`publisher.rejected`, with every problem) while the last good snapshot stays current; a head
 that is an ancestor of the published revision (a force-push rewind) is refused the same way, so
 hosts never move backwards. A valid head gets `seq + 1` (persisted before it is published), is
-signed, stored, and published with confirms until the broker confirms it. The current snapshot is
+signed, stored, and published with confirms until the broker confirms it, announced as
+`publisher.published` (seq, revision, the commits it brings). Both events land in the
+`erel.revisions` stream, where `erel-sync wait` finds them. The current snapshot is
 republished at start and on a slow timer (heals a wiped broker) and answers `state.request`.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -25,7 +28,14 @@ import aiormq
 from erel_sync.adapters import broker, store
 from erel_sync.adapters import topology as topo
 from erel_sync.adapters.configsource import SourceError, open_repo, read_revision
-from erel_sync.adapters.gitwatch import RefWatcher, branch_head, is_ancestor
+from erel_sync.adapters.gitwatch import (
+    RefWatcher,
+    branch_head,
+    commit_summary,
+    is_ancestor,
+    new_commits,
+)
+from erel_sync.adapters.supervisor import Supervisor
 from erel_sync.core.snapshot import (
     SnapshotRejected,
     build_envelope,
@@ -37,6 +47,10 @@ from erel_sync.core.snapshot import (
 from erel_sync.model.problems import Problem
 
 log = logging.getLogger("erel_sync.publisher")
+
+EVENT_FORMAT = 1
+EVENT_COMMITS = 256  # at most this many shas in a `published` event (commits_truncated says so)
+EVENT_KEYS = {"published": topo.PUBLISHER_PUBLISHED_KEY, "rejected": topo.PUBLISHER_REJECTED_KEY}
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,7 @@ class PublisherSettings:
     poll_interval: float = 5.0
     debounce: float = 0.002
     broker_user: str | None = None  # sets AMQP user_id, which the broker validates
+    broker_heartbeat: float = 10.0  # AMQP heartbeat: a silent broker is declared dead in ~3x
 
 
 @dataclass
@@ -136,11 +151,31 @@ class Publisher:
         )
         # seq is persisted before the publish: a crash in between republishes the same seq.
         store.write_atomic(self.envelope_file, envelope)
+        previous = self.revision
         self.revision, self.rejected, self.envelope = head, None, envelope
         self._persist()
         log.info("revision %s valid: snapshot seq %d", head[:12], self.seq)
+        self._pending_events.append(self._published_event(head, previous))
         self._publish_needed.set()
         return "Published"
+
+    def _published_event(self, head: str, previous: str | None) -> dict[str, Any]:
+        """`publisher.published`: which seq carries `head` and which commits it newly brings,
+        so that `erel-sync wait -r SHA` finds the snapshot that contains SHA (docs/status.md)."""
+        commits, truncated = new_commits(self._repo, head, previous, EVENT_COMMITS)
+        author, subject = commit_summary(self._repo, head)
+        return {
+            "format": EVENT_FORMAT,
+            "kind": "published",
+            "seq": self.seq,
+            "revision": head,
+            "previous_revision": previous,
+            "commits": commits,
+            "commits_truncated": truncated,
+            "author": author,
+            "subject": subject,
+            "time": utc_now(),
+        }
 
     def _reject(self, head: str, problems: list[Problem], *, reason: str) -> None:
         self.rejected = head
@@ -149,14 +184,19 @@ class Publisher:
         log.error("revision %s rejected (%s): %d problem(s)", head[:12], reason, len(problems))
         for p in problems:
             log.error("  %s", p)
+        author, subject = commit_summary(self._repo, head)
         self._pending_events.append(
             {
+                "format": EVENT_FORMAT,
                 "kind": "rejected",
                 "reason": reason,
                 "revision": head,
                 "published_revision": self.revision,
                 "published_seq": self.seq,
                 "problems": [p.to_json() for p in problems[:200]],
+                "problems_total": len(problems),
+                "author": author,
+                "subject": subject,
                 "time": utc_now(),
             }
         )
@@ -204,6 +244,11 @@ class Publisher:
             # Only `status` loses its memory of silent hosts; publishing goes on.
             log.error("presence stream unavailable (%s)", e)
         try:
+            await broker.declare_revisions(await self._channels.publishing())
+        except aiormq.exceptions.AMQPError as e:
+            # Only `wait` loses the durable record of rejections; publishing goes on.
+            log.error("revisions stream unavailable (%s)", e)
+        try:
             await broker.declare_stream(await self._channels.publishing())
             return True
         except aiormq.exceptions.ChannelNotFoundEntity as e:
@@ -228,9 +273,10 @@ class Publisher:
             await broker.publish(
                 channel,
                 topo.STATUS_EXCHANGE,
-                topo.PUBLISHER_REJECTED_KEY,
+                EVENT_KEYS[str(event["kind"])],
                 json.dumps(event).encode(),
                 mandatory=False,
+                persistent=True,  # into the erel.revisions stream (wait, history)
             )
             self._pending_events.pop(0)
         if self.envelope is not None:
@@ -292,7 +338,11 @@ class Publisher:
         """One connection's life (the publisher owns it, as the agent does): topology, seq
         recovery, state.request answers, publishing; raises when anything of it is lost."""
         connection = await broker.connect(
-            self.s.amqp_urls, name=f"erel-publisher:{self.s.key_id}", stop=stop, robust=False
+            self.s.amqp_urls,
+            name=f"erel-publisher:{self.s.key_id}",
+            heartbeat=self.s.broker_heartbeat,
+            stop=stop,
+            robust=False,
         )
         broken = asyncio.Event()
         self._channels = broker.Channels(connection)
@@ -303,13 +353,17 @@ class Publisher:
             consume.close_callbacks.add(lambda *_: broken.set())
             if stream_ok:
                 await self._recover_seq_from_stream(consume)
+            # `state.request.publisher` too: joining agents ask the publisher alone first.
             await broker.serve_state_requests(
-                consume, self._answer, queue_name="erel.publisher.state"
+                consume,
+                self._answer,
+                queue_name="erel.publisher.state",
+                keys=(topo.STATE_REQUEST_KEY, topo.PUBLISHER_STATE_KEY),
             )
             self.connected = True
             self._session_up.set()
             self._publish_needed.set()  # (re)publish the current snapshot on every session
-            publishing = asyncio.create_task(self._publisher_loop(stop))
+            publishing = asyncio.create_task(self._publisher_loop(stop), name="publishing")
             await broker.hold_session(stop, broken, stream_ok=stream_ok, also=publishing)
         finally:
             self.connected = False
@@ -331,24 +385,28 @@ class Publisher:
         watcher = RefWatcher(self.s.repo)
         await asyncio.to_thread(self.process_head)
         watcher.start(asyncio.get_running_loop(), self._kick.set)
-        tasks = [
-            asyncio.create_task(self._watch_loop(stop)),
-            asyncio.create_task(self._republish_loop(stop)),
-            asyncio.create_task(self._broker_loop(stop)),
-        ]
+        # The loops stop on `halt`: the caller's stop, or the supervisor giving up on a task
+        # (then `run` raises TaskFailed and the CLI exits 4).
+        halt = asyncio.Event()
+        tasks = Supervisor(f"publisher {self.s.key_id}", self.counters.extra, halt)
         try:
+            tasks.start("watch", functools.partial(self._watch_loop, halt))
+            tasks.start("republish", functools.partial(self._republish_loop, halt))
+            tasks.start("broker", functools.partial(self._broker_loop, halt))
             if ready is not None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(60):
                         await self._session_up.wait()
                 ready.set()
-            await stop.wait()
+            await tasks.watch(stop)
         finally:
+            halt.set()
             watcher.stop()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await tasks.close()
 
-    def _answer(self) -> bytes | None:
+    def _answer(self, have: int | None = None) -> bytes | None:
+        """Every state request gets the current snapshot, whatever the requester holds: the
+        publisher is the authority a joining agent checks the stream's tail against."""
+        del have
         self.counters.answered_requests += 1
         return self.envelope

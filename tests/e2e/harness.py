@@ -186,3 +186,66 @@ def running_cluster(
             if c.watcher is not None:
                 c.watcher.stop()
             rabbit.delete_vhost(vhost)
+
+
+def reset_cluster(
+    c: E2ECluster, files: dict[str, str], hosts: tuple[DevHost, ...], timeout: float = 120
+) -> None:
+    """Bring a module's cluster back to its starting point, so each test can run alone or in any
+    order: the publisher and every agent of `hosts` running (agents a test added are stopped,
+    with their releases), the config repository holding exactly `files` (one commit when it
+    differs), no holds, and every host converged on the publisher's newest seq."""
+    import subprocess
+    import sys
+
+    from erel_sync.adapters.examples import build_examples
+    from erel_sync.dev.cluster import _stop_nodes_under, point_at_artifacts
+
+    manifest = build_examples(c.examples_dir)  # cached: only reads the manifest
+    files = {rel: point_at_artifacts(text, manifest) for rel, text in files.items()}
+    if c.procs.get("publisher") is None or c.procs["publisher"].poll() is not None:
+        c.procs.pop("publisher", None)
+        c.start_publisher()
+    wanted = {h.host_id for h in hosts}
+    for host in c.hosts:
+        if host.host_id not in wanted:
+            c.stop_process(host.host_id)
+            _stop_nodes_under(c.host_dir(host.host_id) / "releases")
+    for name in [n for n in c.procs if n != "publisher" and n not in wanted]:
+        c.stop_process(name)
+    c.hosts = hosts
+    for host in hosts:
+        proc = c.procs.get(host.host_id)
+        if proc is None or proc.poll() is not None:
+            c.procs.pop(host.host_id, None)
+            c.start_agent(host)
+
+    extra = [
+        p
+        for p in c.repo.rglob("*.yaml")
+        if ".git" not in p.parts and p.relative_to(c.repo).as_posix() not in files
+    ]
+    changed = {rel: text for rel, text in files.items() if not _holds(c.file(rel), text)}
+    if extra or changed:
+        for p in extra:
+            p.unlink()
+        c.commit("test: back to the module's starting point", changed)
+
+    for host in hosts:
+        sock = c.host_dir(host.host_id) / "agent.sock"
+        held = [n for n, r in c.releases(host.host_id).items() if r.get("hold")]
+        for name in held:
+            subprocess.run(
+                [sys.executable, "-m", "erel_sync", "start", name, "--socket", str(sock)],
+                check=False,
+                capture_output=True,
+                timeout=120,
+            )
+    c.wait_converged([h.host_id for h in hosts], timeout=timeout)
+
+
+def _holds(path: Path, text: str) -> bool:
+    try:
+        return path.read_text() == text
+    except OSError:
+        return False

@@ -1,6 +1,7 @@
 """The GitOps loop end to end: a real publisher process, real agent processes, a private RabbitMQ
-node and the real example releases. One cluster per module; the scenarios run in order on it,
-each asserting its own outcome (issue "GitOps loop", Done when)."""
+node and the real example releases. One cluster per module; before each scenario it is brought
+back to the module's starting point (`reset_cluster`), so every test runs alone or in any order
+and asserts its own outcome (issue "GitOps loop", Done when)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from erel_sync.adapters import topology as topo
 from erel_sync.core.snapshot import build_envelope, generate_key, load_private_key
 from erel_sync.dev.cluster import DevHost
 from erel_sync.model.validate import SourceFile, validate_sources
-from tests.e2e.harness import E2ECluster, running_cluster, wait_for
+from tests.e2e.harness import E2ECluster, reset_cluster, running_cluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -73,6 +74,14 @@ def cluster(rabbit: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
         yield c
 
 
+@pytest.fixture(autouse=True)
+def baseline(cluster: E2ECluster) -> None:
+    reset_cluster(cluster, FILES, HOSTS)
+
+
+ALL = ["web-1", "web-2", "batch-1"]
+
+
 def edit(c: E2ECluster, rel: str, old: str, new: str) -> str:
     text = c.file(rel).read_text()
     assert old in text, (rel, old)
@@ -80,7 +89,7 @@ def edit(c: E2ECluster, rel: str, old: str, new: str) -> str:
 
 
 def test_01_every_host_converges_on_the_first_commit(cluster: E2ECluster) -> None:
-    cluster.wait_converged(["web-1", "web-2", "batch-1"], seq=1, timeout=90)
+    cluster.wait_converged(ALL, timeout=90)
     for host in ("web-1", "web-2"):
         obs = cluster.observe(host)
         assert {n: (o.running, o.current) for n, o in obs.items()} == {
@@ -99,7 +108,7 @@ def test_02_version_change_reaches_exactly_the_matching_hosts(cluster: E2ECluste
         '{name: hello, version: "0.1.0"}',
         '{name: hello, version: "0.2.0"}',
     )
-    cluster.wait_converged(["web-1", "web-2", "batch-1"], seq=2)
+    cluster.wait_converged(ALL)
     for host in ("web-1", "web-2"):
         assert cluster.observe(host)["hello"].current == "0.2.0"
     batch_after = cluster.observe("batch-1")["ticker"].details
@@ -111,7 +120,7 @@ def test_02_version_change_reaches_exactly_the_matching_hosts(cluster: E2ECluste
 def test_03_invalid_commit_is_rejected_and_nothing_changes(cluster: E2ECluster) -> None:
     assert cluster.watcher is not None
     seq = cluster.publisher_seq()
-    bad = edit(cluster, "groups/web.yaml", 'version: "0.2.0"', 'version: "9.9.9"')
+    bad = edit(cluster, "groups/web.yaml", 'hello, version: "0.1.0"', 'hello, version: "9.9.9"')
     event = wait_for(
         "the rejection event",
         lambda: next((e for e in cluster.watcher.events if e.get("revision") == bad), None),  # type: ignore[union-attr]
@@ -122,9 +131,9 @@ def test_03_invalid_commit_is_rejected_and_nothing_changes(cluster: E2ECluster) 
     assert cluster.publisher_seq() == seq
     for host in ("web-1", "web-2", "batch-1"):
         assert (cluster.report(host).get("snapshot") or {}).get("seq") == seq
-    assert cluster.observe("web-1")["hello"].current == "0.2.0"
-    edit(cluster, "groups/web.yaml", 'version: "9.9.9"', 'version: "0.2.0"')  # fixed again
-    cluster.wait_converged(["web-1", "web-2", "batch-1"], seq=seq + 1)
+    assert cluster.observe("web-1")["hello"].current == "0.1.0"
+    edit(cluster, "groups/web.yaml", 'version: "9.9.9"', 'version: "0.2.0"')  # fixed
+    cluster.wait_converged(ALL, seq=seq + 1)
 
 
 def test_04_release_killed_by_hand_is_restarted_on_the_next_tick(cluster: E2ECluster) -> None:
@@ -145,7 +154,7 @@ def test_04_release_killed_by_hand_is_restarted_on_the_next_tick(cluster: E2EClu
 
 def test_05_removing_a_release_deletes_it_on_those_hosts_only(cluster: E2ECluster) -> None:
     edit(cluster, "groups/web.yaml", ', {name: ticker, version: "0.1.0"}', "")
-    cluster.wait_converged(["web-1", "web-2", "batch-1"])
+    cluster.wait_converged(ALL)
     for host in ("web-1", "web-2"):
         assert set(cluster.observe(host)) == {"hello"}
         assert not (cluster.host_dir(host) / "releases" / "ticker").exists()
@@ -161,7 +170,8 @@ def test_06_agent_started_after_several_commits_converges_to_the_newest(
     newest = cluster.publisher_seq()
     cluster.add_host("web-3", role="web")
     cluster.wait_converged(["web-3"], seq=newest)
-    assert cluster.observe("web-3")["hello"].current == "0.2.0"
+    assert cluster.observe("web-3")["hello"].current == "0.1.0"
+    assert (cluster.report("web-3").get("applied") or {}).get("seq") == newest
 
 
 def test_07_unassigned_host_converges_once_a_group_matches(cluster: E2ECluster) -> None:
@@ -240,6 +250,8 @@ def test_09_forged_and_stale_snapshots_are_refused_and_counted(cluster: E2EClust
 
 def test_10_agent_killed_mid_upgrade_finishes_it_after_restart(cluster: E2ECluster) -> None:
     record = cluster.host_dir("web-1") / "releases" / "hello" / ".erel-sync" / "release.json"
+    edit(cluster, "groups/web.yaml", 'hello, version: "0.1.0"', 'hello, version: "0.2.0"')
+    cluster.wait_converged(["web-1", "web-2"])
     text = cluster.file("releases/hello.yaml").read_text()
     slow = text.replace("probation: 300ms", "probation: 4s")
     slow_web = cluster.file("groups/web.yaml").read_text().replace('"0.2.0"', '"0.1.0"')

@@ -3,7 +3,9 @@ ticks and an agent restart, remote start/stop/restart on a whole group, expired 
 commands refused, `status` with a killed agent, JSON output against its schema, `wait`.
 
 Real processes: a publisher, three agents, the `erel-sync` CLI as a subprocess, a private
-RabbitMQ node and the real example releases. The scenarios run in order on one cluster."""
+RabbitMQ node and the real example releases. One cluster per module, brought back to the
+module's starting point before each scenario (`reset_cluster`): every test runs alone or in any
+order."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from erel_sync.adapters.opsclient import OpsClient
 from erel_sync.core import control
 from erel_sync.core.snapshot import generate_key, load_private_key
 from erel_sync.dev.cluster import REPO_ROOT, DevHost
-from tests.e2e.harness import E2ECluster, running_cluster, wait_for
+from tests.e2e.harness import E2ECluster, reset_cluster, running_cluster, wait_for
 from tests.e2e.test_gitops import group, release
 
 pytestmark = pytest.mark.e2e
@@ -52,6 +54,11 @@ def cluster(rabbit: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
         rabbit, tmp_path_factory, "ops", HOSTS, FILES, reconcile_interval="1s"
     ) as c:
         yield c
+
+
+@pytest.fixture(autouse=True)
+def baseline(cluster: E2ECluster) -> None:
+    reset_cluster(cluster, FILES, HOSTS)
 
 
 def cli(c: E2ECluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -91,7 +98,6 @@ def ticks_pass(c: E2ECluster, host: str, n: int = 2) -> None:
 
 
 def test_01_status_and_members_json_follow_their_schemas(cluster: E2ECluster) -> None:
-    cluster.wait_converged(ALL, seq=1, timeout=90)
     out = cli(cluster, "status", "-o", "json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
@@ -298,14 +304,14 @@ def test_06_wait_fails_with_reasons_when_a_release_fails_its_health_check(
     cluster: E2ECluster,
 ) -> None:
     text = cluster.file("groups/web.yaml").read_text()
-    sha = cluster.commit("hello 0.3.0", {"groups/web.yaml": text.replace("0.2.0", "0.3.0")})
+    sha = cluster.commit("hello 0.3.0", {"groups/web.yaml": text.replace("0.1.0", "0.3.0")})
     out = cli(cluster, "wait", "--revision", sha[:10], "--group", "web", "--timeout", "120s")
     assert out.returncode == 1, out.stdout + out.stderr
     assert "failed" in out.stdout
     assert "web-1" in out.stdout and "web-2" in out.stdout
     assert "hello" in out.stdout
     for host in ("web-1", "web-2"):  # rolled back, still serving
-        assert cluster.observe(host)["hello"].current == "0.2.0"
+        assert cluster.observe(host)["hello"].current == "0.1.0"
         assert running(cluster, host, "hello")
 
 
@@ -339,6 +345,12 @@ def test_06b_members_flags_two_agents_claiming_one_host_id(cluster: E2ECluster) 
         cluster.stop_process("dup-1")
         cluster.stop_process("dup-1-twin")
 
+    def gone() -> bool:  # both stopped cleanly: each said it left, so no one expects dup-1
+        out = cli(cluster, "members", "-o", "json")
+        return "dup-1" not in {m["host_id"] for m in json.loads(out.stdout or "[]")}
+
+    wait_for("dup-1 gone from members after both agents stopped", gone, timeout=30, every=0.5)
+
 
 def watch_views(c: E2ECluster, host: str, heartbeats: int) -> list[dict[str, Any]]:
     """`host`'s entry in what `status --watch -o json` prints, until it has been updated from
@@ -371,6 +383,7 @@ def test_07_status_names_a_killed_agent_unreachable_and_exits_3(cluster: E2EClus
 
 
 def test_08_unknown_release_and_unreachable_host_are_clear_errors(cluster: E2ECluster) -> None:
+    cluster.kill_process("batch-1")
     out = cli(cluster, "stop", "nope", "--host", "web-1")
     assert out.returncode == 1
     assert "UnknownRelease" in out.stdout

@@ -33,11 +33,50 @@ async def eventually(what: str, check: Callable[[], bool], within: float = 60.0)
         await asyncio.sleep(0.05)  # poll the condition until the deadline
 
 
+def new_agent(
+    tmp_path: Path, url: str, publisher: Publisher, host: str, *, broker_heartbeat: float = 2.0
+) -> Agent:
+    """An agent trusting `publisher`'s key, with its directories under `tmp_path/host`."""
+    return Agent(
+        AgentSettings(
+            host_id=host,
+            broker_urls=(url,),
+            broker_heartbeat=broker_heartbeat,
+            trusted_keys=tuple(TrustedKey(k, v) for k, v in publisher.trusted.items()),
+            state_dir=str(tmp_path / host / "state"),
+            releases_dir=str(tmp_path / host / "releases"),
+            cache_dir=str(tmp_path / host / "cache"),
+            reconcile_interval=60.0,
+            heartbeat_interval=1.0,
+        )
+    )
+
+
+@asynccontextmanager
+async def running(*daemons: Publisher | Agent) -> AsyncIterator[None]:
+    """Run the daemons until the block ends; then stop them as SIGTERM would and check that
+    they ended cleanly."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(d.run(stop)) for d in daemons]
+    try:
+        yield
+    finally:
+        stop.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+        assert all(r is None for r in results), results
+
+
 @asynccontextmanager
 async def daemons(
-    tmp_path: Path, url: str, repo: GitRepo, hosts: tuple[str, ...]
+    tmp_path: Path,
+    url: str,
+    repo: GitRepo,
+    hosts: tuple[str, ...],
+    *,
+    broker_heartbeat: float = 2.0,
+    republish_interval: float = 60.0,
 ) -> AsyncIterator[tuple[Publisher, list[Agent]]]:
-    pem, pub = generate_key()
+    pem, _pub = generate_key()
     store.write_atomic(tmp_path / "k.pem", pem)
     publisher = Publisher(
         PublisherSettings(
@@ -47,32 +86,15 @@ async def daemons(
             state_dir=tmp_path / "pub",
             amqp_urls=(url,),
             poll_interval=0.5,
+            republish_interval=republish_interval,
+            broker_heartbeat=broker_heartbeat,
         )
     )
     agents = [
-        Agent(
-            AgentSettings(
-                host_id=h,
-                broker_urls=(url,),
-                broker_heartbeat=2.0,
-                trusted_keys=(TrustedKey("k1", pub),),
-                state_dir=str(tmp_path / h / "state"),
-                releases_dir=str(tmp_path / h / "releases"),
-                cache_dir=str(tmp_path / h / "cache"),
-                reconcile_interval=60.0,
-                heartbeat_interval=1.0,
-            )
-        )
-        for h in hosts
+        new_agent(tmp_path, url, publisher, h, broker_heartbeat=broker_heartbeat) for h in hosts
     ]
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(publisher.run(stop))]
-    tasks += [asyncio.create_task(a.run(stop)) for a in agents]
-    try:
+    async with running(publisher, *agents):
         yield publisher, agents
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
 
 
 def on_seq(agents: list[Agent], seq: int) -> Callable[[], bool]:

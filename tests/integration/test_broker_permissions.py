@@ -1,19 +1,26 @@
 """Permissions made by `erel-sync broker setup` (`adapters.brokersetup`) on a real RabbitMQ 3.10.
 
-One vhost with one publisher and one agent user is set up per module (rabbitmqctl is slow); each
-test uses its own routing keys and markers. What must hold (docs/broker.md):
+One vhost with one publisher, one agent and one operator user is set up per module (rabbitmqctl
+is slow); each test uses its own routing keys and markers. What must hold (docs/broker.md):
 - the publisher publishes confirmed snapshots to `erel.config`, which land in the stream with the
   broker-validated `user_id`;
 - an agent can neither publish to `erel.config` nor through the default exchange (`amq.default`),
   nor re-declare or delete the stream, nor read `erel.status`: ACCESS_REFUSED closes the channel;
 - an agent can read the stream from `first`, send heartbeats, bind its own queues to
-  `erel.control`, and ask `state.request` with direct reply-to, answered by the publisher.
+  `erel.control`, and ask `state.request`, answered by the publisher through `erel.sync`; it
+  cannot publish the publisher's `publisher.*` events (topic permissions);
+- the publisher, too, has no write on `amq.default`;
+- the operator can do what the CLI does (`adapters.opsclient`: presence read with its marker,
+  a status query and a signed command with their replies, heartbeats, the revisions stream) and
+  nothing that writes config: not `erel.config`, not a stream queue, not `amq.default`, not the
+  routing keys of heartbeats, presence records or publisher events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
@@ -24,17 +31,24 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from typer.testing import CliRunner
 
+from erel_sync.adapters import broker as amqp
 from erel_sync.adapters import topology as topo
 from erel_sync.adapters.brokersetup import (
     AGENT_PERMISSIONS,
+    AGENT_TOPIC_PERMISSIONS,
+    OPERATOR_PERMISSIONS,
+    OPERATOR_TOPIC_PERMISSIONS,
     PUBLISHER_PERMISSIONS,
     BrokerSetupSpec,
     observe,
     plan_ctl,
     setup_broker,
 )
+from erel_sync.adapters.opsclient import OpsClient
 from erel_sync.adapters.rabbitnode import SERVER_BIN_DIR
 from erel_sync.cli.broker import app as broker_app
+from erel_sync.core import control as commands
+from erel_sync.core.snapshot import generate_key, load_private_key
 from tests.rabbit import Rabbit, unique_name
 
 DEADLINE = 10.0
@@ -45,6 +59,7 @@ class Setup:
     spec: BrokerSetupSpec
     publisher_url: str
     agent_url: str
+    operator_url: str
     log: tuple[str, ...]
 
 
@@ -56,6 +71,8 @@ def broker(rabbit: Rabbit) -> Iterator[Setup]:
         publisher_password=uuid.uuid4().hex,
         agent_user=unique_name("agent"),
         agent_password=uuid.uuid4().hex,
+        operator_user=unique_name("op"),
+        operator_password=uuid.uuid4().hex,
     )
     log: list[str] = []
     setup_broker(spec, rabbit.ctl, rabbit.url, echo=log.append)
@@ -64,12 +81,14 @@ def broker(rabbit: Rabbit) -> Iterator[Setup]:
             spec,
             rabbit.url_for(spec.vhost, spec.publisher_user, spec.publisher_password),
             rabbit.url_for(spec.vhost, spec.agent_user, spec.agent_password),
+            rabbit.url_for(spec.vhost, spec.operator_user, spec.operator_password),
             tuple(log),
         )
     finally:
         rabbit.delete_vhost(spec.vhost)
         rabbit.delete_user(spec.publisher_user)
         rabbit.delete_user(spec.agent_user)
+        rabbit.delete_user(str(spec.operator_user))
 
 
 @pytest.fixture
@@ -82,6 +101,13 @@ async def publisher(broker: Setup) -> AsyncIterator[AbstractConnection]:
 @pytest.fixture
 async def agent(broker: Setup) -> AsyncIterator[AbstractConnection]:
     connection = await aio_pika.connect(broker.agent_url)
+    async with connection:
+        yield connection
+
+
+@pytest.fixture
+async def operator(broker: Setup) -> AsyncIterator[AbstractConnection]:
+    connection = await aio_pika.connect(broker.operator_url)
     async with connection:
         yield connection
 
@@ -150,10 +176,22 @@ def test_setup_grants_the_documented_permissions(broker: Setup, rabbit: Rabbit) 
         rabbit.ctl("-q", "list_permissions", "-p", broker.spec.vhost, "--formatter", "json")
     )
     granted = {row["user"]: (row["configure"], row["write"], row["read"]) for row in rows}
-    p, a = PUBLISHER_PERMISSIONS, AGENT_PERMISSIONS
+    p, a, o = PUBLISHER_PERMISSIONS, AGENT_PERMISSIONS, OPERATOR_PERMISSIONS
     assert granted == {
         broker.spec.publisher_user: (p.configure, p.write, p.read),
         broker.spec.agent_user: (a.configure, a.write, a.read),
+        broker.spec.operator_user: (o.configure, o.write, o.read),
+    }
+    rows = json.loads(
+        rabbit.ctl("-q", "list_topic_permissions", "-p", broker.spec.vhost, "--formatter", "json")
+    )
+    topics = {(row["user"], row["exchange"], row["write"], row["read"]) for row in rows}
+    assert topics == {
+        *((broker.spec.agent_user, t.exchange, t.write, t.read) for t in AGENT_TOPIC_PERMISSIONS),
+        *(
+            (broker.spec.operator_user, t.exchange, t.write, t.read)
+            for t in OPERATOR_TOPIC_PERMISSIONS
+        ),
     }
     assert any("add_vhost" in line for line in broker.log)
 
@@ -163,10 +201,9 @@ def test_second_run_through_the_cli_only_resets_passwords_and_permissions(
 ) -> None:
     steps = plan_ctl(broker.spec, observe(rabbit.ctl))
     assert [s.args[0] for s in steps] == [
-        "change_password",
-        "set_permissions",
-        "change_password",
-        "set_permissions",
+        *("change_password", "set_permissions"),  # publisher
+        *("change_password", "set_permissions", "set_topic_permissions"),  # agent
+        *("change_password", "set_permissions", *["set_topic_permissions"] * 3),  # operator
     ]
     if rabbit.node is None:
         setup_broker(broker.spec, rabbit.ctl, rabbit.url, echo=lambda _: None)
@@ -184,6 +221,8 @@ def test_second_run_through_the_cli_only_resets_passwords_and_permissions(
             spec.publisher_user,
             "--agent-user",
             spec.agent_user,
+            "--operator-user",
+            str(spec.operator_user),
             "--node",
             rabbit.node.node_name,
             "--rabbitmqctl",
@@ -194,6 +233,7 @@ def test_second_run_through_the_cli_only_resets_passwords_and_permissions(
             **rabbit.node.env(),
             "EREL_PUBLISHER_PASSWORD": spec.publisher_password,
             "EREL_AGENT_PASSWORD": spec.agent_password,
+            "EREL_OPERATOR_PASSWORD": spec.operator_password,
         },
     )
     assert result.exit_code == 0, result.output
@@ -201,6 +241,7 @@ def test_second_run_through_the_cli_only_resets_passwords_and_permissions(
     assert "change_password" in result.output
     assert "add_user" not in result.output
     assert spec.publisher_password not in result.output
+    assert spec.operator_password not in result.output
     assert "exchange.declare erel.config" in result.output  # the topology was re-declared
 
 
@@ -216,18 +257,70 @@ def test_cli_dry_run_prints_a_script_without_secrets() -> None:
             "erel",
             "--node",
             "rabbit@broker",
+            "--operator-user",
+            "ops",
         ],
+        env={"EREL_OPERATOR_PASSWORD": "op-s3cret"},
     )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert "rabbitmqctl -n rabbit@broker add_vhost erel" in lines
-    a = AGENT_PERMISSIONS
+    a, o = AGENT_PERMISSIONS, OPERATOR_PERMISSIONS
     assert (
         f"rabbitmqctl -n rabbit@broker set_permissions -p erel erel-agent "
         f"'{a.configure}' '{a.write}' '{a.read}'"
     ) in lines
+    assert (
+        f"rabbitmqctl -n rabbit@broker set_permissions -p erel ops "
+        f"'{o.configure}' '{o.write}' '{o.read}'"
+    ) in lines
+    for user, topics in (
+        ("erel-agent", AGENT_TOPIC_PERMISSIONS),
+        ("ops", OPERATOR_TOPIC_PERMISSIONS),
+    ):
+        for t in topics:
+            assert (
+                f"rabbitmqctl -n rabbit@broker set_topic_permissions -p erel {user} {t.exchange} "
+                f"'{t.write}' '{t.read}'"
+            ) in lines
     assert "s3cret" not in result.output
     assert '"${EREL_AGENT_PASSWORD:?}"' in result.output
+    assert '"${EREL_OPERATOR_PASSWORD:?}"' in result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "flag", "vhost"),
+    [
+        ("amqp://broker:5672/erel", None, "erel"),  # the vhost the URL names
+        ("amqp://broker:5672", "erel", "erel"),  # --vhost for a bare URL
+        ("amqp://broker:5672/", None, "/"),
+        ("amqp://broker:5672/%2F", "/", "/"),
+    ],
+)
+def test_cli_setup_takes_the_vhost_by_the_one_rule(url: str, flag: str | None, vhost: str) -> None:
+    args = ["setup", "--amqp-url", url, "--dry-run", *(["--vhost", flag] if flag else [])]
+    result = CliRunner().invoke(broker_app, args, env={"EREL_AMQP_VHOST": None})
+    assert result.exit_code == 0, result.output
+    quoted = "/" if vhost == "/" else vhost
+    assert f"rabbitmqctl add_vhost {quoted}" in result.output.splitlines()
+    assert f"set_permissions -p {quoted} erel-agent" in result.output
+
+
+def test_cli_setup_refuses_a_url_naming_another_vhost() -> None:
+    result = CliRunner().invoke(
+        broker_app,
+        [
+            "setup",
+            "--amqp-url",
+            "amqp://a:s3cret@broker:5672/erel",
+            "--vhost",
+            "other",
+            "--dry-run",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "VhostMismatch" in result.output and "s3cret" not in result.output
+    assert "rabbitmqctl" not in result.output  # nothing planned, nothing run
 
 
 # -- publisher ---------------------------------------------------------------------------------------
@@ -362,44 +455,52 @@ async def test_agent_heartbeat_reaches_status_watchers(
     assert got.user_id == broker.spec.agent_user
 
 
-async def test_agent_state_request_gets_a_direct_reply_from_the_publisher(
+async def test_agent_state_request_is_answered_by_the_publisher_through_erel_sync(
     broker: Setup, publisher: AbstractConnection, agent: AbstractConnection
 ) -> None:
-    # The publisher answers state.request on a server-named queue bound to erel.sync.
-    serve = await publisher.channel()
+    # The publisher answers state.request on a queue bound to erel.sync, to the requester's
+    # `reply.<host>` key on erel.sync (not direct reply-to: no one needs write on amq.default).
+    serve = await publisher.channel(publisher_confirms=True)
     requests = await serve.declare_queue("", exclusive=True)
     await requests.bind(topo.SYNC_EXCHANGE, routing_key=topo.STATE_REQUEST_KEY)
+    sync_out = await serve.get_exchange(topo.SYNC_EXCHANGE, ensure=True)
 
     async def answer(message: AbstractIncomingMessage) -> None:
         async with message.process():
             assert message.reply_to is not None
-            await serve.default_exchange.publish(
+            await sync_out.publish(
                 aio_pika.Message(b"state:" + message.body, correlation_id=message.correlation_id),
                 routing_key=message.reply_to,
-                mandatory=False,  # 3.10 returns mandatory publishes to direct reply-to
             )
 
     await requests.consume(answer)
 
+    host = unique_name("h")
     channel = await agent.channel()
-    replies = await channel.get_queue(topo.DIRECT_REPLY_TO, ensure=False)
-    reply: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
-
-    async def on_reply(message: AbstractIncomingMessage) -> None:
-        if not reply.done():
-            reply.set_result(message)
-
-    await replies.consume(on_reply, no_ack=True)  # direct reply-to needs a no-ack consumer
+    inbox = await channel.declare_queue(topo.agent_queue(host, "replies"), exclusive=True)
+    await inbox.bind(topo.SYNC_EXCHANGE, routing_key=topo.reply_key(host))
     sync = await channel.get_exchange(topo.SYNC_EXCHANGE, ensure=True)
     correlation = uuid.uuid4().hex
     await sync.publish(
-        aio_pika.Message(b"give", reply_to=topo.DIRECT_REPLY_TO, correlation_id=correlation),
+        aio_pika.Message(b"give", reply_to=topo.reply_key(host), correlation_id=correlation),
         routing_key=topo.STATE_REQUEST_KEY,
     )
-    async with asyncio.timeout(DEADLINE):
-        got = await reply
+    got = await first_message(inbox)
     assert got.body == b"state:give"
     assert got.correlation_id == correlation
+
+
+async def test_publisher_cannot_publish_through_the_default_exchange(
+    publisher: AbstractConnection,
+) -> None:
+    channel = await publisher.channel(publisher_confirms=True)
+    error = await expect_refused(
+        channel,
+        channel.default_exchange.publish(
+            aio_pika.Message(b"x"), routing_key=topo.PRESENCE_STREAM, mandatory=False
+        ),
+    )
+    assert topo.DEFAULT_EXCHANGE_RESOURCE in error
 
 
 async def test_agent_answers_a_peer_through_erel_sync(
@@ -469,3 +570,186 @@ async def test_agent_presence_lands_in_the_presence_stream(
     async with asyncio.timeout(10):
         while (await got.get()) != body:
             pass
+
+
+async def test_agent_cannot_publish_publisher_events(
+    broker: Setup, publisher: AbstractConnection, agent: AbstractConnection
+) -> None:
+    """Topic permissions: `publisher.*` on erel.status feeds the revisions stream `wait` reads."""
+    channel = await agent.channel(publisher_confirms=True)
+    status = await channel.get_exchange(topo.STATUS_EXCHANGE, ensure=False)
+    error = await expect_refused(
+        channel,
+        status.publish(aio_pika.Message(b"{}"), routing_key=topo.PUBLISHER_PUBLISHED_KEY),
+    )
+    assert f"topic '{topo.PUBLISHER_PUBLISHED_KEY}'" in error
+
+
+# -- operator: what the CLI does -------------------------------------------------------------------
+
+
+async def test_operator_runs_presence_read_status_query_and_signed_command(
+    broker: Setup, agent: AbstractConnection
+) -> None:
+    """The CLI's own code (`OpsClient`) as the operator against an agent side served by the
+    agent's own code (`serve_control`) as the agent user."""
+    host = unique_name("h")
+    serving = await agent.channel()
+
+    async def on_command(raw: bytes) -> bytes:
+        doc = json.loads(raw)
+        return commands.reply(
+            doc["id"], host_id=host, instance="i1", ok=True, result={"did": doc["command"]}
+        )
+
+    await amqp.serve_control(serving, host, "i1", on_command)
+    presence = {"kind": "presence", "host_id": host, "instance": "i1", "state": "alive"}
+    await amqp.publish(
+        await agent.channel(publisher_confirms=True),
+        topo.STATUS_EXCHANGE,
+        topo.presence_key(host),
+        json.dumps({**presence, "sent": time.time()}).encode(),
+    )
+    pem, _ = generate_key()
+    async with OpsClient([broker.operator_url]) as client:
+        # The presence read ends at a marker of its own, which the operator may append.
+        assert await client._append_marker(uuid.uuid4().hex)
+        records = await client.read_presence(time.time() - 60)
+        assert host in {r.get("host_id") for r in records}
+        now = time.time()
+        query = commands.new_command("status", None, topo.host_key(host), now=now, ttl=30)
+        signed = commands.new_command(
+            "restart",
+            "hello",
+            topo.host_key(host),
+            now=now,
+            ttl=30,
+            key=load_private_key(pem),
+            key_id="ops",
+        )
+        for cmd in (query, signed):
+            await client.send(cmd, 30)  # mandatory host.<id> publish: routed and confirmed
+            replies = await client.collect(cmd.id, expected={host}, within=DEADLINE)
+            assert [r["result"] for r in replies[host]] == [{"did": cmd.command}]
+
+
+async def test_operator_follows_heartbeats(
+    broker: Setup, agent: AbstractConnection, operator: AbstractConnection
+) -> None:
+    host = unique_name("h")
+    beats: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+    async def on_status(key: str, body: bytes) -> None:
+        await beats.put((key, body))
+
+    await amqp.consume_status(await operator.channel(), on_status, pattern="host.*")
+    body = marker("heartbeat")
+    await amqp.publish(
+        await agent.channel(publisher_confirms=True),
+        topo.STATUS_EXCHANGE,
+        topo.host_key(host),
+        body,
+    )
+    async with asyncio.timeout(DEADLINE):
+        while (await beats.get()) != (topo.host_key(host), body):
+            pass
+
+
+async def test_operator_reads_the_revisions_stream(
+    broker: Setup, publisher: AbstractConnection, operator: AbstractConnection
+) -> None:
+    body = marker("published")
+    await amqp.publish(
+        await publisher.channel(publisher_confirms=True),
+        topo.STATUS_EXCHANGE,
+        topo.PUBLISHER_PUBLISHED_KEY,
+        body,
+        user_id=broker.spec.publisher_user,
+    )
+    channel = await operator.channel()
+    await channel.set_qos(prefetch_count=100)
+    stream = await channel.declare_queue(topo.REVISIONS_STREAM, passive=True)
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on(m: AbstractIncomingMessage) -> None:
+        await got.put(m.body)
+        await m.ack()
+
+    await stream.consume(on, arguments={"x-stream-offset": "first"})
+    async with asyncio.timeout(DEADLINE):
+        while (await got.get()) != body:
+            pass
+
+
+# -- operator: refused ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exchange", "routing_key", "refused_on"),
+    [
+        (topo.CONFIG_EXCHANGE, topo.CONFIG_ROUTING_KEY, f"exchange '{topo.CONFIG_EXCHANGE}'"),
+        ("", topo.CONFIG_STREAM, f"exchange '{topo.DEFAULT_EXCHANGE_RESOURCE}'"),
+        ("", topo.PRESENCE_STREAM, f"exchange '{topo.DEFAULT_EXCHANGE_RESOURCE}'"),
+        (topo.SYNC_EXCHANGE, topo.STATE_REQUEST_KEY, f"exchange '{topo.SYNC_EXCHANGE}'"),
+        (topo.SYNC_EXCHANGE, topo.reply_key("h1"), f"exchange '{topo.SYNC_EXCHANGE}'"),
+        # Topic permissions: no heartbeats, presence records or publisher events.
+        (topo.STATUS_EXCHANGE, topo.host_key("h1"), "topic 'host.h1'"),
+        (topo.STATUS_EXCHANGE, topo.presence_key("h1"), "topic 'presence.h1'"),
+        (topo.STATUS_EXCHANGE, topo.PUBLISHER_REJECTED_KEY, "topic 'publisher.rejected'"),
+        (topo.STATUS_EXCHANGE, topo.PUBLISHER_PUBLISHED_KEY, "topic 'publisher.published'"),
+        (topo.CONTROL_EXCHANGE, "anything.else", "topic 'anything.else'"),
+    ],
+    ids=lambda v: str(v) or "default",
+)
+async def test_operator_cannot_publish_what_the_cli_does_not(
+    operator: AbstractConnection,
+    exchange: str,
+    routing_key: str,
+    refused_on: str,
+) -> None:
+    channel = await operator.channel(publisher_confirms=True)
+    target = (
+        channel.default_exchange
+        if exchange == ""
+        else await channel.get_exchange(exchange, ensure=False)
+    )
+    evil = marker("operator")
+    error = await expect_refused(
+        channel, target.publish(aio_pika.Message(evil), routing_key=routing_key, mandatory=False)
+    )
+    assert "ACCESS_REFUSED" in error and refused_on in error
+
+
+@pytest.mark.parametrize(
+    "stream", [topo.CONFIG_STREAM, topo.PRESENCE_STREAM, topo.REVISIONS_STREAM]
+)
+async def test_operator_cannot_route_into_a_stream(
+    operator: AbstractConnection, stream: str
+) -> None:
+    """Binding a stream to erel.control (which the operator may write) would let its commands
+    land in the stream: queue.bind needs write on the queue, which the operator has not."""
+    channel = await operator.channel()
+    queue = await channel.declare_queue(stream, passive=True)
+    error = await expect_refused(channel, queue.bind(topo.CONTROL_EXCHANGE, routing_key="#"))
+    assert f"queue '{stream}'" in error
+
+
+async def test_operator_cannot_read_config_nor_bind_foreign_keys(
+    operator: AbstractConnection,
+) -> None:
+    channel = await operator.channel()
+    await channel.set_qos(prefetch_count=10)
+    stream = await channel.declare_queue(topo.CONFIG_STREAM, passive=True)
+
+    async def ignore(message: AbstractIncomingMessage) -> None:
+        await message.ack()
+
+    await expect_refused(channel, stream.consume(ignore))
+    # Its own queue may not listen to agents' state answers nor to state requests.
+    for key in (topo.reply_key("h1"), topo.STATE_REQUEST_KEY, "#"):
+        channel = await operator.channel()
+        queue = await channel.declare_queue("", exclusive=True)
+        error = await expect_refused(channel, queue.bind(topo.SYNC_EXCHANGE, routing_key=key))
+        assert "topic" in error
+    channel = await operator.channel()
+    await expect_refused(channel, channel.declare_queue("erel.not-the-operator", exclusive=True))

@@ -1,5 +1,6 @@
-"""`erel-sync status|members|wait|stop …` input handling and failures that need no cluster, and
-the local control socket's file mode (the e2e tests drive the rest against real agents)."""
+"""`erel-sync status|members|wait|stop …` input handling and failures that need no cluster (one
+line, an exit code, never a traceback: the guard in `cli.main`), and the local control socket's
+file mode (the e2e tests drive the rest against real agents)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from erel_sync.adapters.broker import BrokerError
 from erel_sync.agent.control import serve_socket
+from erel_sync.cli.main import describe
+from erel_sync.core.snapshot import generate_key
+from erel_sync.model.problems import ConfigError, Problem
 
 DEAD_BROKER = "amqp://guest:guest@127.0.0.1:1/"
 
@@ -33,8 +38,10 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["status"], 4, "erel-sync: broker amqp://guest:***@127.0.0.1:1/: no broker reachable"),
+        (["status"], 4, "no broker reachable"),
+        (["wait", "--revision", "abcdef1"], 4, "no broker reachable"),
         (["wait", "--revision", "not-a-sha"], 2, "is not a git sha"),
+        (["wait", "--revision", "abcdef"], 2, "7 to 40 hex digits"),
         (["wait", "--revision", "abcdef1", "--timeout", "soon"], 2, "--timeout"),
         (["stop", "hello", "--host", "a", "--group", "b"], 2, "at most one of"),
         (["stop", "hello", "--host", "a"], 2, "remote commands are signed"),
@@ -46,6 +53,55 @@ def test_one_line_errors_and_exit_codes(args: list[str], code: int, message: str
     assert out.returncode == code, out.stderr
     assert message in out.stderr
     assert out.stderr.count("\n") == 1, out.stderr
+    assert "guest:guest@" not in out.stderr
+
+
+def test_an_escaped_error_is_one_line_and_exit_4(tmp_path: Path) -> None:
+    """The guard in `cli.main`: an exception no command handles (here the publisher's
+    SourceError for a path that is no repository) is one line, not a traceback; EREL_DEBUG
+    shows the traceback."""
+    key = tmp_path / "p.key"
+    key.write_bytes(generate_key()[0])
+    args = ["publisher", "--repo", str(tmp_path / "none"), "--key", str(key)]
+    args += ["--state-dir", str(tmp_path / "state")]
+    out = run(*args)
+    assert out.returncode == 4, out.stderr
+    assert out.stderr == f"erel-sync: {tmp_path / 'none'}: not a git repository\n"
+    debug = subprocess.run(
+        [sys.executable, "-m", "erel_sync", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "EREL_DEBUG": "1"},
+    )
+    assert debug.returncode == 4 and "Traceback" in debug.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "line", "code"),
+    [
+        (OSError(28, "No space left on device", "/var/x"), "/var/x: No space left on device", 4),
+        (
+            ConfigError([Problem("a.yaml", 1, 2, "$.x", "bad")]),
+            "invalid configuration: a.yaml:1:2: $.x: bad",
+            2,
+        ),
+        (BrokerError("amqp://u:secret@h/: refused"), "broker: amqp://u:***@h/: refused", 4),
+        (KeyError("x"), "internal error: KeyError: 'x' (EREL_DEBUG=1 shows the traceback)", 4),
+        (
+            asyncio.CancelledError(),
+            "the broker connection was lost (its pending calls were cancelled)",
+            4,
+        ),
+    ],
+)
+def test_escaped_errors_are_described_in_one_bounded_line(
+    error: BaseException, line: str, code: int
+) -> None:
+    assert describe(error) == (line, code)
+    assert "\n" not in describe(RuntimeError("a\nb" * 400))[0]
+    assert len(describe(RuntimeError("x" * 5000))[0]) <= 500
 
 
 async def _socket_mode(path: Path, group: str | None) -> tuple[int, int, bytes]:

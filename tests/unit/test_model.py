@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 
 from erel_sync.model.documents import (
+    Feature,
     group_from_document,
     group_to_document,
     release_from_document,
     release_to_document,
+    required_version,
 )
 from erel_sync.model.names import compare_versions, format_duration, parse_duration
 from erel_sync.model.problems import ConfigError
@@ -111,6 +113,63 @@ def test_documents_round_trip() -> None:
     assert rel.health.probation == 90.0
     assert release_from_document(release_to_document(rel)) == rel
     assert group_from_document(group_to_document(grp)) == grp
+
+
+def test_canonical_body_is_sparse() -> None:
+    """Optional fields at their default are left out, so an optional field added by a later
+    erel-sync changes nothing for older agents while it stays at its default. Kept where the
+    schema needs them: `hosts` (no selector), a selector's `labels`, a group's `config: {}`."""
+    plain = state_of({"r.yaml": release_yaml(), "g.yaml": group_yaml()})
+    body = plain.canonical_body()
+    assert set(body) == {"releases", "groups"}  # no `requires`: nothing newer than the baseline
+    assert set(body["releases"][0]["spec"]) == {"versions"}
+    assert set(body["groups"][0]["spec"]) == {"hosts", "releases"}
+    edge = state_of(
+        {
+            "r.yaml": release_yaml(extra="  stop_timeout: 30s\n  health: {rpc: 'm:ok/0'}\n"),
+            "g.yaml": group_yaml(
+                hosts="[]",
+                releases=(),
+                extra="  selector: {labels: {}}\n  allow_empty: true\n  suspend: false\n"
+                "  rollout: {max_unavailable: 1}\n",
+            ),
+            "h.yaml": group_yaml(
+                name="db", hosts="[db-1]", extra="      config: {}\n  suspend: true\n"
+            ),
+        }
+    )
+    body = edge.canonical_body()
+    assert body["releases"][0]["spec"]["health"] == {"rpc": "m:ok/0"}
+    assert "stop_timeout" not in body["releases"][0]["spec"]
+    db, web = body["groups"]
+    assert web["spec"] == {
+        "hosts": [],
+        "releases": [],
+        "selector": {"labels": {}},
+        "allow_empty": True,
+    }
+    assert db["spec"]["releases"][0]["config"] == {} and db["spec"]["suspend"] is True
+    again, _ = state_from_body(json.loads(edge.canonical_bytes()))
+    assert again == edge
+
+
+def test_required_version_names_the_newest_feature_used() -> None:
+    """The publisher side of `requires`: a field, or only some values of one, newer than the
+    baseline, found through lists (`*`)."""
+    body = state_of(
+        {"r.yaml": release_yaml(extra="  upgrade: hot\n"), "g.yaml": group_yaml()}
+    ).canonical_body()
+    docs = [*body["releases"], *body["groups"]]
+    size = Feature("Release", ("spec", "versions", "*", "artifact", "size"), "0.4.0")
+    hot = Feature("Release", ("spec", "upgrade"), "0.3.0", values=("hot",))
+    restart = Feature("Release", ("spec", "upgrade"), "0.5.0", values=("restart",))
+    grace = Feature("Group", ("spec", "grace"), "0.6.0")
+    assert required_version(docs) is None
+    assert required_version(docs, [size, restart, grace]) is None
+    assert required_version(docs, [hot, size]) == "0.3.0"
+    docs[0]["spec"]["versions"][0]["artifact"]["size"] = 10
+    assert required_version(docs, [hot, size, restart]) == "0.4.0"
+    assert required_version(docs, [Feature("Release", ("spec",), "0.1.0")]) is None
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from erel_sync.core.render import (
     RpcStatus,
     decode_envelope,
     decode_erl_call,
+    displaced_config_files,
     encode_config_payload,
     erl_call_argv,
     json_to_term,
@@ -279,6 +280,28 @@ def test_render_config_files_from_release_config() -> None:
     assert set(files) == {"vm.args", "sys.config"}
     assert "+K true" in files["vm.args"]
     assert parse_term(files["sys.config"]) == [(Atom("hello"), [(Atom("greeting"), "hi")])]
+
+
+def test_displaced_config_files_are_what_relx_would_read_instead() -> None:
+    assert displaced_config_files("0.2.0") == (
+        "vm.args",
+        "vm.args.src",
+        "vm.args.orig",
+        "sys.config",
+        "sys.config.src",
+        "sys.config.orig",
+        "releases/0.2.0/vm.args.src",
+        "releases/0.2.0/vm.args.orig",
+        "releases/0.2.0/sys.config.src",
+        "releases/0.2.0/sys.config.orig",
+    )
+    # Never the agent's own rendered files.
+    assert not {"releases/0.2.0/vm.args", "releases/0.2.0/sys.config"} & set(
+        displaced_config_files("0.2.0")
+    )
+    for bad in ("../0.1.0", "0.1.0/..", "", "a b", "0.1.0\n"):
+        with pytest.raises(RenderError):
+            displaced_config_files(bad)
 
 
 def test_config_payload_round_trips() -> None:

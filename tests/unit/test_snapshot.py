@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 
 from erel_sync.core.snapshot import (
+    Refusal,
     SnapshotRejected,
     build_envelope,
     generate_key,
     load_private_key,
     peek_seq,
+    report_refusal,
     verify_envelope,
 )
 from erel_sync.model.specs import canonical_json
@@ -92,3 +94,62 @@ def test_signed_but_invalid_state_is_refused() -> None:
         verify_envelope(canonical_json(env), TRUSTED)
     assert err.value.reason == "InvalidState"
     assert "has no version '0.0.9'" in str(err.value)
+
+
+def test_refusals_after_the_signature_carry_seq_and_revision() -> None:
+    env = json.loads(envelope(seq=9))
+    _set_version(env)
+    import hashlib
+
+    from erel_sync.core.snapshot import signed_message
+
+    env["digest"] = hashlib.sha256(canonical_json(env["body"])).hexdigest()
+    env["signature"] = base64.b64encode(
+        KEY.sign(signed_message(9, env["revision"], env["digest"]))
+    ).decode()
+    with pytest.raises(SnapshotRejected) as err:
+        verify_envelope(canonical_json(env), TRUSTED)
+    assert (err.value.reason, err.value.seq, err.value.revision) == ("InvalidState", 9, "a" * 40)
+    assert err.value.needs is None
+    long = SnapshotRejected("Malformed", "x" * 5000)
+    assert len(long.message) <= 512 and len(str(long)) < 600
+
+
+def _refusal(reason: str, seq: int | None, verified: int = 0) -> Refusal:
+    return Refusal(reason, "why", seq, None, None, verified)
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "held", "verified", "reported"),
+    [
+        # A signed refusal of a snapshot older than the one held is history, not news.
+        (None, _refusal("AgentTooOld", 5), 5, 0, None),
+        (None, _refusal("AgentTooOld", 6), 5, 0, "AgentTooOld:6"),
+        # Junk (its seq only claimed) does not hide that the newest snapshot was refused...
+        (_refusal("AgentTooOld", 7), _refusal("BadSignature", 99), 5, 0, "AgentTooOld:7"),
+        # ...a newer signed refusal does, an older one does not.
+        (_refusal("AgentTooOld", 7), _refusal("InvalidState", 8), 5, 0, "InvalidState:8"),
+        (_refusal("AgentTooOld", 8), _refusal("InvalidState", 7), 5, 0, "AgentTooOld:8"),
+        # Once the held snapshot caught up, the old refusal is gone and junk is news.
+        (_refusal("AgentTooOld", 7), _refusal("Malformed", None, 3), 7, 3, "Malformed:None"),
+        (_refusal("Malformed", None, 1), _refusal("UnknownKey", 4, 2), 5, 2, "UnknownKey:4"),
+    ],
+)
+def test_which_refusal_is_reported(
+    current: Refusal | None, new: Refusal, held: int, verified: int, reported: str | None
+) -> None:
+    r = report_refusal(current, new, held_seq=held, verified=verified)
+    assert (f"{r.reason}:{r.seq}" if r else None) == reported
+
+
+def test_a_refusal_stays_in_force_until_superseded() -> None:
+    signed, junk = _refusal("AgentTooOld", 7), _refusal("Malformed", None, verified=3)
+    assert signed.in_force(held_seq=6, verified=9) and not signed.in_force(held_seq=7, verified=0)
+    assert junk.in_force(held_seq=99, verified=3) and not junk.in_force(held_seq=0, verified=4)
+    assert signed.to_json() == {
+        "reason": "AgentTooOld",
+        "message": "why",
+        "seq": 7,
+        "revision": None,
+        "needs": None,
+    }

@@ -1,0 +1,113 @@
+"""Broker URLs and the vhost setting: the one rule every connection of erel-sync follows.
+
+Pure (urllib.parse only). Used by `model.settings` (AgentSettings `broker.urls` + `broker.vhost`),
+by `cli.common` for the `--amqp-url`/`--vhost` options of the publisher, the agent and every
+operator command, and by `adapters.brokersetup`: one place, so that the publisher, the agents,
+the CLI and `broker setup` can never disagree on which vhost a configuration means.
+
+The rule:
+- a URL either names a vhost (its path: `amqp://h/erel`, `amqp://h/%2F` for `/`) or is bare
+  (`amqp://h:5672`, `amqp://h:5672/`);
+- the vhost setting (`vhost:` / `--vhost`) applies to bare URLs; without a setting, the vhost the
+  URLs name is used, else `/`;
+- a URL naming another vhost than the setting, or URLs of one list naming different vhosts, is a
+  configuration error (exit 2): never silently one or the other.
+
+The URLs handed to aio-pika always carry the vhost as their path, percent-encoded (`/` is
+`%2F`), so what aiormq derives from them is exactly the vhost meant (tests check that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+DEFAULT_VHOST = "/"
+SCHEMES = ("amqp", "amqps")
+
+
+class BrokerUrlError(ValueError):
+    """A broker URL or vhost the user must fix. `reason` is a CamelCase constant; the message
+    names the URL with its password masked."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def mask(url: str) -> str:
+    """`url` with its password replaced by `***` (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, _ = parts.netloc.rpartition("@")[0].partition(":")
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def url_vhost(url: str) -> str | None:
+    """The vhost `url` names, or None for a bare URL (no path, or `/`)."""
+    path = urlsplit(url).path
+    if path in ("", "/"):
+        return None
+    return unquote(path[1:])
+
+
+def vhost_path(vhost: str) -> str:
+    """The URL path that names `vhost`: `/` + the name with every reserved character
+    percent-encoded (`/` -> `/%2F`, `a/b` -> `/a%2Fb`)."""
+    return "/" + quote(vhost, safe="")
+
+
+def check_vhost(vhost: str) -> None:
+    if not vhost:
+        raise BrokerUrlError("EmptyVhost", "the vhost is empty (the default vhost is '/')")
+    # aiormq turns a "%2F" left after decoding the path into "/": such a name cannot be reached.
+    if "%2F" in vhost:
+        raise BrokerUrlError("UnreachableVhost", f"vhost {vhost[:100]!r}: '%2F' in a vhost name")
+
+
+def resolve_vhost(urls: Sequence[str], vhost: str | None) -> str:
+    """The vhost `urls` mean under the rule (module docstring); raises BrokerUrlError."""
+    if not urls:
+        raise BrokerUrlError("NoBrokerUrl", "no broker URL given")
+    named: dict[str, str] = {}
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in SCHEMES or not parts.hostname:
+            raise BrokerUrlError(
+                "BadBrokerUrl", f"{mask(url)[:200]}: not an amqp:// or amqps:// URL with a host"
+            )
+        if (own := url_vhost(url)) is not None:
+            named.setdefault(own, url)
+    if vhost is not None:
+        check_vhost(vhost)
+        for own, url in named.items():
+            if own != vhost:
+                raise BrokerUrlError(
+                    "VhostMismatch",
+                    f"broker URL {mask(url)[:200]} names vhost {own!r} but the vhost setting "
+                    f"is {vhost!r}: drop the path from the URL or make them agree",
+                )
+        return vhost
+    if len(named) > 1:
+        first, second = list(named.items())[:2]
+        raise BrokerUrlError(
+            "VhostMismatch",
+            f"broker URLs name different vhosts: {mask(first[1])[:200]} ({first[0]!r}) and "
+            f"{mask(second[1])[:200]} ({second[0]!r})",
+        )
+    resolved = next(iter(named), DEFAULT_VHOST)
+    check_vhost(resolved)
+    return resolved
+
+
+def with_vhost(url: str, vhost: str) -> str:
+    """`url` with its path set to `vhost` (query and credentials kept as given)."""
+    return urlunsplit(urlsplit(url)._replace(path=vhost_path(vhost)))
+
+
+def broker_urls(urls: Sequence[str], vhost: str | None) -> tuple[str, ...]:
+    """The URLs to connect to: each naming the vhost `resolve_vhost` decides."""
+    resolved = resolve_vhost(urls, vhost)
+    return tuple(with_vhost(url, resolved) for url in urls)
