@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from erel_sync.adapters import nodeproc, release_files
-from erel_sync.adapters.artifacts import ArchiveLimits, ArtifactSettings, ArtifactStore
+from erel_sync.adapters.archive import ArchiveLimits
+from erel_sync.adapters.artifacts import ArtifactSettings, ArtifactStore
 from erel_sync.adapters.erlcall import ErlCall, NodeRef, NodeRpc, ensure_epmd
 from erel_sync.adapters.node_ops import NodeOps
 from erel_sync.adapters.release_meta import ReleaseMeta, home_dir, load_meta, now, save_meta

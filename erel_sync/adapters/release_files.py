@@ -3,7 +3,7 @@ and the release_handler's `RELEASES` / `start_erl.data`.
 
 Called by `adapters.driver` (and `adapters.node_ops` before every boot). Lives in `adapters`
 because it writes the disk; what to write comes from pure code (`core.render`, `core.upgrade`).
-Every tarball is inspected whole before any byte of it is written (`adapters.artifacts`).
+Every tarball is inspected whole before any byte of it is written (`adapters.archive`).
 
 The node runs with exactly the `releases/<vsn>/vm.args` and `sys.config` rendered here: what a
 tarball ships in their place (a root-level `vm.args`, relx templates `vm.args.src` /
@@ -18,7 +18,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from erel_sync.adapters.artifacts import (
+from erel_sync.adapters.archive import (
     ArchiveLimits,
     extract_tarball,
     inspect_tarball,

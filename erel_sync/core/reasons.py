@@ -1,6 +1,6 @@
 """Reason constants and the error types of the release driver, classified by what happens next.
 
-Pure. The driver (`adapters.driver`, `adapters.artifacts`, `adapters.erlcall`) raises these; the
+Pure. The driver (`adapters.driver`, `adapters.artifacts`, `adapters.archive`, `adapters.erlcall`) raises these; the
 agent's reconciler turns them into conditions and requeue delays, and the CLI prints them as one
 line. Reasons are CamelCase strings (Flux style) so they travel unchanged into status reports.
 

@@ -18,13 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from erel_sync.adapters.artifacts import (
-    ArchiveLimits,
-    ArtifactSettings,
-    ArtifactStore,
-    extract_tarball,
-    inspect_tarball,
-)
+from erel_sync.adapters.archive import ArchiveLimits, extract_tarball, inspect_tarball
+from erel_sync.adapters.artifacts import ArtifactSettings, ArtifactStore
 from erel_sync.core import reasons
 from erel_sync.model.specs import Artifact
 
