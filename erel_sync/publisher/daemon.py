@@ -37,6 +37,7 @@ from erel_sync.adapters.gitwatch import (
 )
 from erel_sync.adapters.supervisor import Supervisor
 from erel_sync.core.snapshot import (
+    SIGNED_REFUSALS,
     SnapshotRejected,
     build_envelope,
     load_private_key,
@@ -104,6 +105,9 @@ class Publisher:
         # One repository object for the daemon's life: GitPython keeps its `cat-file` processes,
         # so reading a revision costs no process spawn (a third of the push -> publish time).
         self._repo = open_repo(settings.repo)
+        # A head rejected before a restart is checked and announced again once: the event of
+        # the rejection lived only in memory, and `wait` reads rejections from the stream.
+        self._announced = False
 
     # --- state
     def _persist(self) -> None:
@@ -121,8 +125,9 @@ class Publisher:
         head = branch_head(self._repo, self.s.branch)
         if head is None:
             return "NoBranch"
-        if head in (self.revision, self.rejected):
+        if head == self.revision or (head == self.rejected and self._announced):
             return "Unchanged"
+        self._announced = True
         if self.revision and is_ancestor(self._repo, head, self.revision):
             problem = Problem(
                 "<git>",
@@ -210,9 +215,15 @@ class Publisher:
         arrived = asyncio.Event()
 
         async def on_snapshot(raw: bytes) -> None:
-            with contextlib.suppress(SnapshotRejected):
+            try:
                 found.append(verify_envelope(raw, self.trusted).seq)
-                arrived.set()
+            except SnapshotRejected as e:
+                # Signed by a trusted key but not loadable here (a newer publisher's body):
+                # its seq is genuine and taken all the same, or this one could sign it again.
+                if e.reason not in SIGNED_REFUSALS or e.seq is None:
+                    return
+                found.append(e.seq)
+            arrived.set()
 
         queue, tag = await broker.consume_snapshots(channel, on_snapshot, offset="last")
         with contextlib.suppress(TimeoutError):

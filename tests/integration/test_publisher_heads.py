@@ -62,3 +62,21 @@ def test_heads_valid_invalid_rewind_rewrite_and_restart(tmp_path: Path) -> None:
     assert again.process_head() == "Unchanged"
     assert again.envelope == p.envelope
     assert json.loads((settings.state_dir / "publisher.json").read_text())["seq"] == 3
+
+
+def test_a_rejection_is_announced_again_after_a_restart(tmp_path: Path) -> None:
+    """The rejection event lives in memory until the broker takes it; a publisher restarted in
+    between must announce it again, or `wait --revision BAD` would run to its timeout."""
+    repo, settings, _ = make(tmp_path)
+    repo.commit(FILES, "first")
+    p = Publisher(settings)
+    assert p.process_head() == "Published"
+    bad = repo.commit({"g.yaml": group_yaml(releases=(("hello", "9.9.9"),))}, "bad")
+    assert p.process_head() == "Invalid"
+
+    again = Publisher(settings)  # restarted before its events reached the broker
+    assert again.process_head() == "Invalid"
+    events = [e for e in again._pending_events if e["kind"] == "rejected"]
+    assert [e["revision"] for e in events] == [bad]
+    assert (again.seq, again.rejected) == (1, bad)
+    assert again.process_head() == "Unchanged"  # announced once per start, not in a loop
