@@ -189,7 +189,13 @@ class OpsClient:
         async def on_message(message: AbstractIncomingMessage) -> None:
             with contextlib.suppress(ValueError, UnicodeDecodeError):
                 doc = json.loads(message.body)
-                if isinstance(doc, dict) and doc.get("kind") == "presence":
+                # Only a record under its own host's key counts: the operator user may write
+                # the marker key (`presence.~marker`), and must not make hosts up with it.
+                if (
+                    isinstance(doc, dict)
+                    and doc.get("kind") == "presence"
+                    and message.routing_key == topo.presence_key(str(doc.get("host_id")))
+                ):
                     records.append(doc)
                 elif isinstance(doc, dict) and doc.get("marker") == marker:
                     done.set()

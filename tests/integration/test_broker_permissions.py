@@ -610,12 +610,23 @@ async def test_operator_runs_presence_read_status_query_and_signed_command(
         topo.presence_key(host),
         json.dumps({**presence, "sent": time.time()}).encode(),
     )
+    # The operator may write the marker key, so it could put a presence body there: such a
+    # record must not make a host up (only `presence.<its host_id>` counts).
+    forged = unique_name("forged")
+    async with await aio_pika.connect(broker.operator_url) as op:
+        await amqp.publish(
+            await op.channel(publisher_confirms=True),
+            topo.STATUS_EXCHANGE,
+            topo.presence_key("~marker"),
+            json.dumps({**presence, "host_id": forged, "sent": time.time()}).encode(),
+        )
     pem, _ = generate_key()
     async with OpsClient([broker.operator_url]) as client:
         # The presence read ends at a marker of its own, which the operator may append.
         assert await client._append_marker(uuid.uuid4().hex)
         records = await client.read_presence(time.time() - 60)
         assert host in {r.get("host_id") for r in records}
+        assert forged not in {r.get("host_id") for r in records}
         now = time.time()
         query = commands.new_command("status", None, topo.host_key(host), now=now, ttl=30)
         signed = commands.new_command(
