@@ -209,6 +209,9 @@ def test_08_agent_joins_while_the_publisher_is_down_via_peers(cluster: E2ECluste
 
 def test_09_forged_and_stale_snapshots_are_refused_and_counted(cluster: E2ECluster) -> None:
     assert cluster.watcher is not None
+    # Hosts past seq 1, so that a snapshot signed for seq 1 is stale (not a duplicate).
+    edit(cluster, "releases/ticker.yaml", "stop_timeout: 5s", "stop_timeout: 6s")
+    cluster.wait_converged(ALL)
     state = validate_sources(
         [
             SourceFile(p.relative_to(cluster.repo).as_posix(), p.read_bytes())
