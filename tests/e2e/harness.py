@@ -195,6 +195,7 @@ def reset_cluster(
     order: the publisher and every agent of `hosts` running (agents a test added are stopped,
     with their releases), the config repository holding exactly `files` (one commit when it
     differs), no holds, and every host converged on the publisher's newest seq."""
+    import os
     import subprocess
     import sys
 
@@ -242,6 +243,23 @@ def reset_cluster(
                 timeout=120,
             )
     c.wait_converged([h.host_id for h in hosts], timeout=timeout)
+
+    # An agent started above reports converged from its stored snapshot before its broker
+    # session is up: wait until every host answers `status` too, as a test's CLI would see it.
+    def all_answer() -> bool:
+        out = subprocess.run(
+            [sys.executable, "-m", "erel_sync", "status", "-o", "json", "--timeout", "2"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "EREL_AMQP_URL": c.url},
+        )
+        doc = json.loads(out.stdout or "[]")
+        answered = {h["host_id"] for h in doc if h.get("reachable")}
+        return out.returncode == 0 and answered >= {h.host_id for h in hosts}
+
+    wait_for("every host answers status", all_answer, timeout=timeout, every=0.2)
 
 
 def _holds(path: Path, text: str) -> bool:
