@@ -1,6 +1,7 @@
 """Benchmark: the release driver on the real example release (hello).
 
-Prints cold start -> healthy (target <= 0.8 s), hot upgrade 0.1.0 -> 0.2.0 with a zero
+Prints a first install from the warm artifact cache (target <= 0.8 s), cold start -> healthy
+(target <= 0.8 s), hot upgrade 0.1.0 -> 0.2.0 with a zero
 probation (target <= 0.4 s), stop, and one status probe of 10 running releases in parallel
 (target <= 50 ms total). The 10 releases belong to 10 host ids (10 drivers side by side, as
 many agents on one machine would run). Everything it starts is stopped and deleted at the end,
@@ -74,6 +75,10 @@ async def run(tmp: Path, examples: ExampleManifest) -> None:
     first = drivers[0]
     try:
         await first.install(spec, "0.1.0")  # warms the artifact cache for the others
+        # A first install from the warm cache: verify, inspect every member, extract (our own
+        # writer: Debian's Python 3.11.2 has no tarfile filter), render the config.
+        t_inst, _ = await timed(drivers[1].install(spec, "0.1.0"))
+        line("first install (cached artifact)", t_inst, 0.8, "(inspect + extract + render)")
         t_start, obs = await timed(first.start("hello"))
         assert obs.running, obs
         line("cold start -> healthy", t_start, 0.8)
@@ -82,7 +87,7 @@ async def run(tmp: Path, examples: ExampleManifest) -> None:
         assert result.path.value == "hot", result
         line("hot upgrade 0.1.0 -> 0.2.0", t_up, 0.4, "(probation 0 s)")
 
-        await asyncio.gather(*(d.install(spec, "0.1.0") for d in drivers[1:]))
+        await asyncio.gather(*(d.install(spec, "0.1.0") for d in drivers[2:]))
         await asyncio.gather(*(d.start("hello") for d in drivers[1:]))
         samples = []
         for _ in range(PROBES):
