@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -188,6 +191,19 @@ def running_cluster(
             rabbit.delete_vhost(vhost)
 
 
+def cli(c: E2ECluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`erel-sync ARGS` as an operator of `c` runs it (its broker URL, its operator key)."""
+    env = {**os.environ, "EREL_AMQP_URL": c.url, "EREL_OPERATOR_KEY": str(c.operator_key)}
+    return subprocess.run(
+        [sys.executable, "-m", "erel_sync", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
 def reset_cluster(
     c: E2ECluster, files: dict[str, str], hosts: tuple[DevHost, ...], timeout: float = 120
 ) -> None:
@@ -195,10 +211,6 @@ def reset_cluster(
     order: the publisher and every agent of `hosts` running (agents a test added are stopped,
     with their releases), the config repository holding exactly `files` (one commit when it
     differs), no holds, and every host converged on the publisher's newest seq."""
-    import os
-    import subprocess
-    import sys
-
     from erel_sync.adapters.examples import build_examples
     from erel_sync.dev.cluster import _stop_nodes_under, point_at_artifacts
 
@@ -236,25 +248,13 @@ def reset_cluster(
         sock = c.host_dir(host.host_id) / "agent.sock"
         held = [n for n, r in c.releases(host.host_id).items() if r.get("hold")]
         for name in held:
-            subprocess.run(
-                [sys.executable, "-m", "erel_sync", "start", name, "--socket", str(sock)],
-                check=False,
-                capture_output=True,
-                timeout=120,
-            )
+            cli(c, "start", name, "--socket", str(sock))
     c.wait_converged([h.host_id for h in hosts], timeout=timeout)
 
     # An agent started above reports converged from its stored snapshot before its broker
     # session is up: wait until every host answers `status` too, as a test's CLI would see it.
     def all_answer() -> bool:
-        out = subprocess.run(
-            [sys.executable, "-m", "erel_sync", "status", "-o", "json", "--timeout", "2"],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "EREL_AMQP_URL": c.url},
-        )
+        out = cli(c, "status", "-o", "json", "--timeout", "2", timeout=60)
         doc = json.loads(out.stdout or "[]")
         answered = {h["host_id"] for h in doc if h.get("reachable")}
         return out.returncode == 0 and answered >= {h.host_id for h in hosts}

@@ -14,9 +14,6 @@ One cluster for the module, brought back to its starting point before each test
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,7 +23,7 @@ import pytest
 
 from erel_sync.adapters import store
 from erel_sync.dev.cluster import REPO_ROOT, DevHost
-from tests.e2e.harness import E2ECluster, reset_cluster, running_cluster, wait_for
+from tests.e2e.harness import E2ECluster, cli, reset_cluster, running_cluster, wait_for
 from tests.e2e.test_gitops import group, release
 
 pytestmark = pytest.mark.e2e
@@ -64,18 +61,6 @@ def cluster(rabbit: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
 @pytest.fixture(autouse=True)
 def baseline(cluster: E2ECluster) -> None:
     reset_cluster(cluster, FILES, HOSTS)
-
-
-def cli(c: E2ECluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "EREL_AMQP_URL": c.url}
-    return subprocess.run(
-        [sys.executable, "-m", "erel_sync", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
 
 
 def publisher_state(c: E2ECluster) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from erel_sync.adapters.opsclient import OpsClient
 from erel_sync.core import control
 from erel_sync.core.snapshot import generate_key, load_private_key
 from erel_sync.dev.cluster import REPO_ROOT, DevHost
-from tests.e2e.harness import E2ECluster, reset_cluster, running_cluster, wait_for
+from tests.e2e.harness import E2ECluster, cli, reset_cluster, running_cluster, wait_for
 from tests.e2e.test_gitops import group, release
 
 pytestmark = pytest.mark.e2e
@@ -59,18 +59,6 @@ def cluster(rabbit: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
 @pytest.fixture(autouse=True)
 def baseline(cluster: E2ECluster) -> None:
     reset_cluster(cluster, FILES, HOSTS)
-
-
-def cli(c: E2ECluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "EREL_AMQP_URL": c.url, "EREL_OPERATOR_KEY": str(c.operator_key)}
-    return subprocess.run(
-        [sys.executable, "-m", "erel_sync", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
 
 
 def running(c: E2ECluster, host: str, name: str) -> bool:
