@@ -28,6 +28,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
 
+from erel_sync.adapters.brokersetup import BrokerSetupSpec
 from erel_sync.adapters.rabbitnode import SERVER_BIN_DIR, RabbitNode, RabbitNodeError
 
 EXTERNAL_URL_ENV = "EREL_TEST_AMQP_URL"
@@ -115,6 +116,20 @@ def unique_name(prefix: str, hint: str = "") -> str:
     """A name no other test (or test run) uses: readable hint plus random hex."""
     slug = re.sub(r"[^a-z0-9]+", "-", hint.lower()).strip("-")[:32]
     return f"{prefix}-{slug}-{uuid.uuid4().hex[:8]}" if slug else f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def setup_spec(vhost_prefix: str) -> BrokerSetupSpec:
+    """What `erel-sync broker setup` makes, with names and passwords of this test's own: a
+    vhost, and publisher, agent and operator users."""
+    return BrokerSetupSpec(
+        vhost=unique_name(vhost_prefix),
+        publisher_user=unique_name("pub"),
+        publisher_password=uuid.uuid4().hex,
+        agent_user=unique_name("agent"),
+        agent_password=uuid.uuid4().hex,
+        operator_user=unique_name("op"),
+        operator_password=uuid.uuid4().hex,
+    )
 
 
 def _require_server() -> None:

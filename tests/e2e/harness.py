@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +16,7 @@ from typing import Any, TypeVar
 from erel_sync.adapters import broker, nodeproc, store
 from erel_sync.adapters.driver import DriverSettings, ReleaseDriver
 from erel_sync.dev.cluster import DevCluster, DevHost
+from tests.cli import erel_sync
 
 T = TypeVar("T")
 
@@ -193,15 +192,8 @@ def running_cluster(
 
 def cli(c: E2ECluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """`erel-sync ARGS` as an operator of `c` runs it (its broker URL, its operator key)."""
-    env = {**os.environ, "EREL_AMQP_URL": c.url, "EREL_OPERATOR_KEY": str(c.operator_key)}
-    return subprocess.run(
-        [sys.executable, "-m", "erel_sync", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
+    env = {"EREL_AMQP_URL": c.url, "EREL_OPERATOR_KEY": str(c.operator_key)}
+    return erel_sync(*args, env=env, timeout=timeout)
 
 
 def reset_cluster(

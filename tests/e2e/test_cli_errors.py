@@ -18,19 +18,13 @@ import pytest
 from erel_sync.adapters import store
 from erel_sync.core.snapshot import generate_key
 from erel_sync.dev.cluster import DevCluster
+from tests.cli import erel_sync
 
 pytestmark = pytest.mark.e2e
 
 
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "erel_sync", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    return erel_sync(*args, env=env)
 
 
 def test_commands_on_a_vhost_without_topology_fail_in_one_line(vhost: str, tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ from erel_sync.adapters.rabbitnode import SERVER_BIN_DIR
 from erel_sync.cli.broker import app as broker_app
 from erel_sync.core import control as commands
 from erel_sync.core.snapshot import generate_key, load_private_key
-from tests.rabbit import Rabbit, unique_name
+from tests.rabbit import Rabbit, setup_spec, unique_name
 
 DEADLINE = 10.0
 
@@ -65,15 +65,7 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def broker(rabbit: Rabbit) -> Iterator[Setup]:
-    spec = BrokerSetupSpec(
-        vhost=unique_name("perm"),
-        publisher_user=unique_name("pub"),
-        publisher_password=uuid.uuid4().hex,
-        agent_user=unique_name("agent"),
-        agent_password=uuid.uuid4().hex,
-        operator_user=unique_name("op"),
-        operator_password=uuid.uuid4().hex,
-    )
+    spec = setup_spec("perm")
     log: list[str] = []
     setup_broker(spec, rabbit.ctl, rabbit.url, echo=log.append)
     try:

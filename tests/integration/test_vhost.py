@@ -11,11 +11,8 @@ session RabbitMQ node and the example `hello` release.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,9 +29,10 @@ from erel_sync.cli.main import build
 from erel_sync.core.snapshot import generate_key
 from erel_sync.dev.cluster import DevHost, git
 from erel_sync.model.brokerurl import BrokerUrlError
+from tests.cli import erel_sync
 from tests.e2e.harness import E2ECluster, wait_for
 from tests.e2e.test_gitops import group, release
-from tests.rabbit import Rabbit, unique_name
+from tests.rabbit import Rabbit, setup_spec
 
 FILES = {
     "releases/hello.yaml": release("hello", ("0.1.0",)),
@@ -78,15 +76,7 @@ class VhostCluster(E2ECluster):
 @pytest.fixture(scope="module")
 def setup(rabbit: Rabbit) -> Iterator[tuple[BrokerSetupSpec, dict[str, str]]]:
     """`broker setup` from a bare URL and `--vhost`: users, permissions and topology there."""
-    spec = BrokerSetupSpec(
-        vhost=unique_name("vh"),
-        publisher_user=unique_name("pub"),
-        publisher_password=uuid.uuid4().hex,
-        agent_user=unique_name("agent"),
-        agent_password=uuid.uuid4().hex,
-        operator_user=unique_name("op"),
-        operator_password=uuid.uuid4().hex,
-    )
+    spec = setup_spec("vh")
     admin = bare_url(rabbit, rabbit.user, "unused")
     try:
         if rabbit.node is None:
@@ -147,15 +137,7 @@ def cluster(
 
 
 def cli(c: VhostCluster, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EREL_AMQP")}
-    return subprocess.run(
-        [sys.executable, "-m", "erel_sync", *args, "--amqp-url", c.url, "--vhost", c.vhost],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
+    return erel_sync(*args, "--amqp-url", c.url, "--vhost", c.vhost, clean=True, timeout=timeout)
 
 
 def running(c: VhostCluster, name: str) -> bool:
@@ -229,16 +211,8 @@ def test_agent_refuses_a_flag_url_naming_another_vhost_than_its_file(tmp_path: P
         f"  state_dir: {tmp_path / 'state'}\n"
     )
     # A process of its own: an agent that wrongly accepted the settings would run until killed.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EREL_")}
     url = "amqp://u:s3cret@127.0.0.1:1/other"
-    out = subprocess.run(
-        [sys.executable, "-m", "erel_sync", "agent", "--config", str(config), "--amqp-url", url],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
+    out = erel_sync("agent", "--config", str(config), "--amqp-url", url, clean=True, timeout=30)
     assert out.returncode == 2, out.stderr
     assert "names vhost 'other' but the vhost setting is 'erel'" in out.stderr
     assert "s3cret" not in out.stderr
@@ -261,15 +235,7 @@ def test_a_vhost_the_user_may_not_use_is_named_not_called_unreachable(
     setup: tuple[BrokerSetupSpec, dict[str, str]],
 ) -> None:
     spec, urls = setup
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EREL_")}
-    out = subprocess.run(
-        [sys.executable, "-m", "erel_sync", "status", "--amqp-url", urls["operator"], *VHOST_ROOT],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    out = erel_sync("status", "--amqp-url", urls["operator"], *VHOST_ROOT, clean=True)
     assert out.returncode == 4, out.stderr
     assert "the broker refused vhost '/': no such vhost, or no permissions there" in out.stderr
     assert spec.operator_password not in out.stderr

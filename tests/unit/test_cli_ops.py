@@ -10,7 +10,6 @@ import os
 import socket
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,19 +19,13 @@ from erel_sync.agent.control import serve_socket
 from erel_sync.cli.main import describe
 from erel_sync.core.snapshot import generate_key
 from erel_sync.model.problems import ConfigError, Problem
+from tests.cli import erel_sync
 
 DEAD_BROKER = "amqp://guest:guest@127.0.0.1:1/"
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "erel_sync", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "EREL_AMQP_URL": DEAD_BROKER},
-    )
+    return erel_sync(*args, env={"EREL_AMQP_URL": DEAD_BROKER})
 
 
 @pytest.mark.parametrize(
@@ -67,14 +60,7 @@ def test_an_escaped_error_is_one_line_and_exit_4(tmp_path: Path) -> None:
     out = run(*args)
     assert out.returncode == 4, out.stderr
     assert out.stderr == f"erel-sync: {tmp_path / 'none'}: not a git repository\n"
-    debug = subprocess.run(
-        [sys.executable, "-m", "erel_sync", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "EREL_DEBUG": "1"},
-    )
+    debug = erel_sync(*args, env={"EREL_DEBUG": "1"})
     assert debug.returncode == 4 and "Traceback" in debug.stderr
 
 

@@ -124,7 +124,7 @@ async def test_shutdown_is_not_a_fault_and_lets_the_named_task_finish() -> None:
 
     async def reconcile() -> None:
         await stopping.wait()
-        await asyncio.sleep(0.05)  # the current step of a tick, finishing
+        await asyncio.sleep(0.05)  # simulated work: a step of a tick that takes a while
         finished.set()
 
     async def forever() -> None:
