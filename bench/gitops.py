@@ -33,9 +33,9 @@ from typing import Any
 import aio_pika
 
 from erel_sync.adapters import eventloop, store
-from erel_sync.adapters.rabbitnode import RabbitNode
 from erel_sync.agent.daemon import Agent
 from erel_sync.core.snapshot import generate_key
+from erel_sync.dev.rabbitnode import RabbitNode
 from erel_sync.model.settings import AgentSettings, TrustedKey
 
 PER_WORKER = int(os.environ.get("BENCH_PER_WORKER", "25"))

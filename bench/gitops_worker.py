@@ -13,7 +13,7 @@ from pathlib import Path
 import aio_pika
 
 from erel_sync.adapters import eventloop
-from erel_sync.adapters import topology as topo
+from erel_sync.adapters.broker import topology as topo
 from erel_sync.agent.daemon import Agent
 from erel_sync.core.snapshot import peek_seq
 from erel_sync.model.settings import AgentSettings, TrustedKey

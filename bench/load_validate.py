@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from erel_sync.adapters.configsource import open_repo, read_directory, read_revision
+from erel_sync.adapters.git.configsource import open_repo, read_directory, read_revision
 
 RELEASES, GROUPS, VERSIONS = 1000, 100, 3
 

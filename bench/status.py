@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gitops import Workers, bench_cluster, pct
 
 from erel_sync.adapters import store
-from erel_sync.adapters.opsclient import OpsClient
+from erel_sync.adapters.broker.opsclient import OpsClient
 from erel_sync.cli.ops import gather_entries
 from erel_sync.core import clusterview as view
 

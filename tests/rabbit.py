@@ -1,7 +1,7 @@
 """Pytest plugin: RabbitMQ for integration and e2e tests (`pytest_plugins = ["tests.rabbit"]`).
 
 Fixtures:
-- `rabbit` (session): ONE private node (`adapters.rabbitnode.RabbitNode`) for the whole run,
+- `rabbit` (session): ONE private node (`dev.rabbitnode.RabbitNode`) for the whole run,
   under a temp dir, stopped at the end. With `EREL_TEST_AMQP_URL` set, that broker is used
   instead (`rabbit.node` is None; `rabbit.ctl` runs `rabbitmqctl`, with `-n
   $EREL_TEST_RABBITMQ_NODE` if set, and must be able to reach it).
@@ -28,8 +28,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
 
-from erel_sync.adapters.brokersetup import BrokerSetupSpec
-from erel_sync.adapters.rabbitnode import SERVER_BIN_DIR, RabbitNode, RabbitNodeError
+from erel_sync.adapters.broker.setup import BrokerSetupSpec
+from erel_sync.dev.rabbitnode import SERVER_BIN_DIR, RabbitNode, RabbitNodeError
 
 EXTERNAL_URL_ENV = "EREL_TEST_AMQP_URL"
 EXTERNAL_NODE_ENV = "EREL_TEST_RABBITMQ_NODE"

@@ -35,9 +35,10 @@ import aiormq
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from erel_sync import __version__
-from erel_sync.adapters import broker, store
-from erel_sync.adapters import topology as topo
-from erel_sync.adapters.driver import DriverSettings, ReleaseDriver
+from erel_sync.adapters import store
+from erel_sync.adapters.broker import messages as broker
+from erel_sync.adapters.broker import topology as topo
+from erel_sync.adapters.releases.driver import DriverSettings, ReleaseDriver
 from erel_sync.adapters.supervisor import Supervisor
 from erel_sync.agent.control import ControlService, serve_socket
 from erel_sync.agent.reconciler import Driver, Reconciler, utc_now

@@ -37,7 +37,8 @@ log = logging.getLogger("erel_sync.agent")
 
 
 class Driver(Protocol):
-    """The part of `adapters.driver.ReleaseDriver` the reconciler uses (fakes in unit tests)."""
+    """The part of `adapters.releases.driver.ReleaseDriver` the reconciler uses (fakes in unit
+    tests)."""
 
     async def observe_all(self, *, health: bool = False) -> Mapping[str, Any]: ...
     async def install(self, spec: Any, version: str, config: Any) -> Any: ...

@@ -1,7 +1,7 @@
 """`erel-sync broker setup`: make a RabbitMQ vhost ready (users, permissions, topology).
 
 A Typer sub-app (`app`) that the root application mounts as `broker`. The work is done by
-`adapters.brokersetup`; this module only reads options, wires the real `rabbitmqctl` and maps
+`adapters.broker.setup`; this module only reads options, wires the real `rabbitmqctl` and maps
 errors to exit codes (2: bad input, 4: the broker or rabbitmqctl refused).
 """
 
@@ -117,7 +117,7 @@ def setup(
       erel-sync broker setup --amqp-url amqp://broker:5672/ --vhost erel --dry-run > setup.sh
     """
     # aio-pika (in brokersetup) loads only when this command runs, not on every CLI start.
-    from erel_sync.adapters.brokersetup import (  # noqa: PLC0415
+    from erel_sync.adapters.broker.setup import (  # noqa: PLC0415
         BrokerSetupError,
         BrokerSetupSpec,
         plan_ctl,

@@ -1,7 +1,7 @@
 """`erel-sync validate` and `erel-sync plan`: the two pull-request review commands.
 
-Both are offline: they read a directory or git revisions through `adapters.configsource`, run the
-pure validator and revision diff, and print text, JSON or Markdown.
+Both are offline: they read a directory or git revisions through `adapters.git.configsource`, run
+the pure validator and revision diff, and print text, JSON or Markdown.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def validate(
       erel-sync validate . --rev origin/main -o json
     """
     # Imported here: GitPython costs ~10 MiB that `erel-sync agent` never needs.
-    from erel_sync.adapters.configsource import (  # noqa: PLC0415
+    from erel_sync.adapters.git.configsource import (  # noqa: PLC0415
         SourceError,
         open_repo,
         read_directory,
@@ -108,7 +108,7 @@ def plan(
       erel-sync plan --repo . --base origin/main --head HEAD
       erel-sync plan --base main --head feature --hosts .erel/hosts.yaml -o markdown
     """
-    from erel_sync.adapters.configsource import (  # noqa: PLC0415
+    from erel_sync.adapters.git.configsource import (  # noqa: PLC0415
         SourceError,
         open_repo,
         read_revision,

@@ -54,7 +54,7 @@ def hosts_table(beats: dict[str, dict[str, Any]], title: str) -> Table:
 async def watch(cluster: DevCluster, stop: asyncio.Event, *, exit_when_converged: bool) -> bool:
     from rich.live import Live  # noqa: PLC0415
 
-    from erel_sync.adapters import broker  # noqa: PLC0415
+    from erel_sync.adapters.broker import messages as broker  # noqa: PLC0415
     from erel_sync.dev.progress import Progress  # noqa: PLC0415
 
     console = _console()

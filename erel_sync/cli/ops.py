@@ -1,8 +1,8 @@
 """`erel-sync status|members`: see the running cluster; the options and helpers that `wait`
 (`cli.waiting`) and the release commands (`cli.steer`) share.
 
-Adapter glue: `adapters.opsclient` talks to the broker, `core.clusterview` decides what to show
-and `core.conditions` what is wrong. `status` exit codes (docs/operating.md): 0 every host
+Adapter glue: `adapters.broker.opsclient` talks to the broker, `core.clusterview` decides what to
+show and `core.conditions` what is wrong. `status` exit codes (docs/operating.md): 0 every host
 converged and healthy; 1 something Failed or Degraded, or (with every host answering) not
 converged yet; 3 some hosts did not answer (listed); 2 invalid input; 4 runtime error (broker
 unreachable, no erel-sync topology in the vhost).
@@ -65,7 +65,7 @@ def seconds(text: str, what: str) -> float:
 
 
 def run(coro: Any, urls: list[str] | None = None) -> Any:
-    from erel_sync.adapters.broker import BrokerError  # noqa: PLC0415 - aio-pika only when used
+    from erel_sync.adapters.broker.messages import BrokerError  # noqa: PLC0415 - aio-pika only when used
 
     # aiormq logs every failed connection attempt; the CLI reports the outcome in one line.
     logging.getLogger().addHandler(logging.NullHandler())
@@ -148,7 +148,7 @@ async def gather_entries(
     within: float,
 ) -> list[dict[str, Any]]:
     """Ask every host in scope for its status and join the answers with presence."""
-    from erel_sync.adapters.broker import PublishFailed  # noqa: PLC0415
+    from erel_sync.adapters.broker.messages import PublishFailed  # noqa: PLC0415
 
     now = time.time()
     target = control.target_for(host, group)
@@ -216,7 +216,7 @@ async def _status(
     within: float,
     urls: list[str],
 ) -> int:
-    from erel_sync.adapters.opsclient import OpsClient  # noqa: PLC0415
+    from erel_sync.adapters.broker.opsclient import OpsClient  # noqa: PLC0415
 
     async with OpsClient(urls) as client:
         entries = await gather_entries(client, group=group, host=host, since=since, within=within)
@@ -345,7 +345,7 @@ def members(
 
 
 async def _members(output: Output, since: float, within: float, urls: list[str]) -> int:
-    from erel_sync.adapters.opsclient import OpsClient  # noqa: PLC0415
+    from erel_sync.adapters.broker.opsclient import OpsClient  # noqa: PLC0415
 
     async with OpsClient(urls) as client:
         entries = await gather_entries(client, group=None, host=None, since=since, within=within)

@@ -28,7 +28,7 @@ from erel_sync.model.specs import ReleaseSpec
 from erel_sync.model.validate import SourceFile, validate_sources
 
 if TYPE_CHECKING:  # the driver loads only when a release command runs
-    from erel_sync.adapters.driver import ReleaseDriver
+    from erel_sync.adapters.releases.driver import ReleaseDriver
 
 app = typer.Typer(
     name="release",
@@ -103,7 +103,7 @@ def _driver(
 ) -> ReleaseDriver:
     """The driver, with the archive limits given or else the defaults of an agent without
     `spec.artifacts` in its AgentSettings."""
-    from erel_sync.adapters.driver import DriverSettings, ReleaseDriver  # noqa: PLC0415
+    from erel_sync.adapters.releases.driver import DriverSettings, ReleaseDriver  # noqa: PLC0415
 
     host = host_id or socket.gethostname().split(".")[0]
     try:

@@ -1,8 +1,8 @@
 """`erel-sync start|stop|restart|delete RELEASE`: steer a release on one host, a group or all.
 
 With `--host`, `--group` or `--all` the command is signed with the operator's key and goes
-through the broker (`adapters.opsclient`, `erel.control`); without, it goes to the agent on this
-machine through its Unix socket. Exit codes (docs/operating.md): 0 ok, 1 refused or failed
+through the broker (`adapters.broker.opsclient`, `erel.control`); without, it goes to the agent on
+this machine through its Unix socket. Exit codes (docs/operating.md): 0 ok, 1 refused or failed
 somewhere, 2 invalid input, 3 some hosts did not answer (listed), 4 runtime error.
 """
 
@@ -103,8 +103,8 @@ async def _remote(
     output: Output,
     urls: list[str],
 ) -> int:
-    from erel_sync.adapters.broker import PublishFailed  # noqa: PLC0415
-    from erel_sync.adapters.opsclient import OpsClient  # noqa: PLC0415
+    from erel_sync.adapters.broker.messages import PublishFailed  # noqa: PLC0415
+    from erel_sync.adapters.broker.opsclient import OpsClient  # noqa: PLC0415
 
     async with OpsClient(urls) as client:
         presence = asyncio.create_task(client.read_presence(time.time() - 600))

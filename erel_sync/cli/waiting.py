@@ -1,7 +1,7 @@
 """`erel-sync wait --revision SHA`: block until every host the revision concerns applied it.
 
-Adapter glue: `adapters.opsclient` follows the `erel.revisions` stream (what the publisher made
-of each commit: published as seq N with the commits it brings, or rejected with its problems),
+Adapter glue: `adapters.broker.opsclient` follows the `erel.revisions` stream (what the publisher
+made of each commit: published as seq N with the commits it brings, or rejected with its problems),
 the heartbeats (to re-check at once when something changes) and asks every host for its status;
 `core.revisions` and `core.clusterview.wait_verdict` decide. Exit codes (docs/operating.md): 0
 converged, 1 a host failed or the publisher rejected the revision (problems printed), 2
@@ -97,8 +97,8 @@ def _progress(v: view.WaitVerdict, revision: str, found: revisions.Located) -> s
 async def _wait(
     revision: str, group: str | None, limit: float, since: float, urls: list[str]
 ) -> int:
-    from erel_sync.adapters.broker import BrokerError  # noqa: PLC0415
-    from erel_sync.adapters.opsclient import OpsClient  # noqa: PLC0415
+    from erel_sync.adapters.broker.messages import BrokerError  # noqa: PLC0415
+    from erel_sync.adapters.broker.opsclient import OpsClient  # noqa: PLC0415
 
     tty = sys.stderr.isatty()
     deadline = time.monotonic() + limit

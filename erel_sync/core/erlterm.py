@@ -1,7 +1,7 @@
 """A small Erlang term model: render Python values as Erlang term text, and parse term text back.
 
 Pure. `core.render` uses it to write `sys.config`, `core.upgrade` to read and rewrite the
-release_handler's `RELEASES` file and `.rel` files, and `adapters.erlcall` to read plain
+release_handler's `RELEASES` file and `.rel` files, and `adapters.releases.erlcall` to read plain
 erl_call results (`ok`, `"12345"`, `{badrpc,...}`).
 
 Python side of the mapping:

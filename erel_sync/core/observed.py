@@ -1,6 +1,6 @@
 """What the release driver saw of one release: the input of the agent's planner.
 
-Pure data. `adapters.driver.ReleaseDriver.observe` builds it (one erel status call, plus a
+Pure data. `adapters.releases.driver.ReleaseDriver.observe` builds it (one erel status call, plus a
 health call when asked); the agent's pure planner and status summary read it, which is why it
 lives in `core` rather than next to the driver.
 """

@@ -1,9 +1,9 @@
 """Reason constants and the error types of the release driver, classified by what happens next.
 
-Pure. The driver (`adapters.driver`, `adapters.artifacts`, `adapters.archive`,
-`adapters.erlcall`) raises these; the agent's reconciler turns them into conditions and requeue
-delays, and the CLI prints them as one line. Reasons are CamelCase strings (Flux style) so they
-travel unchanged into status reports.
+Pure. The driver (`adapters.releases.driver`, `adapters.releases.artifacts`,
+`adapters.releases.archive`, `adapters.releases.erlcall`) raises these; the agent's reconciler
+turns them into conditions and requeue delays, and the CLI prints them as one line. Reasons are
+CamelCase strings (Flux style) so they travel unchanged into status reports.
 
 Two kinds of failure, by what the caller should do:
 - `TransientError`: retry later (`retry_after` seconds is a hint for the first backoff step).

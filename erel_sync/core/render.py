@@ -1,10 +1,10 @@
 """Render what a release node reads (`vm.args`, `sys.config`, erl_call arguments) and decode what
 it answers (the `erel1:` envelope, erl_call's output).
 
-Pure: text in, text out. The release driver (`adapters.driver`) writes the rendered files into
-`releases/<vsn>/` before a version boots or is hot-installed, and removes what would displace
-them (`displaced_config_files`); `adapters.erlcall` builds its argv and decodes results here, so
-both sides are tested table-driven on canned text.
+Pure: text in, text out. The release driver (`adapters.releases.driver`) writes the rendered files
+into `releases/<vsn>/` before a version boots or is hot-installed, and removes what would displace
+them (`displaced_config_files`); `adapters.releases.erlcall` builds its argv and decodes results
+here, so both sides are tested table-driven on canned text.
 
 The Release config value encoding (DESIGN.md §2, docs/erel.md) for `sys.config` and
 `apply_config`:

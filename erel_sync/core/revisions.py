@@ -1,7 +1,7 @@
 """What became of a git revision at the publisher, from the records of the `erel.revisions`
 stream (`publisher.published` and `publisher.rejected` events, docs/status.md).
 
-Pure. `erel-sync wait -r SHA` reads the stream (`adapters.opsclient`) and asks `locate`: the
+Pure. `erel-sync wait -r SHA` reads the stream (`adapters.broker.opsclient`) and asks `locate`: the
 first `published` record that carries SHA, as its revision or among the commits it newly
 brought, gives the snapshot seq that contains SHA, which every concerned host must reach (a host
 at a later seq has SHA too); failing that, a `rejected` record for SHA ends the wait at once with

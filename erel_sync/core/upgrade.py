@@ -1,8 +1,8 @@
 """Decisions of the release driver that need no I/O: node names, the upgrade path, the probation
 schedule, recovery of an unfinished step, and the release_handler's `RELEASES` bookkeeping.
 
-Pure. `adapters.driver` calls these between its observations and its actions, so the choices
-are tested table-driven without a node.
+Pure. `adapters.releases.driver` calls these between its observations and its actions, so the
+choices are tested table-driven without a node.
 
 RELEASES: the restart path boots a version release_handler only knows as `unpacked`. OTP's own
 emulator-restart upgrade marks such a version `tmp_current` before rebooting; at boot the

@@ -25,11 +25,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from erel_sync.adapters import nodeproc, store
-from erel_sync.adapters.configsource import read_directory
-from erel_sync.adapters.examples import ExampleManifest, build_examples
-from erel_sync.adapters.rabbitnode import RabbitNode
+from erel_sync.adapters import store
+from erel_sync.adapters.git.configsource import read_directory
+from erel_sync.adapters.releases import nodeproc
 from erel_sync.core.snapshot import generate_key
+from erel_sync.dev.examples import ExampleManifest, build_examples
+from erel_sync.dev.rabbitnode import RabbitNode
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_URL = re.compile(

@@ -2,7 +2,7 @@
 
 Pure (urllib.parse only). Used by `model.settings` (AgentSettings `broker.urls` + `broker.vhost`),
 by `cli.common` for the `--amqp-url`/`--vhost` options of the publisher, the agent and every
-operator command, and by `adapters.brokersetup`: one place, so that the publisher, the agents,
+operator command, and by `adapters.broker.setup`: one place, so that the publisher, the agents,
 the CLI and `broker setup` can never disagree on which vhost a configuration means.
 
 The rule:

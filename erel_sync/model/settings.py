@@ -19,7 +19,7 @@ from erel_sync.model.schema import check_document
 from erel_sync.model.yamldocs import parse_documents
 
 # What one release tarball may unpack to (`spec.artifacts`): checked member by member as the
-# archive is read (`adapters.archive`), so a gzip bomb is refused at its first big header.
+# archive is read (`adapters.releases.archive`), so a gzip bomb is refused at its first big header.
 DEFAULT_MAX_UNPACKED_BYTES = 8 * 1024**3
 DEFAULT_MAX_ARCHIVE_MEMBERS = 200_000
 

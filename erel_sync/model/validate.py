@@ -1,6 +1,6 @@
 """Validate a whole revision: files -> YAML -> schema -> specs -> semantics -> DesiredState.
 
-Pure: takes file contents (bytes), never reads the disk or git itself (`adapters.configsource`
+Pure: takes file contents (bytes), never reads the disk or git itself (`adapters.git.configsource`
 does that). Reports every problem at once. Also rebuilds a DesiredState from a snapshot body for
 the agent, through the same schema and semantic checks, after checking that this code is new
 enough for the body (`requires`); a refused body's problems read root cause first.

@@ -25,10 +25,11 @@ from typing import Any
 
 import aiormq
 
-from erel_sync.adapters import broker, store
-from erel_sync.adapters import topology as topo
-from erel_sync.adapters.configsource import SourceError, open_repo, read_revision
-from erel_sync.adapters.gitwatch import (
+from erel_sync.adapters import store
+from erel_sync.adapters.broker import messages as broker
+from erel_sync.adapters.broker import topology as topo
+from erel_sync.adapters.git.configsource import SourceError, open_repo, read_revision
+from erel_sync.adapters.git.gitwatch import (
     RefWatcher,
     branch_head,
     commit_summary,

@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from erel_sync.adapters import broker, nodeproc, store
-from erel_sync.adapters.driver import DriverSettings, ReleaseDriver
+from erel_sync.adapters import store
+from erel_sync.adapters.broker import messages as broker
+from erel_sync.adapters.releases import nodeproc
+from erel_sync.adapters.releases.driver import DriverSettings, ReleaseDriver
 from erel_sync.dev.cluster import DevCluster, DevHost
 from tests.cli import erel_sync
 
@@ -203,8 +205,8 @@ def reset_cluster(
     order: the publisher and every agent of `hosts` running (agents a test added are stopped,
     with their releases), the config repository holding exactly `files` (one commit when it
     differs), no holds, and every host converged on the publisher's newest seq."""
-    from erel_sync.adapters.examples import build_examples
     from erel_sync.dev.cluster import _stop_nodes_under, point_at_artifacts
+    from erel_sync.dev.examples import build_examples
 
     manifest = build_examples(c.examples_dir)  # cached: only reads the manifest
     files = {rel: point_at_artifacts(text, manifest) for rel, text in files.items()}

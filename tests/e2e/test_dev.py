@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from erel_sync.adapters import nodeproc
+from erel_sync.adapters.releases import nodeproc
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from erel_sync.adapters import topology as topo
+from erel_sync.adapters.broker import topology as topo
 from erel_sync.core.snapshot import build_envelope, generate_key, load_private_key
 from erel_sync.dev.cluster import DevHost
 from erel_sync.model.validate import SourceFile, validate_sources

@@ -24,8 +24,8 @@ import jsonschema
 import pytest
 import yaml
 
-from erel_sync.adapters.broker import PublishFailed
-from erel_sync.adapters.opsclient import OpsClient
+from erel_sync.adapters.broker.messages import PublishFailed
+from erel_sync.adapters.broker.opsclient import OpsClient
 from erel_sync.core import control
 from erel_sync.core.snapshot import generate_key, load_private_key
 from erel_sync.dev.cluster import REPO_ROOT, DevHost

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from erel_sync.adapters import nodeproc
-from erel_sync.adapters.driver import DriverSettings, ReleaseDriver
-from erel_sync.adapters.examples import ExampleManifest, build_examples
+from erel_sync.adapters.releases import nodeproc
+from erel_sync.adapters.releases.driver import DriverSettings, ReleaseDriver
+from erel_sync.dev.examples import ExampleManifest, build_examples
 from erel_sync.model.specs import (
     Artifact,
     HealthSpec,

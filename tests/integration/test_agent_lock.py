@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from erel_sync.adapters import store
-from erel_sync.adapters.rabbitnode import free_port
 from erel_sync.core.snapshot import generate_key
+from erel_sync.dev.rabbitnode import free_port
 
 
 def test_lock_directory_refuses_a_second_holder(tmp_path: Path) -> None:

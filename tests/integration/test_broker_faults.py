@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from erel_sync.adapters import store
-from erel_sync.adapters.rabbitnode import RabbitNode
 from erel_sync.agent.daemon import Agent
 from erel_sync.core.snapshot import generate_key, peek_seq
+from erel_sync.dev.rabbitnode import RabbitNode
 from erel_sync.model.settings import AgentSettings, TrustedKey
 from erel_sync.publisher.daemon import Publisher, PublisherSettings
 from tests.configrepo import GitRepo, group_yaml, release_yaml

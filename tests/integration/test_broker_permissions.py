@@ -1,4 +1,4 @@
-"""Permissions made by `erel-sync broker setup` (`adapters.brokersetup`) on a real RabbitMQ 3.10.
+"""Permissions made by `erel-sync broker setup` (`adapters.broker.setup`) on a real RabbitMQ 3.10.
 
 One vhost with one publisher, one agent and one operator user is set up per module (rabbitmqctl
 is slow); each test uses its own routing keys and markers. What must hold (docs/broker.md):
@@ -10,7 +10,7 @@ is slow); each test uses its own routing keys and markers. What must hold (docs/
   `erel.control`, and ask `state.request`, answered by the publisher through `erel.sync`; it
   cannot publish the publisher's `publisher.*` events (topic permissions);
 - the publisher, too, has no write on `amq.default`;
-- the operator can do what the CLI does (`adapters.opsclient`: presence read with its marker,
+- the operator can do what the CLI does (`adapters.broker.opsclient`: presence read with its marker,
   a status query and a signed command with their replies, heartbeats, the revisions stream) and
   nothing that writes config: not `erel.config`, not a stream queue, not `amq.default`, not the
   routing keys of heartbeats, presence records or publisher events.
@@ -31,9 +31,10 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from typer.testing import CliRunner
 
-from erel_sync.adapters import broker as amqp
-from erel_sync.adapters import topology as topo
-from erel_sync.adapters.brokersetup import (
+from erel_sync.adapters.broker import messages as amqp
+from erel_sync.adapters.broker import topology as topo
+from erel_sync.adapters.broker.opsclient import OpsClient
+from erel_sync.adapters.broker.setup import (
     AGENT_PERMISSIONS,
     AGENT_TOPIC_PERMISSIONS,
     OPERATOR_PERMISSIONS,
@@ -44,11 +45,10 @@ from erel_sync.adapters.brokersetup import (
     plan_ctl,
     setup_broker,
 )
-from erel_sync.adapters.opsclient import OpsClient
-from erel_sync.adapters.rabbitnode import SERVER_BIN_DIR
 from erel_sync.cli.broker import app as broker_app
 from erel_sync.core import control as commands
 from erel_sync.core.snapshot import generate_key, load_private_key
+from erel_sync.dev.rabbitnode import SERVER_BIN_DIR
 from tests.rabbit import Rabbit, setup_spec, unique_name
 
 DEADLINE = 10.0

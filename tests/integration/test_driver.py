@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from erel_sync.adapters import nodeproc
-from erel_sync.adapters.release_meta import cookie_path, load_meta, save_meta
+from erel_sync.adapters.releases import nodeproc
+from erel_sync.adapters.releases.meta import cookie_path, load_meta, save_meta
 from erel_sync.core import reasons
 from erel_sync.core.render import RpcStatus
 from erel_sync.core.upgrade import RecoveryStep, UpgradePath
@@ -316,7 +316,7 @@ async def test_killed_release_is_observed_as_not_running(release_env: ReleaseEnv
 AGENT = """
 import asyncio, signal, sys
 from pathlib import Path
-from erel_sync.adapters.driver import DriverSettings, ReleaseDriver
+from erel_sync.adapters.releases.driver import DriverSettings, ReleaseDriver
 driver = ReleaseDriver(DriverSettings(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]))
 asyncio.run(driver.start("hello"))
 print("started", flush=True)

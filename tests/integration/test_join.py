@@ -13,8 +13,8 @@ from pathlib import Path
 
 import aio_pika
 
-from erel_sync.adapters import broker
-from erel_sync.adapters import topology as topo
+from erel_sync.adapters.broker import messages as broker
+from erel_sync.adapters.broker import topology as topo
 from erel_sync.core.snapshot import peek_seq
 from tests.configrepo import GitRepo, group_yaml
 from tests.integration.test_broker_faults import (

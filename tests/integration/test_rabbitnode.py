@@ -1,4 +1,4 @@
-"""The private RabbitMQ node (`adapters.rabbitnode`) and the fixtures of `tests.rabbit`.
+"""The private RabbitMQ node (`dev.rabbitnode`) and the fixtures of `tests.rabbit`.
 
 Checks what the other integration tests rely on: stop leaves no process, epmd name or open port
 behind; a SIGKILLed node restarted on the same data keeps durable messages; a failed start says
@@ -16,7 +16,7 @@ import aio_pika
 import aiormq
 import pytest
 
-from erel_sync.adapters.rabbitnode import (
+from erel_sync.dev.rabbitnode import (
     RabbitNode,
     RabbitNodeError,
     epmd_names,

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from erel_sync.adapters import nodeproc
-from erel_sync.adapters.release_meta import cookie_path, home_dir, load_meta, private_dir
+from erel_sync.adapters.releases import nodeproc
+from erel_sync.adapters.releases.meta import cookie_path, home_dir, load_meta, private_dir
 from erel_sync.core import reasons
 from erel_sync.core.erlterm import Atom
 from erel_sync.core.render import RpcStatus

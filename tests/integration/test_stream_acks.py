@@ -13,8 +13,8 @@ import json
 
 import aio_pika
 
-from erel_sync.adapters import broker
-from erel_sync.adapters import topology as topo
+from erel_sync.adapters.broker import messages as broker
+from erel_sync.adapters.broker import topology as topo
 from tests.rabbit import Rabbit
 
 DEADLINE = 20.0

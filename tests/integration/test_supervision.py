@@ -21,8 +21,8 @@ from pathlib import Path
 
 import aio_pika
 
-from erel_sync.adapters import broker
-from erel_sync.adapters.rabbitnode import RabbitNode
+from erel_sync.adapters.broker import messages as broker
+from erel_sync.dev.rabbitnode import RabbitNode
 from tests.configrepo import GitRepo, group_yaml
 from tests.integration.test_broker_faults import (
     FILES,

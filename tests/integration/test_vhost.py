@@ -22,12 +22,12 @@ import pytest
 from typer.testing import CliRunner
 
 from erel_sync.adapters import store
-from erel_sync.adapters.brokersetup import BrokerSetupSpec, setup_broker
-from erel_sync.adapters.rabbitnode import SERVER_BIN_DIR
+from erel_sync.adapters.broker.setup import BrokerSetupSpec, setup_broker
 from erel_sync.cli.broker import app as broker_app
 from erel_sync.cli.main import build
 from erel_sync.core.snapshot import generate_key
 from erel_sync.dev.cluster import DevHost, git
+from erel_sync.dev.rabbitnode import SERVER_BIN_DIR
 from erel_sync.model.brokerurl import BrokerUrlError
 from tests.cli import erel_sync
 from tests.e2e.harness import E2ECluster, wait_for

@@ -1,4 +1,4 @@
-"""adapters.artifacts: the verified cache and the safe extraction, on synthetic tarballs.
+"""adapters.releases.artifacts: the verified cache and the safe extraction, on synthetic tarballs.
 
 Downloads go to a local http.server on 127.0.0.1 in a thread (no other network).
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from erel_sync.adapters.archive import ArchiveLimits, extract_tarball, inspect_tarball
-from erel_sync.adapters.artifacts import ArtifactSettings, ArtifactStore
+from erel_sync.adapters.releases.archive import ArchiveLimits, extract_tarball, inspect_tarball
+from erel_sync.adapters.releases.artifacts import ArtifactSettings, ArtifactStore
 from erel_sync.core import reasons
 from erel_sync.model.specs import Artifact
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from erel_sync.adapters.broker import BrokerError
+from erel_sync.adapters.broker.messages import BrokerError
 from erel_sync.agent.control import serve_socket
 from erel_sync.cli.main import describe
 from erel_sync.core.snapshot import generate_key

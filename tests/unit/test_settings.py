@@ -9,7 +9,7 @@ from pathlib import Path
 import aiormq
 import pytest
 
-from erel_sync.adapters.driver import ReleaseDriver
+from erel_sync.adapters.releases.driver import ReleaseDriver
 from erel_sync.agent.daemon import Agent
 from erel_sync.model import brokerurl
 from erel_sync.model.names import format_size, parse_size

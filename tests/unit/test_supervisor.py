@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import typer
 
-from erel_sync.adapters import broker
+from erel_sync.adapters.broker import messages as broker
 from erel_sync.adapters.supervisor import Supervisor, TaskFailed
 from erel_sync.cli.daemons import run_daemon
 

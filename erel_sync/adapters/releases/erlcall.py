@@ -1,6 +1,6 @@
 """The node RPC port: `erl_call -R -sname NODE -a 'Mod Fun [Args]'` as an async subprocess.
 
-Called by the release driver (`adapters.driver`) for every question to a running release
+Called by the release driver (`adapters.releases.driver`) for every question to a running release
 (status, health, unpack/install/make_permanent/rollback through the `erel_rpc` module, plain
 calls such as `init:stop/0`). Lives in `adapters` because it spawns processes; argv building and
 output decoding are pure (`core.render`) and tested on canned output.

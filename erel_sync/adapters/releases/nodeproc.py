@@ -1,6 +1,6 @@
 """OS processes of a release node: start it as a daemon, find its processes, wait, kill.
 
-Called by `adapters.driver`. Lives in `adapters` because it spawns and signals processes.
+Called by `adapters.releases.driver`. Lives in `adapters` because it spawns and signals processes.
 Linux only: processes are found through `/proc`.
 
 Start: what `bin/<rel> daemon` does, minus its `sleep 1` polling loop and the cookie it puts on
@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from erel_sync.adapters.erlcall import child_env
+from erel_sync.adapters.releases.erlcall import child_env
 from erel_sync.core import reasons
 
 PROC = Path("/proc")

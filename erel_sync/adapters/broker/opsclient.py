@@ -26,8 +26,8 @@ from typing import Any
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from erel_sync.adapters import broker
-from erel_sync.adapters import topology as topo
+from erel_sync.adapters.broker import messages as broker
+from erel_sync.adapters.broker import topology as topo
 from erel_sync.core import control
 from erel_sync.core.control import Command
 

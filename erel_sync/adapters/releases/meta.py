@@ -1,7 +1,7 @@
 """The driver's record in each release root: what it installed, for whom, and what it was doing.
 
-Called by `adapters.driver` only. Lives in `adapters` because it writes files. Every write is
-atomic (tmp + fsync + rename + fsync of the directory): a crash leaves the old or the new record,
+Called by `adapters.releases.driver` only. Lives in `adapters` because it writes files. Every write
+is atomic (tmp + fsync + rename + fsync of the directory): a crash leaves the old or the new record,
 never a torn one.
 
 Layout of a managed release root (`releases_dir/<name>/`):

@@ -1,9 +1,10 @@
 """Files of a release root: first install, versions added side by side, rendered config files,
 and the release_handler's `RELEASES` / `start_erl.data`.
 
-Called by `adapters.driver` (and `adapters.node_ops` before every boot). Lives in `adapters`
-because it writes the disk; what to write comes from pure code (`core.render`, `core.upgrade`).
-Every tarball is inspected whole before any byte of it is written (`adapters.archive`).
+Called by `adapters.releases.driver` (and `adapters.releases.nodeops` before every boot). Lives in
+`adapters` because it writes the disk; what to write comes from pure code (`core.render`,
+`core.upgrade`). Every tarball is inspected whole before any byte of it is written
+(`adapters.releases.archive`).
 
 The node runs with exactly the `releases/<vsn>/vm.args` and `sys.config` rendered here: what a
 tarball ships in their place (a root-level `vm.args`, relx templates `vm.args.src` /
@@ -18,13 +19,13 @@ import shutil
 import uuid
 from pathlib import Path
 
-from erel_sync.adapters.archive import (
+from erel_sync.adapters.releases.archive import (
     ArchiveLimits,
     extract_tarball,
     inspect_tarball,
     staging_dir,
 )
-from erel_sync.adapters.release_meta import (
+from erel_sync.adapters.releases.meta import (
     PRIVATE_DIR,
     ReleaseMeta,
     create_private_dirs,

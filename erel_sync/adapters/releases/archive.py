@@ -1,7 +1,7 @@
 """Release tarballs, unpacked safely: every member checked before anything is written, then
 written by our own code.
 
-Called by `adapters.release_files` (first install, a version added beside others, the check
+Called by `adapters.releases.files` (first install, a version added beside others, the check
 before an in-node unpack). Lives in `adapters` because it writes the disk; stdlib only.
 
 Guarantees:

@@ -3,7 +3,7 @@
 The only module that imports aio_pika. Wraps the wire protocol of DESIGN.md §3 in a few calls:
 the `erel.config` stream of signed snapshots (publish with confirms, consume from `last`), the
 `erel.sync` state.request/reply exchange, and `erel.status` heartbeats. Library errors are
-wrapped as `BrokerError`. Names and arguments of the topology live in `adapters.topology`.
+wrapped as `BrokerError`. Names and arguments of the topology live in `adapters.broker.topology`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from erel_sync.adapters import topology as topo
+from erel_sync.adapters.broker import topology as topo
 from erel_sync.model.brokerurl import mask, url_vhost
 
 log = logging.getLogger(__name__)

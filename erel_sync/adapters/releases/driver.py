@@ -3,11 +3,12 @@ ONE host.
 
 Called by the agent's executor (and directly by `erel-sync release ...`). Lives in `adapters`:
 it is the edge where desired state becomes files, processes and RPCs. Decisions that need no
-I/O are in `core.upgrade`; node steps in `adapters.node_ops`; files in `adapters.release_files`.
+I/O are in `core.upgrade`; node steps in `adapters.releases.nodeops`; files in
+`adapters.releases.files`.
 
 Layout: `releases_dir/<name>/` is one relx release root shared by all versions (release_handler
 keeps them side by side in `lib/<app>-<vsn>` and `releases/<vsn>/`); the driver's record, the
-cookie and run_erl's pipes live in `<root>/.erel-sync/` (see `adapters.release_meta`).
+cookie and run_erl's pipes live in `<root>/.erel-sync/` (see `adapters.releases.meta`).
 
 Upgrade paths (`core.upgrade.choose_upgrade_path`):
 - hot: copy the tarball to `releases/<vsn>.tar.gz`, `erel_rpc:unpack`, render the config files,
@@ -29,14 +30,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from erel_sync.adapters import nodeproc, release_files
-from erel_sync.adapters.archive import ArchiveLimits
-from erel_sync.adapters.artifacts import ArtifactSettings, ArtifactStore
-from erel_sync.adapters.erlcall import ErlCall, NodeRef, NodeRpc, ensure_epmd
-from erel_sync.adapters.node_ops import NodeOps
-from erel_sync.adapters.release_meta import ReleaseMeta, home_dir, load_meta, now, save_meta
+from erel_sync.adapters.releases import files as release_files
+from erel_sync.adapters.releases import nodeproc
+from erel_sync.adapters.releases.archive import ArchiveLimits
+from erel_sync.adapters.releases.artifacts import ArtifactSettings, ArtifactStore
+from erel_sync.adapters.releases.erlcall import ErlCall, NodeRef, NodeRpc, ensure_epmd
+from erel_sync.adapters.releases.meta import ReleaseMeta, home_dir, load_meta, now, save_meta
+from erel_sync.adapters.releases.nodeops import NodeOps
+from erel_sync.adapters.releases.upgrader import Upgrader, UpgradeResult
 from erel_sync.adapters.store import fsync_dir
-from erel_sync.adapters.upgrader import Upgrader, UpgradeResult
 from erel_sync.core import reasons
 from erel_sync.core.observed import ObservedRelease
 from erel_sync.core.render import RpcStatus, encode_config_payload

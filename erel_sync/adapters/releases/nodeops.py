@@ -1,8 +1,8 @@
 """Node-level steps of the release driver: ask erel, boot a version and wait until it is
 healthy, hold a probation, stop a node gracefully then by force.
 
-Called by `adapters.driver` only; split from it to keep each module one idea. Every wait polls
-a condition against a deadline (no sleeps as synchronisation), and every failure becomes a
+Called by `adapters.releases.driver` only; split from it to keep each module one idea. Every wait
+polls a condition against a deadline (no sleeps as synchronisation), and every failure becomes a
 `DriverError` with a reason and a bounded output tail (the node's own log when it has one).
 """
 
@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from erel_sync.adapters import nodeproc, release_files
-from erel_sync.adapters.erlcall import NodeRef, NodeRpc, outcome_value
-from erel_sync.adapters.release_meta import create_private_dirs, home_dir, log_dir, pipe_dir
+from erel_sync.adapters.releases import files as release_files
+from erel_sync.adapters.releases import nodeproc
+from erel_sync.adapters.releases.erlcall import NodeRef, NodeRpc, outcome_value
+from erel_sync.adapters.releases.meta import create_private_dirs, home_dir, log_dir, pipe_dir
 from erel_sync.core import reasons
 from erel_sync.core.erlterm import Atom
 from erel_sync.core.render import RpcOutcome, RpcStatus

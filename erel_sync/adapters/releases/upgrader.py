@@ -1,7 +1,7 @@
 """Version changes of one release: the hot and restart paths with probation and automatic
 fallback, and recovery of a step a previous agent left unfinished.
 
-Called by `ReleaseDriver.upgrade` / `ReleaseDriver.recover` (`adapters.driver`), under the
+Called by `ReleaseDriver.upgrade` / `ReleaseDriver.recover` (`adapters.releases.driver`), under the
 release's lock. Split from the driver to keep both modules readable; it uses the driver's
 identity helpers, its `NodeOps` and `release_files`, and decides with `core.upgrade`.
 """
@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from erel_sync.adapters import release_files
-from erel_sync.adapters.erlcall import NodeRef, ensure_epmd
-from erel_sync.adapters.release_meta import ReleaseMeta, now, save_meta
+from erel_sync.adapters.releases import files as release_files
+from erel_sync.adapters.releases.erlcall import NodeRef, ensure_epmd
+from erel_sync.adapters.releases.meta import ReleaseMeta, now, save_meta
 from erel_sync.core import reasons
 from erel_sync.core.render import RpcStatus
 from erel_sync.core.upgrade import RecoveryStep, UpgradePath, choose_upgrade_path
 from erel_sync.model.specs import HealthSpec, ReleaseConfig, ReleaseSpec
 
 if TYPE_CHECKING:
-    from erel_sync.adapters.driver import ReleaseDriver
+    from erel_sync.adapters.releases.driver import ReleaseDriver
 
 
 @dataclass(frozen=True)

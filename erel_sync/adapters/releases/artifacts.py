@@ -1,8 +1,8 @@
 """Release tarballs: fetch into a content-addressed cache and verify them.
 
-Called by the release driver (`adapters.driver`) before any install or upgrade. Lives in
+Called by the release driver (`adapters.releases.driver`) before any install or upgrade. Lives in
 `adapters` because it does network and disk I/O; stdlib only (urllib in a worker thread).
-Unpacking is `adapters.archive`.
+Unpacking is `adapters.releases.archive`.
 
 Guarantee: the cache holds only verified files: `cache_dir/sha256/<hex>.tar.gz` appears (by
 rename) only after its sha256 matched. A mismatch, a truncated or oversized download leaves

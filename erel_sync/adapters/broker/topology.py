@@ -1,6 +1,6 @@
 """The RabbitMQ topology of erel-sync: names, types and arguments of every exchange and queue.
 
-Used by `adapters.brokersetup` (the `erel-sync broker setup` command declares it once), by the
+Used by `adapters.broker.setup` (the `erel-sync broker setup` command declares it once), by the
 publisher and agent broker adapter (which re-declare or passively check it) and by tests. It
 lives in one module because a stream re-declared with different arguments fails with
 PRECONDITION_FAILED, and because the permission regexes in `brokersetup` are written against

@@ -6,8 +6,8 @@ against a private node. Lives in `adapters` because it runs `rabbitmqctl` and sp
 
 Two channels, because AMQP cannot manage users: users, vhost and permissions go through
 `rabbitmqctl` (which must run where it can reach the node: same Erlang cookie, node name
-resolvable), the topology (`adapters.topology`) is declared over AMQP *as the publisher*, which
-also proves the publisher's permissions are enough. Observe (`list_vhosts`, `list_users`) →
+resolvable), the topology (`adapters.broker.topology`) is declared over AMQP *as the publisher*,
+which also proves the publisher's permissions are enough. Observe (`list_vhosts`, `list_users`) →
 plan (pure, `plan_ctl`) → apply; a second run changes nothing but passwords and permissions,
 which are set again because neither can be observed cheaply. `--dry-run` observes nothing and
 prints a shell script that does the same, so it also serves a broker this host cannot reach.
@@ -31,7 +31,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aio_pika
 import aiormq
 
-from erel_sync.adapters import topology as topo
+from erel_sync.adapters.broker import topology as topo
 from erel_sync.model.brokerurl import resolve_vhost, vhost_path
 
 
@@ -88,8 +88,8 @@ AGENT_TOPIC_PERMISSIONS = (
 )
 
 # Operator (the CLI: `status`, `members`, `wait`, remote start/stop/restart/delete, as
-# `adapters.opsclient` does them): publishes signed commands to erel.control; reads heartbeats
-# and publisher events from erel.status, command replies from erel.sync, through its own
+# `adapters.broker.opsclient` does them): publishes signed commands to erel.control; reads
+# heartbeats and publisher events from erel.status, command replies from erel.sync, through its own
 # server-named or `erel.operator.*` queues; reads the presence and revisions streams. No write
 # on erel.config (exchange or stream), on any stream queue, on erel.sync or on `amq.default`.
 OPERATOR_PERMISSIONS = Permissions(
@@ -382,7 +382,8 @@ async def declare_topology(url: str, deadline_s: float = 30) -> None:
     except aiormq.exceptions.ChannelPreconditionFailed as e:
         raise BrokerSetupError(
             f"topology exists with other settings ({e}); the stream's arguments cannot change: "
-            f"delete {topo.CONFIG_STREAM} (its history goes with it) or match adapters.topology"
+            f"delete {topo.CONFIG_STREAM} (its history goes with it) or match "
+            "adapters.broker.topology"
         ) from e
     except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as e:
         raise BrokerSetupError(f"declaring the topology on {redact(url)}: {e}") from e
