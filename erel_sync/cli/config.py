@@ -22,6 +22,7 @@ from erel_sync.core.plan_render import (
     render_text,
 )
 from erel_sync.core.revdiff import plan_revisions
+from erel_sync.model.canonical import state_digest
 from erel_sync.model.problems import ConfigError, Problem
 
 
@@ -62,7 +63,7 @@ def validate(
         doc = {
             "valid": result.ok,
             "revision": revision.sha or None,
-            "digest": result.state.digest() if result.state else None,
+            "digest": state_digest(result.state) if result.state else None,
             "files": result.files,
             "documents": result.documents,
             "problems": [p.to_json() for p in result.problems],
@@ -73,7 +74,7 @@ def validate(
         s = result.state
         sys.stdout.write(
             f"valid: {len(s.releases)} releases, {len(s.groups)} groups in {result.files} files "
-            f"(digest {s.digest()[:16]})\n"
+            f"(digest {state_digest(s)[:16]})\n"
         )
     else:
         for p in result.problems:

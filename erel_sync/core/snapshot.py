@@ -28,6 +28,7 @@ from nacl.signing import VerifyKey
 
 from erel_sync import __version__
 from erel_sync.core.reasons import MESSAGE_LIMIT, AgentTooOld, InvalidState
+from erel_sync.model.canonical import canonical_body
 from erel_sync.model.problems import ConfigError
 from erel_sync.model.specs import DesiredState, canonical_json
 from erel_sync.model.validate import BodyRefused, KnownDocs, state_from_body
@@ -202,7 +203,7 @@ def build_envelope(
     key: Ed25519PrivateKey,
     key_id: str,
 ) -> bytes:
-    body = state.canonical_body()
+    body = canonical_body(state)
     digest = hashlib.sha256(canonical_json(body)).hexdigest()
     signature = key.sign(signed_message(seq, revision, digest))
     envelope = {

@@ -1,13 +1,11 @@
 """The desired-state model: frozen specs for Release and Group documents and the whole state.
 
-Pure. Built by `model.documents` from schema-valid documents; turned back into normalised
-documents for the canonical snapshot body, whose sha256 is the content digest. The body says
-which erel-sync it needs (`requires`) when it uses anything newer than the baseline.
+Pure. Built by `model.documents` from schema-valid documents; `model.canonical` turns a
+`DesiredState` back into the canonical snapshot body (normalised documents) and its digest.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -158,32 +156,6 @@ class DesiredState:
 
     releases: Mapping[str, ReleaseSpec]
     groups: Mapping[str, GroupSpec]
-
-    def canonical_body(self) -> dict[str, Any]:
-        """`{releases, groups}` of sparse normalised documents, plus `requires` (the oldest
-        erel-sync that understands them) only when that is newer than the baseline: a body that
-        needs nothing new stays readable by every agent since the baseline."""
-        # Imported here: documents imports specs, and the body is made of normalised documents.
-        from erel_sync.model.documents import (  # noqa: PLC0415
-            group_to_document,
-            release_to_document,
-            required_version,
-        )
-
-        body: dict[str, Any] = {
-            "releases": [release_to_document(self.releases[n]) for n in sorted(self.releases)],
-            "groups": [group_to_document(self.groups[n]) for n in sorted(self.groups)],
-        }
-        needs = required_version([*body["releases"], *body["groups"]])
-        if needs is not None:
-            body["requires"] = needs
-        return body
-
-    def canonical_bytes(self) -> bytes:
-        return canonical_json(self.canonical_body())
-
-    def digest(self) -> str:
-        return hashlib.sha256(self.canonical_bytes()).hexdigest()
 
 
 def canonical_json(value: JSON) -> bytes:

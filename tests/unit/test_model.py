@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from erel_sync.model.canonical import canonical_body, canonical_bytes, state_digest
 from erel_sync.model.documents import (
     Feature,
     group_from_document,
@@ -39,14 +40,14 @@ def test_digest_ignores_file_order_layout_formatting_and_comments() -> None:
         " spec: {releases: [{version: '0.1.0', name: hello}], hosts: [web-1], suspend: false}}\n"
     )
     b = state_of({"all.yaml": flow + "---\n" + release_yaml() + "# trailing\n"})
-    assert a.digest() == b.digest()
-    assert a.canonical_bytes() == b.canonical_bytes()
+    assert state_digest(a) == state_digest(b)
+    assert canonical_bytes(a) == canonical_bytes(b)
 
 
 def test_digest_changes_with_content() -> None:
     a = state_of({"r.yaml": release_yaml(), "g.yaml": group_yaml()})
     b = state_of({"r.yaml": release_yaml(), "g.yaml": group_yaml(hosts="[web-2]")})
-    assert a.digest() != b.digest()
+    assert state_digest(a) != state_digest(b)
 
 
 def test_body_round_trip_and_recheck() -> None:
@@ -56,15 +57,15 @@ def test_body_round_trip_and_recheck() -> None:
             for p in (ROOT / "sample-repo").rglob("*.yaml")
         ]
     ).require()
-    body = json.loads(sample.canonical_bytes())
+    body = json.loads(canonical_bytes(sample))
     again, _ = state_from_body(body)
     assert again == sample
-    assert again.digest() == sample.digest()
+    assert state_digest(again) == state_digest(sample)
 
 
 def test_body_recheck_reuses_unchanged_documents_only() -> None:
     body: dict[str, Any] = json.loads(
-        state_of({"r.yaml": release_yaml(), "g.yaml": group_yaml()}).canonical_bytes()
+        canonical_bytes(state_of({"r.yaml": release_yaml(), "g.yaml": group_yaml()}))
     )
     first, known = state_from_body(body)
     changed = json.loads(json.dumps(body))
@@ -86,7 +87,7 @@ def test_body_recheck_reuses_unchanged_documents_only() -> None:
 
 def test_agent_recheck_refuses_a_tampered_body() -> None:
     body: dict[str, Any] = json.loads(
-        state_of({"r.yaml": release_yaml(), "g.yaml": group_yaml()}).canonical_bytes()
+        canonical_bytes(state_of({"r.yaml": release_yaml(), "g.yaml": group_yaml()}))
     )
     body["groups"][0]["spec"]["releases"][0]["version"] = "9.9.9"
     with pytest.raises(ConfigError, match=re.escape("has no version '9.9.9'")):
@@ -120,7 +121,7 @@ def test_canonical_body_is_sparse() -> None:
     erel-sync changes nothing for older agents while it stays at its default. Kept where the
     schema needs them: `hosts` (no selector), a selector's `labels`, a group's `config: {}`."""
     plain = state_of({"r.yaml": release_yaml(), "g.yaml": group_yaml()})
-    body = plain.canonical_body()
+    body = canonical_body(plain)
     assert set(body) == {"releases", "groups"}  # no `requires`: nothing newer than the baseline
     assert set(body["releases"][0]["spec"]) == {"versions"}
     assert set(body["groups"][0]["spec"]) == {"hosts", "releases"}
@@ -138,7 +139,7 @@ def test_canonical_body_is_sparse() -> None:
             ),
         }
     )
-    body = edge.canonical_body()
+    body = canonical_body(edge)
     assert body["releases"][0]["spec"]["health"] == {"rpc": "m:ok/0"}
     assert "stop_timeout" not in body["releases"][0]["spec"]
     db, web = body["groups"]
@@ -149,16 +150,16 @@ def test_canonical_body_is_sparse() -> None:
         "allow_empty": True,
     }
     assert db["spec"]["releases"][0]["config"] == {} and db["spec"]["suspend"] is True
-    again, _ = state_from_body(json.loads(edge.canonical_bytes()))
+    again, _ = state_from_body(json.loads(canonical_bytes(edge)))
     assert again == edge
 
 
 def test_required_version_names_the_newest_feature_used() -> None:
     """The publisher side of `requires`: a field, or only some values of one, newer than the
     baseline, found through lists (`*`)."""
-    body = state_of(
-        {"r.yaml": release_yaml(extra="  upgrade: hot\n"), "g.yaml": group_yaml()}
-    ).canonical_body()
+    body = canonical_body(
+        state_of({"r.yaml": release_yaml(extra="  upgrade: hot\n"), "g.yaml": group_yaml()})
+    )
     docs = [*body["releases"], *body["groups"]]
     size = Feature("Release", ("spec", "versions", "*", "artifact", "size"), "0.4.0")
     hot = Feature("Release", ("spec", "upgrade"), "0.3.0", values=("hot",))

@@ -18,6 +18,7 @@ from erel_sync.core.snapshot import (
     report_refusal,
     verify_envelope,
 )
+from erel_sync.model.canonical import state_digest
 from erel_sync.model.specs import canonical_json
 from erel_sync.model.validate import SourceFile, validate_sources
 from tests.configrepo import group_yaml, release_yaml
@@ -45,7 +46,7 @@ def mutate(raw: bytes, change: Any) -> bytes:
 def test_round_trip() -> None:
     snap = verify_envelope(envelope(), TRUSTED)
     assert (snap.seq, snap.revision, snap.key_id) == (7, "a" * 40, "pub-1")
-    assert snap.state == STATE and snap.digest == STATE.digest()
+    assert snap.state == STATE and snap.digest == state_digest(STATE)
     assert peek_seq(snap.raw) == 7
 
 

@@ -22,6 +22,7 @@ import pytest
 from erel_sync import __version__
 from erel_sync.agent.daemon import Agent
 from erel_sync.core.snapshot import SnapshotRejected, signed_message, verify_envelope
+from erel_sync.model.canonical import canonical_body
 from erel_sync.model.names import Version
 from erel_sync.model.settings import AgentSettings, TrustedKey
 from erel_sync.model.specs import canonical_json
@@ -37,7 +38,7 @@ def newer_body(grace: str | None) -> dict[str, Any]:
     """The body a newer publisher sends for STATE with `grace` set on every Release (None: left
     at its default). It writes `grace` by the rules this code writes `stop_timeout` by (STATE
     leaves that at its default too), and declares `requires` when `grace` is used."""
-    body: dict[str, Any] = json.loads(canonical_json(STATE.canonical_body()))
+    body: dict[str, Any] = json.loads(canonical_json(canonical_body(STATE)))
     writes_defaults = "stop_timeout" in body["releases"][0]["spec"]
     if grace is not None or writes_defaults:
         for doc in body["releases"]:
