@@ -60,10 +60,11 @@ $(VENV_STAMP): pyproject.toml | $(BIN)/python
 venv: $(VENV_STAMP)
 
 lint: venv
-	$(BIN)/ruff check erel_sync tests bench
-	$(BIN)/ruff format --check erel_sync tests bench
+	$(BIN)/ruff check erel_sync tests bench scripts
+	$(BIN)/ruff format --check erel_sync tests bench scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_structure.py
 
 # Example Erlang releases (tarballs + sha256), cached: rebuilt only when their sources change.
 examples: system-packages rebar3

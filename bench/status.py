@@ -29,7 +29,7 @@ from gitops import Workers, bench_cluster, pct
 
 from erel_sync.adapters import store
 from erel_sync.adapters.broker.opsclient import OpsClient
-from erel_sync.cli.ops import gather_entries
+from erel_sync.cli.status import gather_entries
 from erel_sync.core import clusterview as view
 
 HOSTS = 50

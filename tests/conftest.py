@@ -2,7 +2,10 @@
 where `make setup` puts it when it is not installed system-wide (`build/tools/bin`), so a bare
 `pytest` works as well as `make test`."""
 
+import asyncio
+import inspect
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,3 +28,32 @@ def pytest_terminal_summary(
         return
     if seed is not None:
         terminalreporter.write_line(f"test order: random, --randomly-seed={seed}")
+
+
+# How long tasks that are already ending (a connection closing its reader, a cancelled task
+# unwinding) may take after the test and its fixtures are done before they count as leaked.
+LEAK_GRACE = 2.0
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tasks(request: pytest.FixtureRequest) -> None:
+    """Fail an async test that leaves asyncio tasks behind (kopf's tests do the same): a task
+    nobody awaits hides its exception and keeps running into the next test. Autouse, so it is
+    set up first and checks last, after every other fixture of the test cleaned up."""
+    if inspect.iscoroutinefunction(getattr(request.node, "function", None)):
+        request.getfixturevalue("_task_leak_check")
+
+
+@pytest.fixture
+async def _task_leak_check() -> AsyncIterator[None]:
+    before = set(asyncio.all_tasks())
+    yield
+    current = asyncio.current_task()
+    left = {t for t in asyncio.all_tasks() - before if t is not current and not t.done()}
+    if left:
+        _, left = await asyncio.wait(left, timeout=LEAK_GRACE)
+    if left:
+        names = sorted(f"{t.get_name()} {t.get_coro()!r:.120}" for t in left)
+        for t in left:
+            t.cancel()
+        pytest.fail(f"{len(left)} asyncio task(s) left pending by the test: {names}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
 
+from erel_sync.adapters.broker import rabbitctl
 from erel_sync.adapters.broker.setup import BrokerSetupSpec
 from erel_sync.dev.rabbitnode import SERVER_BIN_DIR, RabbitNode, RabbitNodeError
 
@@ -56,19 +56,9 @@ class Rabbit:
             return self.node.ctl(*args, stdin=stdin, timeout=timeout)
         exe = shutil.which("rabbitmqctl") or str(SERVER_BIN_DIR / "rabbitmqctl")
         node = os.environ.get(EXTERNAL_NODE_ENV)
-        argv = [exe, *(["-n", node] if node else []), *args]
-        done = subprocess.run(
-            argv,
-            input=None if stdin is None else stdin.encode(),
-            stdin=subprocess.DEVNULL if stdin is None else None,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
+        return rabbitctl.run(
+            exe, *args, node=node, stdin=stdin, timeout=timeout, error=RabbitNodeError
         )
-        if done.returncode != 0:
-            err = (done.stderr or done.stdout).decode(errors="replace")
-            raise RabbitNodeError(f"rabbitmqctl {' '.join(args)}: {err.strip()[-1000:]}")
-        return done.stdout.decode(errors="replace")
 
     def url_for(self, vhost: str, user: str | None = None, password: str | None = None) -> str:
         """The session URL pointed at `vhost`, optionally with other credentials."""

@@ -1,8 +1,9 @@
 """The agent's control API: operator commands from `erel.control` and from the local socket.
 
-Called by `agent.daemon` (one `ControlService` per agent). Commands run under the reconciler's
-tick lock, so they never interleave with a tick's steps, and follow GitOps semantics that keep
-manual actions and git from fighting (docs/operating.md):
+Called by `agent.daemon` (one `ControlService` per agent, which it reaches through the small
+`ControlledAgent` protocol, so this module does not import the daemon). Commands run under the
+reconciler's tick lock, so they never interleave with a tick's steps, and follow GitOps
+semantics that keep manual actions and git from fighting (docs/operating.md):
 
 - `stop R`: puts a *hold* on R on this host (the reconciler leaves it alone), then stops it.
 - `start R`: clears the hold and reconciles, which starts R if git wants it.
@@ -28,16 +29,16 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from erel_sync.agent.reconciler import Driver, Reconciler
 from erel_sync.core import control, reasons
 from erel_sync.core.control import Command, CommandRejected
 from erel_sync.core.reconcile import Memory
-
-if TYPE_CHECKING:
-    from erel_sync.agent.daemon import Agent
+from erel_sync.model.settings import AgentSettings
 
 log = logging.getLogger("erel_sync.agent")
 
@@ -45,8 +46,29 @@ STATUS_BUDGET = 2.0  # seconds a `status` query may spend observing before the l
 MAX_LINE = 64 * 1024
 
 
+class ControlledAgent(Protocol):
+    """What commands need of the agent (`agent.daemon.Agent` fits; tests may pass a fake)."""
+
+    @property
+    def s(self) -> AgentSettings: ...
+    @property
+    def instance(self) -> str: ...
+    @property
+    def counters(self) -> Counter[str]: ...
+    @property
+    def operator_keys(self) -> Mapping[str, str]: ...
+    @property
+    def reconciler(self) -> Reconciler: ...
+    @property
+    def driver(self) -> Driver: ...
+
+    async def persist(self, *, lasting_only: bool = False) -> None: ...
+    def request_heartbeat(self) -> None: ...
+    def heartbeat(self) -> dict[str, Any]: ...
+
+
 class ControlService:
-    def __init__(self, agent: Agent, seen: Mapping[str, float] | None = None) -> None:
+    def __init__(self, agent: ControlledAgent, seen: Mapping[str, float] | None = None) -> None:
         self.agent = agent
         now = time.time()
         # command id -> (expiry, mutating), against replays. Mutating commands' ids are

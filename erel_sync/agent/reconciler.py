@@ -5,26 +5,29 @@ trigger during a tick marks the state dirty and the tick runs once more afterwar
 reconciles never overlap and no trigger is lost. Execution is serial per release (one action per
 release per tick) and parallel across releases. Transient driver failures back off; stalled ones
 mark the snapshot's seq failed for that release so it is not retried in a loop.
+
+Quiet by construction: a tick observes every release once, health included (one erl_call per
+running release), and a release it acts on is reported as the driver's step left it
+(`StepResult.observed`); only a release whose step failed is observed again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
+from erel_sync.adapters.clock import utc_now
 from erel_sync.core import reasons
 from erel_sync.core.matching import GroupMatch, HostIdentity, match_group
+from erel_sync.core.observed import ObservedRelease, StepResult
 from erel_sync.core.reconcile import (
     Action,
     ActionKind,
     Memory,
-    Observation,
-    Plan,
     config_digest,
     plan,
     retry_backoff,
@@ -32,38 +35,30 @@ from erel_sync.core.reconcile import (
 from erel_sync.core.revdiff import EffectiveRelease, effective_releases
 from erel_sync.core.snapshot import Snapshot
 from erel_sync.core.status import host_report
+from erel_sync.core.upgrade import RecoveryStep
+from erel_sync.model.specs import ReleaseConfig, ReleaseSpec
 
 log = logging.getLogger("erel_sync.agent")
 
 
 class Driver(Protocol):
-    """The part of `adapters.releases.driver.ReleaseDriver` the reconciler uses (fakes in unit
-    tests)."""
+    """The part of `adapters.releases.driver.ReleaseDriver` the reconciler (and the agent's
+    operator commands) use; fakes implement it in unit tests."""
 
-    async def observe_all(self, *, health: bool = False) -> Mapping[str, Any]: ...
-    async def install(self, spec: Any, version: str, config: Any) -> Any: ...
-    async def start(self, name: str) -> Any: ...
-    async def stop(self, name: str) -> Any: ...
-    async def restart(self, name: str) -> Any: ...
-    async def upgrade(self, spec: Any, to_version: str, config: Any) -> Any: ...
-    async def reconfigure(self, spec: Any, config: Any = None) -> Any: ...
-    async def delete(self, name: str) -> Any: ...
-    async def recover(self, name: str) -> Any: ...
-
-
-def to_observation(o: Any) -> Observation:
-    """The driver's ObservedRelease, reduced to what planning needs."""
-    managed = o.installed and o.reason != reasons.NotManaged
-    return Observation(
-        installed=bool(o.installed),
-        managed=bool(managed),
-        running=bool(o.running),
-        version=o.current or o.permanent,
-    )
-
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    async def observe(self, name: str, *, health: bool = False) -> ObservedRelease: ...
+    async def observe_all(self, *, health: bool = False) -> Mapping[str, ObservedRelease]: ...
+    async def install(
+        self, spec: ReleaseSpec, version: str, config: ReleaseConfig | None = None
+    ) -> StepResult: ...
+    async def start(self, name: str) -> StepResult: ...
+    async def stop(self, name: str) -> StepResult: ...
+    async def restart(self, name: str) -> StepResult: ...
+    async def upgrade(
+        self, spec: ReleaseSpec, to_version: str, config: ReleaseConfig | None = None
+    ) -> StepResult: ...
+    async def reconfigure(self, spec: ReleaseSpec, config: ReleaseConfig | None = None) -> bool: ...
+    async def delete(self, name: str) -> StepResult: ...
+    async def recover(self, name: str) -> RecoveryStep: ...
 
 
 class Reconciler:
@@ -109,8 +104,8 @@ class Reconciler:
         return f"{want.version.version}:{config_digest(want.config)}"
 
     def _expire_holds(self) -> None:
-        """A `delete` hold lasts until the desired state of that release changes (DESIGN.md §6:
-        git wins again once someone changes it)."""
+        """A `delete` hold lasts until the desired state of that release changes (git wins
+        again once someone changes it)."""
         for name, hold in list(self.holds.items()):
             if hold.get("kind") != "delete":
                 continue
@@ -145,9 +140,9 @@ class Reconciler:
         group = snap.state.groups[match.group]
         return match, effective_releases(snap.state, group), group.suspend
 
-    async def _observe(self, health: bool = False) -> tuple[dict[str, Observation], dict[str, Any]]:
-        raw = await self.driver.observe_all(health=health)
-        return {n: to_observation(o) for n, o in raw.items()}, dict(raw)
+    async def _observe(self) -> dict[str, ObservedRelease]:
+        """Every release this host's driver installed, health included: one RPC each."""
+        return dict(await self.driver.observe_all(health=True))
 
     async def _tick_once(self, why: str, *, act: bool = True) -> None:
         self.ticks += 1
@@ -158,9 +153,9 @@ class Reconciler:
         snap = self.snapshot
         seq = snap.seq if snap else 0
         match, desired, suspended = self.desired(snap)
-        observed, raw = await self._observe()
-        if act and await self._recover(raw):
-            observed, raw = await self._observe()
+        observed = await self._observe()
+        if act and await self._recover(observed):
+            observed = await self._observe()
         holds = frozenset(self.holds)
         first = plan(
             desired,
@@ -180,8 +175,8 @@ class Reconciler:
                 "; ".join(a.describe() for a in first.actions),
             )
             self.attempted = {"seq": seq, "revision": snap.revision if snap else None}
-            await asyncio.gather(*(self._execute(a, seq) for a in first.actions))
-            observed, _ = await self._observe()
+            results = await asyncio.gather(*(self._execute(a, seq) for a in first.actions))
+            await self._update(observed, first.actions, results)
         after = plan(
             desired,
             observed,
@@ -193,7 +188,7 @@ class Reconciler:
         )
         if snap is not None and self.attempted is None:
             self.attempted = {"seq": seq, "revision": snap.revision}
-        health = await self._health(observed)
+        health = _health(observed)
         self.report = host_report(
             host_id=self.host.host_id,
             labels=self.host.labels,
@@ -216,10 +211,10 @@ class Reconciler:
             self.applied = {"seq": seq, "revision": snap.revision}
             self.report["applied"] = dict(self.applied)
 
-    async def _recover(self, raw: Mapping[str, Any]) -> bool:
+    async def _recover(self, observed: Mapping[str, ObservedRelease]) -> bool:
         """A step left `pending` by an agent that died mid-way is finished or undone first
-        (RELIABILITY.md: agent killed mid-upgrade), before anything new is planned."""
-        stuck = [n for n, o in raw.items() if getattr(o, "pending", None) and o.installed]
+        (the agent was killed mid-upgrade), before anything new is planned."""
+        stuck = [n for n, o in observed.items() if o.pending and o.installed]
         for name in stuck:
             try:
                 step = await self.driver.recover(name)
@@ -230,33 +225,48 @@ class Reconciler:
                 log.error("%s: recovery of %s failed: %s", self.host.host_id, name, e)
         return bool(stuck)
 
-    async def _health(self, observed: Mapping[str, Observation]) -> dict[str, bool | None]:
-        if not any(o.running for o in observed.values()):
-            return {}
-        raw = await self.driver.observe_all(health=True)
-        return {n: getattr(o, "healthy", None) for n, o in raw.items()}
+    async def _update(
+        self,
+        observed: dict[str, ObservedRelease],
+        actions: tuple[Action, ...],
+        results: list[StepResult | None],
+    ) -> None:
+        """Each acted-on release as its step left it; one whose step failed is observed again
+        (what a failed step left is unknown). Others keep this tick's observation."""
+        again = [a.release for a, r in zip(actions, results, strict=True) if r is None]
+        seen = await asyncio.gather(*(self.driver.observe(n, health=True) for n in again))
+        stepped = [r.observed for r in results if r is not None]
+        for obs in (*stepped, *seen):
+            # As `observe_all` lists them: only the releases this host's driver installed.
+            if obs.managed:
+                observed[obs.name] = obs
+            else:
+                observed.pop(obs.name, None)
 
-    async def _execute(self, action: Action, seq: int) -> None:
+    async def _execute(self, action: Action, seq: int) -> StepResult | None:
+        """Run one action; its final step's result, or None when it failed."""
         name = action.release
         mem = self.memory.get(name, Memory())
         want = action.desired
         try:
             if action.kind is ActionKind.DELETE:
-                await self.driver.delete(name)
+                result = await self.driver.delete(name)
                 self.memory.pop(name, None)
-                return
+                return result
             assert want is not None and action.version is not None
             if action.kind is ActionKind.INSTALL:
                 await self.driver.install(want.spec, action.version, want.config)
-                await self.driver.start(name)
+                result = await self.driver.start(name)
             elif action.kind is ActionKind.UPGRADE:
-                await self.driver.upgrade(want.spec, action.version, want.config)
+                result = await self.driver.upgrade(want.spec, action.version, want.config)
             elif action.kind is ActionKind.RECONFIGURE:
                 await self.driver.reconfigure(want.spec, want.config)
-                await self.driver.start(name)
-            elif action.kind is ActionKind.START:
-                await self.driver.start(name)
+                result = await self.driver.start(name)
+            else:
+                result = await self.driver.start(name)
             self.memory[name] = Memory(applied_config=config_digest(want.config))
+            log.debug("%s: %s: %s", self.host.host_id, action.describe(), result.did)
+            return result
         except reasons.DriverError as e:
             log.warning("%s: %s failed: %s", self.host.host_id, action.describe(), e)
             self.memory[name] = self._failed(mem, action, e, seq)
@@ -264,6 +274,7 @@ class Reconciler:
             log.exception("%s: %s crashed", self.host.host_id, action.describe())
             err = reasons.TransientError("InternalError", f"{type(e).__name__}: {e}")
             self.memory[name] = self._failed(mem, action, err, seq)
+        return None
 
     def _failed(self, mem: Memory, action: Action, e: reasons.DriverError, seq: int) -> Memory:
         applied = mem.applied_config
@@ -291,5 +302,8 @@ class Reconciler:
         )
 
 
-def plan_summary(p: Plan) -> list[str]:
-    return [a.describe() for a in p.actions]
+def _health(observed: Mapping[str, ObservedRelease]) -> dict[str, bool | None]:
+    """Each release's verdict from this tick's observations (None: not running, or no check)."""
+    if not any(o.running for o in observed.values()):
+        return {}
+    return {n: o.healthy for n, o in observed.items()}

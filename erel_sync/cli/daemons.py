@@ -4,6 +4,10 @@ Settings are read once here (file, then environment, then flags) and passed down
 never re-read them. SIGTERM/SIGINT set a stop event: the daemons finish their current step and
 exit 0. A daemon whose long-lived task keeps ending (`adapters.supervisor.TaskFailed`) shuts
 down the same way and exits 4 (runtime error), so that systemd restarts it.
+
+`--once` runs one round and exits with what it found (arq's burst mode; docs/operating.md,
+"One-shot runs"): the agent joins the broker once if it answers, reconciles once and exits with
+its host's state; the publisher takes the current head and publishes it once.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from yarl import URL
@@ -23,9 +27,18 @@ from yarl import URL
 from erel_sync.adapters import eventloop, store
 from erel_sync.adapters.supervisor import TaskFailed
 from erel_sync.cli.common import Exit, VhostOpt, broker_urls, fail
+from erel_sync.core import conditions
 from erel_sync.core.snapshot import generate_key
+from erel_sync.model.paths import DEFAULT_PUBLISHER_STATE_DIR
 from erel_sync.model.problems import ConfigError
-from erel_sync.model.settings import AgentSettings, TrustedKey, load_agent_settings
+from erel_sync.model.settings import (
+    AgentSettings,
+    TrustedKey,
+    load_agent_settings,
+)
+
+if TYPE_CHECKING:
+    from erel_sync.publisher.daemon import Publisher
 
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -94,7 +107,7 @@ def publisher(
     branch: Annotated[str, typer.Option("--branch", help="Tracked branch.")] = "main",
     state_dir: Annotated[
         Path, typer.Option("--state-dir", help="Seq and current snapshot.")
-    ] = Path("/var/lib/erel-sync/publisher"),
+    ] = Path(DEFAULT_PUBLISHER_STATE_DIR),
     amqp_url: Annotated[
         list[str] | None,
         typer.Option("--amqp-url", envvar="EREL_AMQP_URL", help="Broker URL(s)."),
@@ -102,9 +115,17 @@ def publisher(
     vhost: VhostOpt = None,
     republish: Annotated[float, typer.Option(help="Republish interval, seconds.")] = 60.0,
     poll: Annotated[float, typer.Option(help="Fallback poll of the branch, seconds.")] = 5.0,
+    once: Annotated[
+        bool, typer.Option("--once", help="Take the current head, publish it once, exit.")
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Watch a config repository and publish each valid commit as a signed snapshot.
+
+    With --once: take the current head (validate, sign, store), publish it if the broker
+    answers within a few seconds, and exit: 0 published or unchanged, 1 head rejected (the
+    problems are logged; the rejection is announced if the broker is reachable), 4 broker
+    unreachable or another runtime error.
 
     Example: erel-sync publisher --repo /srv/config.git --key /etc/erel-sync/publisher.key
       --amqp-url amqps://erel-publisher@broker.example:5671 --vhost erel
@@ -130,7 +151,29 @@ def publisher(
         pub = Publisher(settings)
     except (OSError, ValueError, store.StoreError) as e:
         fail(str(e), Exit.INVALID)
+    if once:
+        raise typer.Exit(publish_once(pub))
     run_daemon(pub.run)
+
+
+REJECTED = ("Rewind", "Unreadable", "Invalid", "NoBranch")  # `process_head` outcomes: exit 1
+
+
+def publish_once(pub: Publisher) -> int:
+    """`publisher --once`: its exit code, with one line on stderr when it is not 0."""
+    from erel_sync.adapters.broker.errors import BrokerError  # noqa: PLC0415
+
+    try:
+        outcome, published = eventloop.run(pub.once())
+    except (BrokerError, store.StoreError) as e:
+        fail(str(e), Exit.RUNTIME)
+    if outcome in REJECTED:
+        sys.stderr.write(f"erel-sync: head not published: {outcome} (see the log above)\n")
+        return int(Exit.CHANGES)
+    if not published:
+        sys.stderr.write(f"erel-sync: {outcome}, but no broker reachable: not published\n")
+        return int(Exit.RUNTIME)
+    return int(Exit.OK)
 
 
 def load_settings(config: Path | None, **overrides: object) -> AgentSettings:
@@ -166,9 +209,17 @@ def agent(
     ] = None,
     state_dir: Annotated[str | None, typer.Option("--state-dir")] = None,
     releases_dir: Annotated[str | None, typer.Option("--releases-dir")] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Join once, reconcile once, exit with the state.")
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
     """Run the sync agent of one host: store snapshots, match its group, reconcile releases.
+
+    With --once: join the broker once if it answers within a few seconds, reconcile once
+    from the snapshot held then, write status.json and exit with the host's state, as
+    `erel-sync status` counts it: 0 converged and healthy, 1 failed, degraded or not
+    converged, 4 runtime error (the state directory in use by another agent, a crash).
 
     Example: erel-sync agent --config /etc/erel-sync/agent.yaml
     """
@@ -191,6 +242,18 @@ def agent(
         fail("no trusted publisher keys: every snapshot would be refused", Exit.INVALID)
     eventloop.limit_malloc_arenas()
     try:
+        if once:
+            raise typer.Exit(host_exit_code(eventloop.run(Agent(settings).once())))
         run_daemon(Agent(settings).run)
     except store.StoreError as e:
         fail(str(e), Exit.RUNTIME)
+
+
+def host_exit_code(heartbeat: dict[str, object]) -> int:
+    """`agent --once`: the host's state as an exit code, the rule `status` applies to each
+    host (`core.conditions.host_condition`), with one line on stderr when it is not 0."""
+    condition = conditions.host_condition(heartbeat, store_error=heartbeat.get("store_error"))
+    if condition.state == "Ok":
+        return int(Exit.OK)
+    sys.stderr.write(f"erel-sync: {condition.state}: {conditions.clip(condition.why, 300)}\n")
+    return int(Exit.CHANGES)

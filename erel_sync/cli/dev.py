@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from erel_sync.cli.common import Exit, fail
+from erel_sync.cli.common import Exit, fail, table
 
 if TYPE_CHECKING:  # the cluster machinery (git, rich, RabbitMQ node) loads only for `dev`
     from rich.console import Console
@@ -34,21 +34,18 @@ def _console() -> Console:
 
 
 def hosts_table(beats: dict[str, dict[str, Any]], title: str) -> Table:
-    from rich.markup import escape  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
 
     from erel_sync.dev.progress import COLUMNS, host_row  # noqa: PLC0415
 
-    table = Table(title=title, expand=False)
-    for col in COLUMNS:
-        table.add_column(col)
+    rows: list[list[str | Text]] = []
     for host_id in sorted(beats):
-        row = [escape(c) for c in host_row({"host_id": host_id, **beats[host_id]})]
-        row[3] = ("[green]" if beats[host_id].get("converged") else "[yellow]") + row[3]
+        row: list[str | Text] = list(host_row({"host_id": host_id, **beats[host_id]}))
+        row[3] = Text(str(row[3]), style="green" if beats[host_id].get("converged") else "yellow")
         if row[-1] != "-":
-            row[-1] = f"[red]{row[-1]}[/red]"
-        table.add_row(*row)
-    return table
+            row[-1] = Text(str(row[-1]), style="red")
+        rows.append(row)
+    return table(COLUMNS, rows, title=title, boxed=True)
 
 
 async def watch(cluster: DevCluster, stop: asyncio.Event, *, exit_when_converged: bool) -> bool:

@@ -32,8 +32,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "publisher": ("daemons", "publisher", "command"),
     "agent": ("daemons", "agent", "command"),
     "dev": ("dev", "dev", "command"),
-    "status": ("ops", "status", "command"),
-    "members": ("ops", "members", "command"),
+    "status": ("status", "status", "command"),
+    "members": ("members", "members", "command"),
     "wait": ("waiting", "wait", "command"),
     "start": ("steer", "start", "command"),
     "stop": ("steer", "stop", "command"),
@@ -95,11 +95,14 @@ def describe(error: BaseException) -> tuple[str, int]:
     reason = getattr(error, "reason", None)
     if isinstance(reason, str) and reason and not text.startswith(reason):
         text = f"{reason}: {text}"
-    module = type(error).__module__.split(".")[0]
+    module = type(error).__module__
     kind = type(error).__name__
-    if module in ("aiormq", "aio_pika", "pamqp") or kind.startswith("Broker"):
+    # Every error of the broker adapter (its module path), and library errors that escaped it.
+    if module.split(".")[0] in ("aiormq", "aio_pika", "pamqp") or module.startswith(
+        "erel_sync.adapters.broker"
+    ):
         prefix = "broker: "
-    elif module == "erel_sync" or isinstance(error, OSError | asyncio.CancelledError):
+    elif module.startswith("erel_sync") or isinstance(error, OSError | asyncio.CancelledError):
         prefix = ""
     else:
         prefix = "internal error: "  # a bug: say so, and how to see more

@@ -12,17 +12,18 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 from collections.abc import Coroutine
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from erel_sync.cli.common import Exit, fail
+from erel_sync.cli.common import Exit, Output, OutputOpt, dump, fail, render_table
 from erel_sync.core import reasons
-from erel_sync.core.observed import ObservedRelease
+from erel_sync.core.observed import ObservedRelease, StepResult
 from erel_sync.model.names import parse_size
+from erel_sync.model.paths import DEFAULT_CACHE_DIR, DEFAULT_RELEASES_DIR
 from erel_sync.model.settings import DEFAULT_MAX_ARCHIVE_MEMBERS, DEFAULT_MAX_UNPACKED_BYTES
 from erel_sync.model.specs import ReleaseSpec
 from erel_sync.model.validate import SourceFile, validate_sources
@@ -41,11 +42,6 @@ app = typer.Typer(
 T = TypeVar("T")
 # Reasons that mean the input was wrong rather than the host: exit 2.
 INPUT_REASONS = frozenset({reasons.VersionUnknown, reasons.UpgradeImpossible})
-
-
-class Output(StrEnum):
-    table = "table"
-    json = "json"
 
 
 FileOpt = Annotated[
@@ -69,7 +65,6 @@ HostId = Annotated[
     str | None,
     typer.Option("--host-id", envvar="EREL_SYNC_HOST_ID", help="Host id (default: hostname)."),
 ]
-OutputOpt = Annotated[Output, typer.Option("-o", "--output", help="Output format.")]
 MaxUnpackedOpt = Annotated[
     str | None,
     typer.Option(
@@ -89,8 +84,8 @@ MaxMembersOpt = Annotated[
 ]
 VersionOpt = Annotated[str, typer.Option("--version", "-V", help="Release version.")]
 
-DEFAULT_RELEASES = Path("/var/lib/erel-sync/releases")
-DEFAULT_CACHE = Path("/var/cache/erel-sync")
+DEFAULT_RELEASES = Path(DEFAULT_RELEASES_DIR)
+DEFAULT_CACHE = Path(DEFAULT_CACHE_DIR)
 
 
 def _driver(
@@ -168,24 +163,23 @@ def _print(observed: list[ObservedRelease], output: Output) -> None:
     if output is Output.json:
         typer.echo(json.dumps([o.to_json() for o in observed], indent=2, sort_keys=True))
         return
-    from rich.console import Console  # noqa: PLC0415 - rich only when a table is printed
-    from rich.table import Table  # noqa: PLC0415
-
-    table = Table(box=None, pad_edge=False)
-    for col in ("NAME", "RUNNING", "CURRENT", "PERMANENT", "HEALTHY", "REASON", "MESSAGE"):
-        table.add_column(col)
-    for o in observed:
-        healthy = "-" if o.healthy is None else ("yes" if o.healthy else "no")
-        table.add_row(
+    if output is Output.yaml:
+        typer.echo(dump([o.to_json() for o in observed], output))
+        return
+    rows = [
+        [
             o.name,
             "yes" if o.running else "no",
             o.current or "-",
             o.permanent or "-",
-            healthy,
+            "-" if o.healthy is None else ("yes" if o.healthy else "no"),
             o.reason,
-            o.message[:80],
-        )
-    Console(width=160).print(table)
+            o.message if output is Output.wide else o.message[:80],
+        ]
+        for o in observed
+    ]
+    headers = ["NAME", "RUNNING", "CURRENT", "PERMANENT", "HEALTHY", "REASON", "MESSAGE"]
+    typer.echo(render_table(headers, rows, styled=sys.stdout.isatty()))
 
 
 @app.command()
@@ -213,7 +207,7 @@ def install(
         max_unpacked_size=max_unpacked_size,
         max_archive_members=max_archive_members,
     )
-    _print([_run(driver.install(spec, version))], output)
+    _print([_run(driver.install(spec, version)).observed], output)
 
 
 @app.command()
@@ -251,7 +245,7 @@ def upgrade(
             f"({result.path.value}: {result.why})",
             err=True,
         )
-        return await driver.observe(spec.name, health=True)
+        return result.observed  # the upgrade ends with an observation, health included
 
     _print([_run(go())], output)
 
@@ -267,7 +261,8 @@ def _lifecycle(verb: str) -> Any:
     ) -> None:
         driver = _driver(releases_dir, cache_dir, host_id)
         release = _name(name, file)
-        _print([_run(getattr(driver, verb)(release))], output)
+        step: StepResult = _run(getattr(driver, verb)(release))
+        _print([step.observed], output)
 
     command.__name__ = verb
     command.__doc__ = (

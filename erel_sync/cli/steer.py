@@ -9,8 +9,6 @@ somewhere, 2 invalid input, 3 some hosts did not answer (listed), 4 runtime erro
 from __future__ import annotations
 
 import asyncio
-import json
-import socket
 import sys
 import time
 from pathlib import Path
@@ -18,12 +16,23 @@ from typing import Annotated, Any
 
 import typer
 
-from erel_sync.cli.common import Exit, VhostOpt, fail
-from erel_sync.cli.ops import AmqpUrl, Output, OutputOpt, dump, format_table, run, seconds, urls_of
+from erel_sync.cli import localagent
+from erel_sync.cli.common import (
+    AmqpUrl,
+    Exit,
+    Output,
+    OutputOpt,
+    VhostOpt,
+    dump,
+    fail,
+    render_table,
+    run,
+    seconds,
+    urls_of,
+)
 from erel_sync.core import clusterview as view
 from erel_sync.core import control
-
-DEFAULT_SOCKET = "/var/lib/erel-sync/agent.sock"
+from erel_sync.model.paths import DEFAULT_CONTROL_SOCKET
 
 ReleaseArg = Annotated[str, typer.Argument(help="Release name.")]
 KeyOpt = Annotated[
@@ -40,7 +49,9 @@ AllOpt = Annotated[bool, typer.Option("--all", help="Every host.")]
 SocketOpt = Annotated[
     Path | None,
     typer.Option(
-        "--socket", envvar="EREL_CONTROL_SOCKET", help=f"Local agent socket ({DEFAULT_SOCKET})."
+        "--socket",
+        envvar="EREL_CONTROL_SOCKET",
+        help=f"Local agent socket ({DEFAULT_CONTROL_SOCKET}).",
     ),
 ]
 TtlOpt = Annotated[
@@ -66,7 +77,7 @@ def _command(
     if sum(bool(x) for x in (host, group, all_hosts)) > 1:
         fail("give at most one of --host, --group, --all", Exit.INVALID)
     if not (host or group or all_hosts):
-        raise typer.Exit(_local(command, release, sock or Path(DEFAULT_SOCKET), output))
+        raise typer.Exit(_local(command, release, sock or Path(DEFAULT_CONTROL_SOCKET), output))
     if key is None:
         fail("remote commands are signed: give --key (or EREL_OPERATOR_KEY)", Exit.INVALID)
     from erel_sync.core.snapshot import load_private_key  # noqa: PLC0415
@@ -150,7 +161,7 @@ async def _remote(
             for r in results
         ]
         print(f"{cmd.command} {cmd.release} -> {cmd.target}")
-        print(format_table(["HOST", "RESULT", "STATE", "RUNNING", "HOLD", "MESSAGE"], rows))
+        print(render_table(["HOST", "RESULT", "STATE", "RUNNING", "HOLD", "MESSAGE"], rows))
     if any(r["ok"] is False for r in results):
         return int(Exit.CHANGES)
     if any(r["ok"] is None for r in results):
@@ -167,19 +178,9 @@ def _local(command: str, release: str, path: Path, output: Output) -> int:
     """Through the local agent's Unix socket: no broker, no signature (the socket's mode is
     the authentication)."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(120)
-            s.connect(str(path))
-            s.sendall(json.dumps({"command": command, "release": release}).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+        doc = localagent.ask(path, {"command": command, "release": release})
     except OSError as e:
         fail(f"local agent at {path}: {e.strerror or e} (is the agent running? --socket?)")
-    doc = control.parse_reply(data) or {}
     if output in (Output.json, Output.yaml):
         print(dump(doc, output))
     elif doc.get("ok"):

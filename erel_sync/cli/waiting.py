@@ -17,8 +17,18 @@ from typing import Annotated, Any
 
 import typer
 
-from erel_sync.cli.common import Exit, VhostOpt, fail
-from erel_sync.cli.ops import AmqpUrl, GroupOpt, SinceOpt, gather_entries, run, seconds, urls_of
+from erel_sync.cli.common import (
+    AmqpUrl,
+    Exit,
+    GroupOpt,
+    SinceOpt,
+    VhostOpt,
+    fail,
+    run,
+    seconds,
+    urls_of,
+)
+from erel_sync.cli.status import gather_entries
 from erel_sync.core import clusterview as view
 from erel_sync.core import revisions
 

@@ -1,8 +1,8 @@
 """A small Erlang term model: render Python values as Erlang term text, and parse term text back.
 
-Pure. `core.render` uses it to write `sys.config`, `core.upgrade` to read and rewrite the
-release_handler's `RELEASES` file and `.rel` files, and `adapters.releases.erlcall` to read plain
-erl_call results (`ok`, `"12345"`, `{badrpc,...}`).
+Pure. `core.nodeconfig` uses it to write `sys.config`, `core.rpccodec` to write erl_call
+arguments and read plain erl_call results (`ok`, `"12345"`, `{badrpc,...}`), `core.upgrade` to
+read and rewrite the release_handler's `RELEASES` file and `.rel` files.
 
 Python side of the mapping:
     str -> charlist "..."     Atom -> atom (quoted when needed)   Binary -> <<"..."/utf8>>

@@ -1,6 +1,6 @@
 """The reconcile planner: desired (for this host) + observed + memory -> the few actions needed.
 
-Pure and deterministic (DESIGN.md §4): `plan` reads no clock (`now` is passed), touches nothing,
+Pure and deterministic: `plan` reads no clock (`now` is passed), touches nothing,
 and returns actions sorted by release name plus a recorded reason for every release it leaves
 alone. The law, tested: after the actions succeed, planning again yields no actions.
 Called by `agent.reconciler` on every tick; the executor turns actions into driver calls.
@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from erel_sync.core.observed import ObservedRelease
 from erel_sync.core.revdiff import EffectiveRelease
 from erel_sync.model.specs import ReleaseConfig, canonical_json, thaw
 
@@ -32,16 +33,6 @@ class SkipReason(StrEnum):
     FAILED_REVISION = "FailedRevision"
     BACKOFF = "Backoff"
     NOT_MANAGED = "NotManaged"
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What the host has for one release, observed right before planning."""
-
-    installed: bool
-    managed: bool  # installed by this agent (only these may be changed or deleted)
-    running: bool = False
-    version: str | None = None  # running version, else the one a boot would start
 
 
 @dataclass(frozen=True)
@@ -96,7 +87,7 @@ def retry_backoff(failures: int, base: float = 2.0, cap: float = 300.0) -> float
 
 def plan(
     desired: Mapping[str, EffectiveRelease] | None,
-    observed: Mapping[str, Observation],
+    observed: Mapping[str, ObservedRelease],
     memory: Mapping[str, Memory],
     *,
     seq: int,
@@ -104,7 +95,9 @@ def plan(
     suspended: bool = False,
     holds: frozenset[str] = frozenset(),
 ) -> Plan:
-    """`desired` is None while the host has no group: then nothing is touched."""
+    """`desired` is None while the host has no group: then nothing is touched. Of `observed`
+    (observed right before planning), only `installed`, `managed`, `running` and `version`
+    count."""
     names = sorted(set(desired or {}) | {n for n, o in observed.items() if o.managed})
     if desired is None:
         return Plan((), tuple(Skip(n, SkipReason.UNASSIGNED) for n in names))
@@ -113,7 +106,7 @@ def plan(
     actions: list[Action] = []
     skipped: list[Skip] = []
     for name in names:
-        obs = observed.get(name, Observation(installed=False, managed=False))
+        obs = observed.get(name) or ObservedRelease(name, installed=False)
         mem = memory.get(name, Memory())
         want = desired.get(name)
         if name in holds:

@@ -12,7 +12,8 @@ from dataclasses import asdict
 from typing import Any
 
 from erel_sync.core.matching import GroupMatch
-from erel_sync.core.reconcile import Memory, Observation, Plan, SkipReason
+from erel_sync.core.observed import ObservedRelease
+from erel_sync.core.reconcile import Memory, Plan, SkipReason
 from erel_sync.core.revdiff import EffectiveRelease
 
 STATUS_FORMAT = 1
@@ -21,7 +22,7 @@ STATUS_FORMAT = 1
 def release_state(
     name: str,
     want: EffectiveRelease | None,
-    obs: Observation | None,
+    obs: ObservedRelease | None,
     *,
     skipped: Mapping[str, SkipReason],
     healthy: bool | None,
@@ -46,7 +47,7 @@ def release_state(
 
 def converged(
     desired: Mapping[str, EffectiveRelease] | None,
-    observed: Mapping[str, Observation],
+    observed: Mapping[str, ObservedRelease],
     plan_after: Plan,
 ) -> bool:
     """Every desired release runs at its version and nothing is left to do."""
@@ -71,7 +72,7 @@ def host_report(
     applied: Mapping[str, Any] | None,
     attempted: Mapping[str, Any] | None,
     desired: Mapping[str, EffectiveRelease] | None,
-    observed: Mapping[str, Observation],
+    observed: Mapping[str, ObservedRelease],
     health: Mapping[str, bool | None],
     memory: Mapping[str, Memory],
     plan_after: Plan,

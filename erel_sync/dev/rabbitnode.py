@@ -1,7 +1,9 @@
 """A private RabbitMQ node: start, probe, stop, kill and restart one broker for tests and `dev`.
 
-Called by the test plugin (`tests/rabbit.py`) and by local development commands. Lives in
-`adapters` because it spawns and signals processes and opens sockets.
+Called by the test plugin (`tests/rabbit.py`) and by local development commands (`dev.cluster`).
+Lives in `dev`, beside the daemons rather than in what they load: it is tooling that spawns and
+signals processes and opens sockets. Its `rabbitmqctl` calls go through the one runner,
+`adapters.broker.rabbitctl`.
 
 Everything the node reads or writes lives under one work directory: a `HOME` holding a 0400
 `.erlang.cookie` (the server and `rabbitmqctl`/`erl_call` share it), the Mnesia/stream data,
@@ -26,16 +28,37 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 
+from erel_sync.adapters.broker import rabbitctl
+from erel_sync.dev.probes import (
+    LOCAL_HOST,
+    alive,
+    amqp_server_properties,
+    children,
+    epmd_names,
+    exited,
+    free_port,
+    killpg,
+    port_open,
+    tail,
+)
+
+# Tests and tools import these from here too.
+__all__ = [
+    "SERVER_BIN_DIR",
+    "RabbitNode",
+    "RabbitNodeError",
+    "epmd_names",
+    "free_port",
+    "port_open",
+]
+
 SERVER_BIN_DIR = Path("/usr/lib/rabbitmq/bin")
-LOCAL_HOST = "127.0.0.1"
-EPMD_PORT = 4369
 
 # Variables kept from the caller: anything else (ERL_*, RABBITMQ_*) would change the node.
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME", "TMPDIR")
@@ -45,104 +68,6 @@ _LOOPBACK_DIST = "-kernel inet_dist_use_interface {127,0,0,1}"
 
 class RabbitNodeError(Exception):
     """The node could not be started, reached or stopped; the message carries a log tail."""
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now (the kernel's pick, so it is unlikely to collide)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOCAL_HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def port_open(port: int, host: str = LOCAL_HOST) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def epmd_names(port: int = EPMD_PORT) -> dict[str, int] | None:
-    """Names registered with the local epmd (NAMES_REQ), or None when no epmd answers."""
-    try:
-        with socket.create_connection((LOCAL_HOST, port), timeout=1.0) as s:
-            s.sendall(b"\x00\x01n")
-            chunks = []
-            while chunk := s.recv(4096):
-                chunks.append(chunk)
-    except OSError:
-        return None
-    data = b"".join(chunks)[4:].decode("utf-8", errors="replace")
-    names: dict[str, int] = {}
-    for line in data.splitlines():
-        # `name <name> at port <port>`
-        parts = line.split()
-        if len(parts) == 5 and parts[0] == "name" and parts[4].isdigit():
-            names[parts[1]] = int(parts[4])
-    return names
-
-
-def amqp_server_properties(port: int, host: str = LOCAL_HOST, timeout: float = 1.0) -> bytes:
-    """The raw `connection.start` payload the AMQP listener sends, or b"" if there is none.
-
-    Only the protocol header is sent, never credentials; the server then closes the socket.
-    """
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
-            s.sendall(b"AMQP\x00\x00\x09\x01")
-            buf = b""
-            while len(buf) < 7:
-                chunk = s.recv(4096)
-                if not chunk:
-                    return b""
-                buf += chunk
-            if buf[0] != 1:  # not a method frame: not AMQP 0-9-1
-                return b""
-            size = int.from_bytes(buf[3:7], "big")
-            while len(buf) < 7 + size + 1:
-                chunk = s.recv(65536)
-                if not chunk:
-                    return b""
-                buf += chunk
-            return buf[7 : 7 + size]
-    except OSError:
-        return b""
-
-
-def _ppid_and_state(pid: int) -> tuple[int, str] | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # `pid (comm) S ppid ...`: comm may hold spaces or parentheses, so split after the last ')'.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return int(fields[1]), fields[0]
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                info = _ppid_and_state(int(entry.name))
-                if info and info[0] == pid:
-                    found.append(int(entry.name))
-        return found
-
-
-def _alive(pid: int) -> bool:
-    info = _ppid_and_state(pid)
-    return info is not None and info[1] not in ("Z", "X")
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 class RabbitNode:
@@ -187,11 +112,11 @@ class RabbitNode:
     @property
     def pid(self) -> int | None:
         """The Erlang VM (beam.smp) of the running node, None when it is not running."""
-        return self._pid if self._pid is not None and _alive(self._pid) else None
+        return self._pid if self._pid is not None and alive(self._pid) else None
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and not _exited(self._proc.pid)
+        return self._proc is not None and not exited(self._proc.pid)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -261,25 +186,15 @@ class RabbitNode:
 
         `stdin` feeds commands that read a secret from standard input (`add_user NAME`).
         """
-        argv = [str(self.bin_dir / "rabbitmqctl"), "-n", self.node_name, *args]
-        try:
-            done = subprocess.run(
-                argv,
-                env=self.env(),
-                input=None if stdin is None else stdin.encode(),
-                stdin=subprocess.DEVNULL if stdin is None else None,
-                capture_output=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as e:
-            raise RabbitNodeError(f"rabbitmqctl {' '.join(args)} timed out after {timeout}s") from e
-        if done.returncode != 0:
-            err = (done.stderr or done.stdout).decode(errors="replace").strip()
-            raise RabbitNodeError(
-                f"rabbitmqctl {' '.join(args)} exited {done.returncode}: {err[-2000:]}"
-            )
-        return done.stdout.decode(errors="replace")
+        return rabbitctl.run(
+            str(self.bin_dir / "rabbitmqctl"),
+            *args,
+            node=self.node_name,
+            env=self.env(),
+            stdin=stdin,
+            timeout=timeout,
+            error=RabbitNodeError,
+        )
 
     def eval(self, expr: str, timeout: float = 30) -> str:
         """Evaluate Erlang expressions on the node through `erl_call` (ms, where ctl takes ~0.7 s).
@@ -317,7 +232,7 @@ class RabbitNode:
         parts = [
             f"--- {path.name} ---\n{text}"
             for path in (self.console_file, self.log_file)
-            if (text := _tail(path, lines))
+            if (text := tail(path, lines))
         ]
         if (self.work_dir / "erl_crash.dump").exists():
             parts.append(f"--- an erl_crash.dump is in {self.work_dir} ---")
@@ -394,7 +309,7 @@ class RabbitNode:
         assert self._proc is not None
         token = self.node_name.encode()
         while True:
-            if _exited(self._proc.pid):
+            if exited(self._proc.pid):
                 raise self._fail("rabbitmq-server exited during boot")
             props = amqp_server_properties(self.amqp_port)
             if props:
@@ -412,20 +327,20 @@ class RabbitNode:
             with contextlib.suppress(RabbitNodeError):
                 if self.eval("rabbit:is_running().", timeout=5) == "true":
                     break
-            if _exited(self._proc.pid) or time.monotonic() > deadline:
+            if exited(self._proc.pid) or time.monotonic() > deadline:
                 raise self._fail("AMQP is up but rabbit:is_running() never said true")
             time.sleep(_POLL)
-        self._pid = next(iter(_children(self._proc.pid)), None)
+        self._pid = next(iter(children(self._proc.pid)), None)
 
     def _sweep(self, *, graceful: bool, timeout: float) -> None:
         """Bring the node down and reap everything it started; the data dir stays."""
         proc = self._proc
         assert proc is not None
         deadline = time.monotonic() + timeout
-        vm = self._pid if self._pid is not None and _alive(self._pid) else None
+        vm = self._pid if self._pid is not None and alive(self._pid) else None
         # Never reap before the sweep below (no poll()/wait()): while the wrapper shell is an
         # unreaped zombie, its pid (our process group id) cannot be reused by anyone else.
-        if _exited(proc.pid):
+        if exited(proc.pid):
             pass
         elif graceful:
             try:
@@ -434,16 +349,16 @@ class RabbitNode:
                 if vm is not None:
                     os.kill(vm, signal.SIGTERM)  # RabbitMQ treats SIGTERM as `stop`
                 else:
-                    _killpg(proc.pid)
+                    killpg(proc.pid)
         elif vm is not None:
             os.kill(vm, signal.SIGKILL)
         else:
-            _killpg(proc.pid)  # boot failed before we knew the VM's pid
+            killpg(proc.pid)  # boot failed before we knew the VM's pid
         # The wrapper shell exits once the VM has.
-        while not _exited(proc.pid) and time.monotonic() < deadline:
+        while not exited(proc.pid) and time.monotonic() < deadline:
             time.sleep(_POLL)
         # erl_child_setup, inet_gethost and, after a timeout, the VM itself.
-        _killpg(proc.pid)
+        killpg(proc.pid)
         proc.wait(timeout=10)
         self._proc = None
         self._pid = None
@@ -453,16 +368,3 @@ class RabbitNode:
                 return
             time.sleep(_POLL)
         raise RabbitNodeError(f"{self.node_name} still listed by epmd or port still open")
-
-
-def _exited(pid: int) -> bool:
-    try:
-        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return True
-    return info is not None
-
-
-def _killpg(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)

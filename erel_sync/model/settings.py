@@ -14,6 +14,12 @@ from typing import Any
 
 from erel_sync.model import brokerurl
 from erel_sync.model.names import parse_duration, parse_size
+from erel_sync.model.paths import (
+    CONTROL_SOCKET_NAME,
+    DEFAULT_CACHE_DIR,
+    DEFAULT_RELEASES_DIR,
+    DEFAULT_STATE_DIR,
+)
 from erel_sync.model.problems import ConfigError, Problem, json_path
 from erel_sync.model.schema import check_document
 from erel_sync.model.yamldocs import parse_documents
@@ -39,10 +45,10 @@ class AgentSettings:
     broker_heartbeat: float = 10.0
     trusted_keys: tuple[TrustedKey, ...] = ()
     operator_keys: tuple[TrustedKey, ...] = ()
-    state_dir: str = "/var/lib/erel-sync"
-    releases_dir: str = "/var/lib/erel-sync/releases"
-    cache_dir: str = "/var/cache/erel-sync"
-    control_socket: str = ""  # "" = state_dir/agent.sock
+    state_dir: str = DEFAULT_STATE_DIR
+    releases_dir: str = DEFAULT_RELEASES_DIR
+    cache_dir: str = DEFAULT_CACHE_DIR
+    control_socket: str = ""  # "" = state_dir/CONTROL_SOCKET_NAME
     control_group: str | None = None
     reconcile_interval: float = 30.0
     heartbeat_interval: float = 5.0
@@ -67,7 +73,7 @@ class AgentSettings:
 
     @property
     def control_socket_path(self) -> str:
-        return self.control_socket or f"{self.state_dir.rstrip('/')}/agent.sock"
+        return self.control_socket or f"{self.state_dir.rstrip('/')}/{CONTROL_SOCKET_NAME}"
 
     def with_overrides(self, **changes: Any) -> AgentSettings:
         """Environment and command-line overrides on top of the file (None means not given)."""

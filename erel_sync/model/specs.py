@@ -65,7 +65,7 @@ class HealthSpec:
 
 @dataclass(frozen=True)
 class ReleaseConfig:
-    """Rendered into `sys.config` and `vm.args`. Frozen JSON; see `core.render` for the mapping."""
+    """Rendered into `sys.config` and `vm.args`. Frozen JSON; `core.nodeconfig` has the mapping."""
 
     sys_config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     vm_args: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))

@@ -9,13 +9,13 @@ signed, stored, and published with confirms until the broker confirms it, announ
 `publisher.published` (seq, revision, the commits it brings). Both events land in the
 `erel.revisions` stream, where `erel-sync wait` finds them. The current snapshot is
 republished at start and on a slow timer (heals a wiped broker) and answers `state.request`.
+The broker side is one `adapters.broker.session.Session` at a time; `once` serves `--once`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import functools
 import json
 import logging
@@ -23,19 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiormq
-
 from erel_sync.adapters import store
-from erel_sync.adapters.broker import messages as broker
+from erel_sync.adapters.backoff import Backoff
 from erel_sync.adapters.broker import topology as topo
+from erel_sync.adapters.broker.errors import BrokerError, NotFound
+from erel_sync.adapters.broker.session import Session, keep_session
+from erel_sync.adapters.clock import utc_now
 from erel_sync.adapters.git.configsource import SourceError, open_repo, read_revision
-from erel_sync.adapters.git.gitwatch import (
-    RefWatcher,
-    branch_head,
-    commit_summary,
-    is_ancestor,
-    new_commits,
-)
+from erel_sync.adapters.git.gitwatch import RefWatcher, branch_head, is_ancestor
 from erel_sync.adapters.supervisor import Supervisor
 from erel_sync.core.snapshot import (
     SIGNED_REFUSALS,
@@ -47,12 +42,12 @@ from erel_sync.core.snapshot import (
     verify_envelope,
 )
 from erel_sync.model.problems import Problem
+from erel_sync.publisher.events import EVENT_KEYS, published_event, rejected_event
 
 log = logging.getLogger("erel_sync.publisher")
 
-EVENT_FORMAT = 1
-EVENT_COMMITS = 256  # at most this many shas in a `published` event (commits_truncated says so)
-EVENT_KEYS = {"published": topo.PUBLISHER_PUBLISHED_KEY, "rejected": topo.PUBLISHER_REJECTED_KEY}
+ONCE_CONNECT = 5.0  # `--once`: how long connecting to the broker may take
+PUBLISH_RETRY = (0.05, 5.0)  # backoff of a failed publish: first and longest delay
 
 
 @dataclass(frozen=True)
@@ -79,10 +74,6 @@ class Counters:
     extra: dict[str, int] = field(default_factory=dict)
 
 
-def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class Publisher:
     def __init__(self, settings: PublisherSettings) -> None:
         self.s = settings
@@ -99,7 +90,7 @@ class Publisher:
         self._kick = asyncio.Event()
         self._publish_needed = asyncio.Event()
         self._published = asyncio.Condition()
-        self._channels: broker.Channels | None = None
+        self._session: Session | None = None
         self._pending_events: list[dict[str, Any]] = []
         self.connected = False
         self._session_up = asyncio.Event()
@@ -161,27 +152,9 @@ class Publisher:
         self.revision, self.rejected, self.envelope = head, None, envelope
         self._persist()
         log.info("revision %s valid: snapshot seq %d", head[:12], self.seq)
-        self._pending_events.append(self._published_event(head, previous))
+        self._pending_events.append(published_event(self._repo, self.seq, head, previous))
         self._publish_needed.set()
         return "Published"
-
-    def _published_event(self, head: str, previous: str | None) -> dict[str, Any]:
-        """`publisher.published`: which seq carries `head` and which commits it newly brings,
-        so that `erel-sync wait -r SHA` finds the snapshot that contains SHA (docs/status.md)."""
-        commits, truncated = new_commits(self._repo, head, previous, EVENT_COMMITS)
-        author, subject = commit_summary(self._repo, head)
-        return {
-            "format": EVENT_FORMAT,
-            "kind": "published",
-            "seq": self.seq,
-            "revision": head,
-            "previous_revision": previous,
-            "commits": commits,
-            "commits_truncated": truncated,
-            "author": author,
-            "subject": subject,
-            "time": utc_now(),
-        }
 
     def _reject(self, head: str, problems: list[Problem], *, reason: str) -> None:
         self.rejected = head
@@ -190,26 +163,20 @@ class Publisher:
         log.error("revision %s rejected (%s): %d problem(s)", head[:12], reason, len(problems))
         for p in problems:
             log.error("  %s", p)
-        author, subject = commit_summary(self._repo, head)
         self._pending_events.append(
-            {
-                "format": EVENT_FORMAT,
-                "kind": "rejected",
-                "reason": reason,
-                "revision": head,
-                "published_revision": self.revision,
-                "published_seq": self.seq,
-                "problems": [p.to_json() for p in problems[:200]],
-                "problems_total": len(problems),
-                "author": author,
-                "subject": subject,
-                "time": utc_now(),
-            }
+            rejected_event(
+                self._repo,
+                head,
+                problems,
+                reason=reason,
+                published_revision=self.revision,
+                published_seq=self.seq,
+            )
         )
         self._publish_needed.set()
 
     # --- broker side
-    async def _recover_seq_from_stream(self, channel: Any) -> None:
+    async def _recover_seq_from_stream(self, session: Session) -> None:
         """A publisher on a new machine learns the last seq from the stream tail; if it already
         took a head offline with a lower seq, that head is signed again above the tail."""
         found: list[int] = []
@@ -226,12 +193,11 @@ class Publisher:
                 found.append(e.seq)
             arrived.set()
 
-        queue, tag = await broker.consume_snapshots(channel, on_snapshot, offset="last")
+        consumer = await session.consume_config(on_snapshot, offset="last", watch=False)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.5):
                 await arrived.wait()
-        with contextlib.suppress(Exception):
-            await queue.cancel(tag)
+        await consumer.cancel()
         if found and max(found) >= self.seq and max(found) > 0:
             tail = max(found)
             if tail > self.seq or (self.envelope and peek_seq(self.envelope) != tail):
@@ -241,49 +207,42 @@ class Publisher:
                 self._persist()
                 await asyncio.to_thread(self.process_head)
 
-    async def _ensure_topology(self) -> bool:
-        """Declare the topology; False when the config stream cannot be had.
+    async def _ensure_topology(self, session: Session) -> bool:
+        """Declare the topology (`adapters.broker.topology`); False when the config stream
+        cannot be had.
 
         A stream the broker reports down (RabbitMQ 3.10 does not restart a single-node stream
         after a crash) is deleted and declared again: it only holds whole snapshots, and the
         current one is republished right after. If even that fails, the publisher keeps
         answering `state.request` (agents join through it) and retries on the next session."""
-        assert self._channels is not None
-        await broker.declare_exchanges(await self._channels.publishing())
+        await session.declare_exchanges()
+        # Without presence only `status` loses its memory of silent hosts, without revisions
+        # only `wait` its durable record of rejections: publishing goes on.
+        for spec in (topo.PRESENCE_QUEUE, topo.REVISIONS_QUEUE):
+            try:
+                await session.declare_queue(spec)
+            except BrokerError as e:
+                log.error("%s stream unavailable (%s)", spec.name, e)
         try:
-            await broker.declare_presence(await self._channels.publishing())
-        except aiormq.exceptions.AMQPError as e:
-            # Only `status` loses its memory of silent hosts; publishing goes on.
-            log.error("presence stream unavailable (%s)", e)
-        try:
-            await broker.declare_revisions(await self._channels.publishing())
-        except aiormq.exceptions.AMQPError as e:
-            # Only `wait` loses the durable record of rejections; publishing goes on.
-            log.error("revisions stream unavailable (%s)", e)
-        try:
-            await broker.declare_stream(await self._channels.publishing())
+            await session.declare_queue(topo.CONFIG_QUEUE)
             return True
-        except aiormq.exceptions.ChannelNotFoundEntity as e:
+        except NotFound as e:
             log.error("config stream is down on the broker (%s): re-creating it", e)
+        extra = self.counters.extra
         try:
-            await (await self._channels.publishing()).queue_delete(topo.CONFIG_STREAM)
-            await broker.declare_stream(await self._channels.publishing())
-        except aiormq.exceptions.AMQPError as e:
+            await session.delete_queue(topo.CONFIG_STREAM)
+            await session.declare_queue(topo.CONFIG_QUEUE)
+        except BrokerError as e:
             log.error("config stream cannot be re-created (%s); serving peers meanwhile", e)
-            self.counters.extra["stream_unavailable"] = (
-                self.counters.extra.get("stream_unavailable", 0) + 1
-            )
+            extra["stream_unavailable"] = extra.get("stream_unavailable", 0) + 1
             return False
-        self.counters.extra["stream_recreated"] = self.counters.extra.get("stream_recreated", 0) + 1
+        extra["stream_recreated"] = extra.get("stream_recreated", 0) + 1
         return True
 
-    async def _publish_current(self) -> None:
-        assert self._channels is not None
-        channel = await self._channels.publishing()
+    async def _publish_current(self, session: Session) -> None:
         while self._pending_events:
             event = self._pending_events[0]
-            await broker.publish(
-                channel,
+            await session.publish(
                 topo.STATUS_EXCHANGE,
                 EVENT_KEYS[str(event["kind"])],
                 json.dumps(event).encode(),
@@ -293,8 +252,7 @@ class Publisher:
             self._pending_events.pop(0)
         if self.envelope is not None:
             seq = peek_seq(self.envelope)
-            await broker.publish(
-                channel,
+            await session.publish(
                 topo.CONFIG_EXCHANGE,
                 topo.CONFIG_ROUTING_KEY,
                 self.envelope,
@@ -308,21 +266,21 @@ class Publisher:
                 self._published.notify_all()
 
     async def _publisher_loop(self, stop: asyncio.Event) -> None:
-        delay = 0.05
+        backoff = Backoff(*PUBLISH_RETRY)
         while not stop.is_set():
             await self._publish_needed.wait()
             self._publish_needed.clear()
-            if self._channels is None:
+            if self._session is None:
                 return  # the session is gone; the next one publishes
             try:
-                await self._publish_current()
-                delay = 0.05
-            except broker.BrokerError as e:
+                await self._publish_current(self._session)
+                backoff.reset()
+            except BrokerError as e:
                 self.counters.publish_failures += 1
+                delay = backoff.next()
                 log.warning("publish failed, retrying in %.1fs: %s", delay, e)
                 self._publish_needed.set()
                 await asyncio.sleep(delay)  # backoff
-                delay = min(5.0, delay * 2)
 
     async def _watch_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -346,49 +304,64 @@ class Publisher:
                     await stop.wait()
             self._publish_needed.set()
 
-    async def _broker_session(self, stop: asyncio.Event) -> None:
-        """One connection's life (the publisher owns it, as the agent does): topology, seq
-        recovery, state.request answers, publishing; raises when anything of it is lost."""
-        connection = await broker.connect(
+    async def _open(self, stop: asyncio.Event, attempts: int | None = None) -> Session:
+        return await Session.open(
             self.s.amqp_urls,
             name=f"erel-publisher:{self.s.key_id}",
             heartbeat=self.s.broker_heartbeat,
             stop=stop,
-            robust=False,
+            attempts=attempts,
         )
-        broken = asyncio.Event()
-        self._channels = broker.Channels(connection)
-        try:
-            connection.close_callbacks.add(lambda *_: broken.set())
-            stream_ok = await self._ensure_topology()
-            consume = await self._channels.consuming()
-            consume.close_callbacks.add(lambda *_: broken.set())
-            if stream_ok:
-                await self._recover_seq_from_stream(consume)
-            # `state.request.publisher` too: joining agents ask the publisher alone first.
-            await broker.serve_state_requests(
-                consume,
-                self._answer,
-                queue_name="erel.publisher.state",
-                keys=(topo.STATE_REQUEST_KEY, topo.PUBLISHER_STATE_KEY),
-            )
-            self.connected = True
-            self._session_up.set()
-            self._publish_needed.set()  # (re)publish the current snapshot on every session
-            publishing = asyncio.create_task(self._publisher_loop(stop), name="publishing")
-            await broker.hold_session(stop, broken, stream_ok=stream_ok, also=publishing)
-        finally:
-            self.connected = False
-            self._channels = None
-            with contextlib.suppress(Exception):
-                await connection.close()
+
+    async def _broker_session(self, stop: asyncio.Event) -> None:
+        """One connection's life (the publisher owns it, as the agent does): topology, seq
+        recovery, state.request answers, publishing; raises when anything of it is lost."""
+        async with await self._open(stop) as session:
+            self._session = session
+            try:
+                stream_ok = await self._ensure_topology(session)
+                if stream_ok:
+                    await self._recover_seq_from_stream(session)
+                # `state.request.publisher` too: joining agents ask the publisher alone first.
+                await session.serve_state_requests(
+                    self._answer,
+                    queue_name="erel.publisher.state",
+                    keys=(topo.STATE_REQUEST_KEY, topo.PUBLISHER_STATE_KEY),
+                )
+                self.connected = True
+                self._session_up.set()
+                self._publish_needed.set()  # (re)publish the current snapshot on every session
+                publishing = asyncio.create_task(self._publisher_loop(stop), name="publishing")
+                await session.hold(stop, stream_ok=stream_ok, also=publishing)
+            finally:
+                self.connected = False
+                self._session = None
 
     async def _broker_loop(self, stop: asyncio.Event) -> None:
         def failed(e: Exception, delay: float) -> None:
             self.counters.publish_failures += 1
             log.warning("BrokerDisconnected (%s); retry in %.1fs", e, delay)
 
-        await broker.keep_session(self._broker_session, stop, failed)
+        await keep_session(self._broker_session, stop, failed)
+
+    async def once(self, connect_within: float = ONCE_CONNECT) -> tuple[str, bool]:
+        """`erel-sync publisher --once`: take the current head (validate, sign, store) and
+        publish the current snapshot and pending events if a broker answers within
+        `connect_within` seconds. Returns (what `process_head` said, whether it was published);
+        a broker error after connecting raises BrokerError."""
+        self.s.state_dir.mkdir(parents=True, exist_ok=True)
+        outcome = await asyncio.to_thread(self.process_head)
+        try:
+            async with asyncio.timeout(connect_within):
+                session = await self._open(asyncio.Event(), attempts=1)
+        except (BrokerError, TimeoutError) as e:
+            log.error("no broker reachable: %s", e)
+            return outcome, False
+        async with session:
+            if await self._ensure_topology(session):
+                await self._recover_seq_from_stream(session)
+            await self._publish_current(session)
+        return outcome, True
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Heads are taken (validated, signed, stored) from the start, with or without a broker;

@@ -24,7 +24,7 @@ import pytest
 from erel_sync.adapters.releases import nodeproc
 from erel_sync.adapters.releases.meta import cookie_path, load_meta, save_meta
 from erel_sync.core import reasons
-from erel_sync.core.render import RpcStatus
+from erel_sync.core.rpccodec import RpcStatus
 from erel_sync.core.upgrade import RecoveryStep, UpgradePath
 from erel_sync.model.specs import (
     Artifact,
@@ -58,7 +58,7 @@ async def call(env: ReleaseEnv, name: str, module: str, fun: str, *args: str) ->
 
 async def started(env: ReleaseEnv, spec: ReleaseSpec, version: str = "0.1.0") -> None:
     await env.driver.install(spec, version)
-    obs = await env.driver.start(spec.name)
+    obs = (await env.driver.start(spec.name)).observed
     assert obs.running and obs.current == version
 
 
@@ -83,12 +83,12 @@ async def test_install_and_start_gives_a_running_healthy_release(release_env: Re
             vm_args=freeze({"+K": "true"}),
         ),
     )
-    installed = await env.driver.install(spec, "0.1.0")
+    installed = (await env.driver.install(spec, "0.1.0")).observed
     assert installed.installed and not installed.running
     assert installed.reason == reasons.Stopped
 
     t0 = time.monotonic()
-    obs = await env.driver.start("hello")
+    obs = (await env.driver.start("hello")).observed
     assert time.monotonic() - t0 < 5
     assert obs.running and obs.reachable
     assert (obs.current, obs.permanent) == ("0.1.0", "0.1.0")
@@ -109,7 +109,7 @@ async def test_install_and_start_gives_a_running_healthy_release(release_env: Re
     assert "setcookie" not in (root / "releases" / "0.1.0" / "vm.args").read_text()
 
     # start is idempotent
-    again = await env.driver.start("hello")
+    again = (await env.driver.start("hello")).observed
     assert again.running and vm_pid(env, "hello") in nodeproc.node_pids(root)
 
 
@@ -172,7 +172,7 @@ async def test_restart_upgrade_path_and_its_fallback(release_env: ReleaseEnv) ->
     assert "tmp_current" not in releases
 
     # a plain restart boots the permanent version
-    obs = await env.driver.restart("hello")
+    obs = (await env.driver.restart("hello")).observed
     assert (obs.current, obs.permanent) == ("0.2.0", "0.2.0")
 
 
@@ -202,21 +202,21 @@ async def test_stop_start_restart(release_env: ReleaseEnv) -> None:
     root = env.releases_dir / "hello"
     first = vm_pid(env, "hello")
 
-    obs = await env.driver.stop("hello")
+    obs = (await env.driver.stop("hello")).observed
     assert not obs.running and obs.reason == reasons.Stopped
     assert nodeproc.node_pids(root) == []
     unreachable = await env.driver.rpc.call(
         env.driver.node("hello"), "erlang", "node", (), within=2.0, envelope=False
     )
     assert unreachable.status is RpcStatus.UNREACHABLE
-    assert (await env.driver.stop("hello")).reason == reasons.Stopped  # idempotent
+    assert (await env.driver.stop("hello")).observed.reason == reasons.Stopped  # idempotent
 
-    obs = await env.driver.start("hello")
+    obs = (await env.driver.start("hello")).observed
     assert obs.running and obs.current == "0.1.0"
     second = vm_pid(env, "hello")
     assert second != first
 
-    obs = await env.driver.restart("hello")
+    obs = (await env.driver.restart("hello")).observed
     assert obs.running
     assert vm_pid(env, "hello") not in (first, second)
 
@@ -310,7 +310,7 @@ async def test_killed_release_is_observed_as_not_running(release_env: ReleaseEnv
     obs = await env.driver.observe("hello")
     assert obs.reason == reasons.Stopped and obs.permanent == "0.1.0"
     # and it heals with a plain start
-    assert (await env.driver.start("hello")).running
+    assert (await env.driver.start("hello")).observed.running
 
 
 AGENT = """

@@ -29,7 +29,7 @@ from erel_sync.adapters.releases import nodeproc
 from erel_sync.adapters.releases.meta import cookie_path, home_dir, load_meta, private_dir
 from erel_sync.core import reasons
 from erel_sync.core.erlterm import Atom
-from erel_sync.core.render import RpcStatus
+from erel_sync.core.rpccodec import RpcStatus
 from erel_sync.core.upgrade import UpgradePath
 from erel_sync.model.specs import (
     Artifact,
@@ -137,7 +137,7 @@ async def test_a_templated_release_runs_with_the_agent_s_name_cookie_and_config(
             assert source is not None
             (rendered / name).write_bytes(source.read())
 
-    obs = await env.driver.start("templated")
+    obs = (await env.driver.start("templated")).observed
     assert obs.running and obs.current == "0.1.0"
     assert left_over(root, "0.1.0") == []
     node = env.driver.node("templated").name
@@ -166,7 +166,7 @@ async def test_a_templated_release_runs_with_the_agent_s_name_cookie_and_config(
     )
     assert await env.driver.reconfigure(spec, changed) is False
     assert (await get(env, "templated", "templated"))["greeting"] == "changed"
-    obs = await env.driver.restart("templated")
+    obs = (await env.driver.restart("templated")).observed
     assert obs.running and vm_pid(root) != pid
     state = await get(env, "templated", "templated")
     assert (state["node"], state["greeting"], state["source"]) == (node, "changed", "app")
@@ -197,7 +197,7 @@ async def test_a_tarball_shipping_the_agent_s_cookie_is_refused_before_anything_
     assert cookie_path(root).read_text() != "KNOWN"
     home_dir(root).chmod(0o755)
     cookie_path(root).chmod(0o644)
-    assert (await env.driver.start("templated")).running
+    assert (await env.driver.start("templated")).observed.running
     assert (mode(home_dir(root)), mode(cookie_path(root))) == (0o700, 0o400)
 
 
@@ -225,7 +225,7 @@ async def test_config_files_shipped_beside_the_agent_s_do_not_reach_the_node(
     root = env.releases_dir / "hello"
 
     await env.driver.install(spec, "0.1.0")
-    obs = await env.driver.start("hello")
+    obs = (await env.driver.start("hello")).observed
     assert obs.running and obs.node == env.driver.node("hello").name
     state = await get(env, "hello", "hello_server")
     assert state["greeting"] == "from git"
@@ -251,7 +251,7 @@ async def test_templates_in_an_upgraded_version_are_not_used(
     spec = replace(with_artifact(env.spec("hello", mode=mode_), "0.2.0", tarball), config=HELLO)
     root = env.releases_dir / "hello"
     await env.driver.install(spec, "0.1.0")
-    assert (await env.driver.start("hello")).running
+    assert (await env.driver.start("hello")).observed.running
 
     result = await env.driver.upgrade(spec, "0.2.0")
     assert result.path is path
@@ -259,7 +259,7 @@ async def test_templates_in_an_upgraded_version_are_not_used(
     assert (state["release_vsn"], state["greeting"]) == ("0.2.0", "from git")
 
     # The next boot of the new version runs with the agent's files too.
-    obs = await env.driver.restart("hello")
+    obs = (await env.driver.restart("hello")).observed
     assert (obs.running, obs.current, obs.permanent) == (True, "0.2.0", "0.2.0")
     assert obs.node == env.driver.node("hello").name
     state = await get(env, "hello", "hello_server")

@@ -6,10 +6,11 @@ from dataclasses import replace
 
 import pytest
 
+from erel_sync.core import reasons
+from erel_sync.core.observed import ObservedRelease
 from erel_sync.core.reconcile import (
     ActionKind,
     Memory,
-    Observation,
     Plan,
     SkipReason,
     config_digest,
@@ -33,15 +34,16 @@ DESIRED = effective_releases(STATE, STATE.groups["web"])
 CFG = {n: config_digest(e.config) for n, e in DESIRED.items()}
 
 
-def running(version: str, managed: bool = True) -> Observation:
-    return Observation(installed=True, managed=managed, running=True, version=version)
+def running(version: str, managed: bool = True) -> ObservedRelease:
+    reason = reasons.Running if managed else reasons.NotManaged
+    return ObservedRelease("r", installed=True, running=True, current=version, reason=reason)
 
 
 def applied(name: str) -> Memory:
     return Memory(applied_config=CFG[name])
 
 
-def execute(p: Plan, observed: dict[str, Observation], memory: dict[str, Memory]) -> None:
+def execute(p: Plan, observed: dict[str, ObservedRelease], memory: dict[str, Memory]) -> None:
     """What a successful executor leaves behind, for the idempotency law."""
     for a in p.actions:
         if a.kind is ActionKind.DELETE:
@@ -55,7 +57,7 @@ def execute(p: Plan, observed: dict[str, Observation], memory: dict[str, Memory]
             )
 
 
-CASES: list[tuple[str, dict[str, Observation], dict[str, Memory], list[tuple[str, str]]]] = [
+CASES: list[tuple[str, dict[str, ObservedRelease], dict[str, Memory], list[tuple[str, str]]]] = [
     ("fresh host installs both", {}, {}, [("Install", "hello"), ("Install", "ticker")]),
     (
         "converged host does nothing",
@@ -102,7 +104,7 @@ CASES: list[tuple[str, dict[str, Observation], dict[str, Memory], list[tuple[str
     ids=[c[0] for c in CASES],
 )
 def test_plan_and_second_pass_is_empty(
-    observed: dict[str, Observation], memory: dict[str, Memory], expected: list[tuple[str, str]]
+    observed: dict[str, ObservedRelease], memory: dict[str, Memory], expected: list[tuple[str, str]]
 ) -> None:
     observed, memory = dict(observed), dict(memory)
     first = plan(DESIRED, observed, memory, seq=5, now=1000.0)

@@ -8,11 +8,11 @@ belongs to the next tick; the running one must neither plan for it nor report it
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
-from typing import Any
 
 from erel_sync.agent.reconciler import Reconciler
+from erel_sync.core import reasons
 from erel_sync.core.matching import HostIdentity
+from erel_sync.core.observed import ObservedRelease
 from erel_sync.core.reconcile import Memory, config_digest
 from erel_sync.core.snapshot import (
     Snapshot,
@@ -48,13 +48,13 @@ class PausingDriver:
         self.observing = asyncio.Event()
         self.go = asyncio.Event()
 
-    async def observe_all(self, *, health: bool = False) -> dict[str, Any]:
+    async def observe_all(self, *, health: bool = False) -> dict[str, ObservedRelease]:
         if not self.observing.is_set():
             self.observing.set()
             await self.go.wait()
-        hello = SimpleNamespace(
-            installed=True, running=True, current="0.1.0", permanent="0.1.0",
-            reason="", pending=None, healthy=True,
+        hello = ObservedRelease(
+            "hello", installed=True, running=True, reachable=True, current="0.1.0",
+            permanent="0.1.0", reason=reasons.Healthy, healthy=True,
         )  # fmt: skip
         return {"hello": hello}
 

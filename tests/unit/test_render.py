@@ -1,4 +1,4 @@
-"""core.render and core.erlterm: vm.args, sys.config, erl_call argv and output, table-driven.
+"""core.nodeconfig, core.rpccodec and core.erlterm: vm.args, sys.config, erl_call argv and output, table-driven.
 
 Every rendered term is parsed back (`parse_term`) to show that escaping holds: what goes in as
 one string comes out as one string, whatever characters it carried.
@@ -24,19 +24,21 @@ from erel_sync.core.erlterm import (
     render_atom,
     render_term,
 )
-from erel_sync.core.render import (
+from erel_sync.core.nodeconfig import (
     RenderError,
+    displaced_config_files,
+    json_to_term,
+    render_config_files,
+    render_sys_config,
+    render_vm_args,
+)
+from erel_sync.core.rpccodec import (
     RpcStatus,
     decode_envelope,
     decode_erl_call,
-    displaced_config_files,
     encode_config_payload,
     erl_call_argv,
-    json_to_term,
-    render_config_files,
     render_rpc_call,
-    render_sys_config,
-    render_vm_args,
 )
 from erel_sync.model.specs import ReleaseConfig, freeze
 

@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 import typer
 
-from erel_sync.adapters.broker import messages as broker
+from erel_sync.adapters.broker import errors as broker
+from erel_sync.adapters.broker.session import keep_session
 from erel_sync.adapters.supervisor import Supervisor, TaskFailed
 from erel_sync.cli.daemons import run_daemon
 
@@ -183,9 +184,7 @@ async def test_keep_session_rebuilds_a_session_ended_by_a_dead_connection() -> N
             await dead_connection_future()
         stop.set()
 
-    await asyncio.wait_for(
-        broker.keep_session(session, stop, lambda e, _d: failures.append(e)), timeout=5
-    )
+    await asyncio.wait_for(keep_session(session, stop, lambda e, _d: failures.append(e)), timeout=5)
     assert sessions == 2
     assert len(failures) == 1 and isinstance(failures[0], broker.BrokerError)
 

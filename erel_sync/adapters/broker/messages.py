@@ -1,9 +1,11 @@
-"""RabbitMQ adapter for the publisher and the agents (aio-pika): connect, publish, consume.
+"""The wire protocol of erel-sync over aio-pika: connect, publish, consume, request, answer.
 
-The only module that imports aio_pika. Wraps the wire protocol of DESIGN.md §3 in a few calls:
+Each call takes an open channel: the daemons reach them through their `session.Session`, which
+picks the channel; tests and the CLI's followers call them on channels of their own. The calls:
 the `erel.config` stream of signed snapshots (publish with confirms, consume from `last`), the
-`erel.sync` state.request/reply exchange, and `erel.status` heartbeats. Library errors are
-wrapped as `BrokerError`. Names and arguments of the topology live in `adapters.broker.topology`.
+`erel.sync` state.request/reply exchange, operator commands on `erel.control`, and `erel.status`
+heartbeats (docs/broker.md). Library errors leave as the adapter's own (`errors`, re-exported
+here: `BrokerError`, `PublishFailed`). Names and arguments of the topology live in `topology`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aio_pika
@@ -26,8 +27,13 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
+from erel_sync.adapters.backoff import Backoff
 from erel_sync.adapters.broker import topology as topo
+from erel_sync.adapters.broker.errors import BrokerError, NotFound, PublishFailed, wrapped
 from erel_sync.model.brokerurl import mask, url_vhost
+
+# The CLI catches these two by this module's name.
+__all__ = ["BrokerError", "PublishFailed"]
 
 log = logging.getLogger(__name__)
 
@@ -40,40 +46,6 @@ ACK_DELAY = 0.2
 # the envelope to answer with, or None for no answer.
 StateProvider = Callable[[int | None], bytes | None]
 HAVE_FIELD = "have"  # in a state.request body: the seq the requester holds
-
-# What aio-pika and aiormq raise when a connection or channel fails (plus a confirm timeout).
-LIBRARY_ERRORS = (TimeoutError, *aio_pika.exceptions.CONNECTION_EXCEPTIONS)
-
-
-class BrokerError(Exception):
-    """The broker refused or could not be reached; retry later."""
-
-
-class PublishFailed(BrokerError):
-    """A publish was nacked, returned as unroutable, or not confirmed in time."""
-
-
-def cancelled_by_us() -> bool:
-    """Whether a CancelledError seen now is a cancellation of the current task (shutdown, a
-    timeout, a supervisor), rather than aiormq rejecting the futures of a dead connection with
-    CancelledError (its default close reason), which does not touch the awaiting task."""
-    task = asyncio.current_task()
-    return task is None or task.cancelling() > 0
-
-
-@contextlib.contextmanager
-def wrapped(what: str, error: type[BrokerError] = BrokerError) -> Iterator[None]:
-    """Library failures of a broker call as `error`; a CancelledError that comes from a dead
-    connection too (it would otherwise end the caller's loop as if it had been cancelled).
-    A real cancellation of the calling task stays a CancelledError."""
-    try:
-        yield
-    except asyncio.CancelledError as e:
-        if cancelled_by_us():
-            raise
-        raise error(f"{what}: connection lost (its pending calls were cancelled)") from e
-    except LIBRARY_ERRORS as e:
-        raise error(f"{what}: {type(e).__name__}: {str(e)[:200]}") from e
 
 
 def refusal(error: BaseException, url: str) -> str:
@@ -101,7 +73,8 @@ async def connect(
     `robust`: aio-pika reconnects and restores by itself (publisher, CLI). Agents pass False
     and own the whole session: any loss ends it and they rebuild it (see agent.daemon)."""
     connect_fn: Any = aio_pika.connect_robust if robust else aio_pika.connect
-    delay, tries, last = 0.1, 0, ""
+    # Jitter keeps a hundred agents from reconnecting in lock step after an outage.
+    backoff, tries, last = Backoff(0.1, max_delay, jitter=0.5), 0, ""
     while True:
         for url in urls:
             try:
@@ -119,78 +92,8 @@ async def connect(
         tries += 1
         if attempts is not None and tries >= attempts:
             raise BrokerError(f"no broker reachable after {tries} rounds (last: {last})")
-        if stop is not None and stop.is_set():
+        if (stop is not None and stop.is_set()) or await backoff.wait(stop):
             raise BrokerError("stopped while connecting")
-        # Jitter keeps a hundred agents from reconnecting in lock step after an outage.
-        await asyncio.sleep(delay * (0.5 + random.random()))  # backoff
-        delay = min(max_delay, delay * 2)
-
-
-class Channels:
-    """A connection's channels: one with confirms for publishing, one for consuming."""
-
-    def __init__(self, connection: Any) -> None:
-        self.connection = connection
-        self._publish: AbstractChannel | None = None
-        self._consume: AbstractChannel | None = None
-
-    async def publishing(self) -> AbstractChannel:
-        if self._publish is None or self._publish.is_closed:
-            with wrapped("open publishing channel"):
-                self._publish = await self.connection.channel(
-                    publisher_confirms=True, on_return_raises=True
-                )
-        return self._publish
-
-    async def consuming(self, prefetch: int = 16) -> AbstractChannel:
-        if self._consume is None or self._consume.is_closed:
-            with wrapped("open consuming channel"):
-                self._consume = await self.connection.channel(publisher_confirms=False)
-                await self._consume.set_qos(prefetch_count=prefetch)
-        return self._consume
-
-
-async def declare_exchanges(channel: AbstractChannel) -> None:
-    """Every exchange (publisher side; agents only check passively)."""
-    await channel.declare_exchange(topo.CONFIG_EXCHANGE, topo.CONFIG_EXCHANGE_TYPE, durable=True)
-    for name in (topo.STATUS_EXCHANGE, topo.CONTROL_EXCHANGE, topo.SYNC_EXCHANGE):
-        await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
-
-
-async def declare_stream(channel: AbstractChannel) -> None:
-    """The config stream and its binding to the config exchange."""
-    config = await channel.get_exchange(topo.CONFIG_EXCHANGE)
-    stream = await channel.declare_queue(
-        topo.CONFIG_STREAM, durable=True, arguments=dict(topo.CONFIG_STREAM_ARGUMENTS)
-    )
-    await stream.bind(config, routing_key=topo.CONFIG_ROUTING_KEY)
-
-
-async def declare_presence(channel: AbstractChannel) -> None:
-    """The presence stream, bound to `erel.status` for `presence.*` (docs/operating.md)."""
-    status = await channel.get_exchange(topo.STATUS_EXCHANGE)
-    stream = await channel.declare_queue(
-        topo.PRESENCE_STREAM, durable=True, arguments=dict(topo.PRESENCE_STREAM_ARGUMENTS)
-    )
-    await stream.bind(status, routing_key=topo.PRESENCE_PATTERN)
-
-
-async def declare_revisions(channel: AbstractChannel) -> None:
-    """The revisions stream, bound to `erel.status` for `publisher.*`: the publisher's
-    `published`/`rejected` events, read back by `erel-sync wait` (docs/status.md)."""
-    status = await channel.get_exchange(topo.STATUS_EXCHANGE)
-    stream = await channel.declare_queue(
-        topo.REVISIONS_STREAM, durable=True, arguments=dict(topo.REVISIONS_STREAM_ARGUMENTS)
-    )
-    await stream.bind(status, routing_key=topo.REVISIONS_PATTERN)
-
-
-async def declare_topology(channel: AbstractChannel) -> None:
-    """Exchanges and the streams (publisher side; agents only declare passively)."""
-    await declare_exchanges(channel)
-    await declare_stream(channel)
-    await declare_presence(channel)
-    await declare_revisions(channel)
 
 
 async def publish(
@@ -247,20 +150,21 @@ async def consume_snapshots(
     logged and the delivery not acked on its own.
 
     Agents consume `passive`ly: they may not (and must not race to) create the stream; until the
-    publisher has declared it this raises BrokerError and the agent retries."""
-    await channel.set_qos(prefetch_count=SNAPSHOT_PREFETCH)  # streams require a prefetch
+    publisher has declared it (or while the broker reports it down) this raises NotFound and
+    the agent retries."""
     try:
-        queue = await channel.declare_queue(
-            topo.CONFIG_STREAM,
-            durable=True,
-            passive=passive,
-            arguments=None if passive else dict(topo.CONFIG_STREAM_ARGUMENTS),
-        )
-    except aiormq.exceptions.ChannelNotFoundEntity as e:
-        raise BrokerError(
-            f"{topo.CONFIG_STREAM} does not exist yet (publisher not started?)"
+        with wrapped(f"consume {topo.CONFIG_STREAM}"):
+            await channel.set_qos(prefetch_count=SNAPSHOT_PREFETCH)  # streams require a prefetch
+            queue = await channel.declare_queue(
+                topo.CONFIG_STREAM,
+                durable=True,
+                passive=passive,
+                arguments=None if passive else dict(topo.CONFIG_STREAM_ARGUMENTS),
+            )
+    except NotFound as e:
+        raise NotFound(
+            f"{topo.CONFIG_STREAM} does not exist yet or is down (publisher not started?)"
         ) from e
-
     acks = StreamAcks()
 
     async def on_message(message: AbstractIncomingMessage) -> None:
@@ -271,7 +175,8 @@ async def consume_snapshots(
             return
         acks.done(message)
 
-    tag = await queue.consume(on_message, arguments={"x-stream-offset": offset})
+    with wrapped(f"consume {topo.CONFIG_STREAM}"):
+        tag = await queue.consume(on_message, arguments={"x-stream-offset": offset})
     return queue, tag
 
 
@@ -331,16 +236,17 @@ async def serve_state_requests(
     agents joining at once do not each get a hundred copies of what they hold.
     Answers go to `erel.sync` with the requester's `reply.<host>` key: agents may not publish to
     direct reply-to or the default exchange (docs/broker.md)."""
-    exchange = await channel.get_exchange(topo.SYNC_EXCHANGE)
-    queue = await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
-    for key in keys:
-        await queue.bind(exchange, routing_key=key)
 
     async def on_request(message: AbstractIncomingMessage) -> None:
         await message.ack()
         await answer(channel, message, provider(requester_holds(message.body)))
 
-    await queue.consume(on_request)
+    with wrapped("serve state requests"):
+        exchange = await channel.get_exchange(topo.SYNC_EXCHANGE)
+        queue = await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
+        for key in keys:
+            await queue.bind(exchange, routing_key=key)
+        await queue.consume(on_request)
     return queue
 
 
@@ -435,17 +341,18 @@ async def serve_control(
 
     The queue name carries the agent instance, so two agents wrongly sharing a host id both
     run (and `erel-sync members` shows both) instead of one failing on an exclusive queue."""
-    exchange = await channel.get_exchange(topo.CONTROL_EXCHANGE)
-    queue = await channel.declare_queue(
-        topo.agent_queue(host, f"control.{instance}"), exclusive=True, auto_delete=True
-    )
-    for key in (topo.host_key(host), topo.group_key("*"), topo.ALL_KEY):
-        await queue.bind(exchange, routing_key=key)
 
     async def on_command(message: AbstractIncomingMessage) -> None:
         await answer(channel, message, await handler(message.body), expiration=60.0)
 
-    await queue.consume(on_command, no_ack=True)
+    with wrapped("serve commands"):
+        exchange = await channel.get_exchange(topo.CONTROL_EXCHANGE)
+        queue = await channel.declare_queue(
+            topo.agent_queue(host, f"control.{instance}"), exclusive=True, auto_delete=True
+        )
+        for key in (topo.host_key(host), topo.group_key("*"), topo.ALL_KEY):
+            await queue.bind(exchange, routing_key=key)
+        await queue.consume(on_command, no_ack=True)
     return queue
 
 
@@ -456,75 +363,13 @@ async def consume_status(
     pattern: str = "#",
 ) -> AbstractQueue:
     """Follow `erel.status` (heartbeats, rejections) through a private auto-delete queue."""
-    exchange = await channel.get_exchange(topo.STATUS_EXCHANGE)
-    queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
-    await queue.bind(exchange, routing_key=pattern)
 
     async def on_message(message: AbstractIncomingMessage) -> None:
         await handler(message.routing_key or "", message.body)
 
-    await queue.consume(on_message, no_ack=True)
+    with wrapped(f"follow {topo.STATUS_EXCHANGE}"):
+        exchange = await channel.get_exchange(topo.STATUS_EXCHANGE)
+        queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+        await queue.bind(exchange, routing_key=pattern)
+        await queue.consume(on_message, no_ack=True)
     return queue
-
-
-async def keep_session(
-    session: Callable[[asyncio.Event], Awaitable[None]],
-    stop: asyncio.Event,
-    on_failure: Callable[[Exception, float], None],
-    *,
-    max_delay: float = 5.0,
-) -> None:
-    """Run `session` until `stop`; whenever it fails (broker down, topology missing, anything
-    lost), report through `on_failure(error, delay)` and run it again after a backoff. The
-    publisher and the agent both own their sessions this way (docs/architecture.md)."""
-    delay = 0.2
-    while not stop.is_set():
-        try:
-            await session(stop)
-            return
-        except asyncio.CancelledError:
-            if cancelled_by_us():
-                raise
-            # aiormq rejected a pending call of a connection that died: a lost session, not
-            # the end of the loop (which would leave the daemon without a broker for good).
-            on_failure(BrokerError("connection lost (its pending calls were cancelled)"), delay)
-        except Exception as e:
-            on_failure(e, delay)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await stop.wait()
-        delay = min(max_delay, delay * 2)
-
-
-STREAM_RETRY = 5.0  # a session without the config stream is rebuilt this often to retry it
-
-
-async def hold_session(
-    stop: asyncio.Event,
-    broken: asyncio.Event,
-    *,
-    stream_ok: bool,
-    also: asyncio.Task[Any] | None = None,
-) -> None:
-    """Keep a session until `stop` (return) or until it is `broken`, `also` ends, or, without
-    the config stream, STREAM_RETRY passes (raise BrokerError, so `keep_session` rebuilds it;
-    an `also` that failed is named in it)."""
-    stopped = asyncio.create_task(stop.wait())
-    lost = asyncio.create_task(broken.wait())
-    waiting = {stopped, lost, *([also] if also is not None else [])}
-    try:
-        await asyncio.wait(
-            waiting,
-            timeout=None if stream_ok else STREAM_RETRY,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-    finally:
-        for t in waiting:
-            t.cancel()
-    if stop.is_set():
-        return
-    if also is not None and also.done() and not also.cancelled() and also.exception():
-        raise BrokerError(f"{also.get_name()} failed: {also.exception()!r:.200}")
-    raise BrokerError(
-        "connection, channel or stream consumer lost" if stream_ok else "no config stream"
-    )

@@ -28,6 +28,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 
 from erel_sync.adapters.broker import messages as broker
 from erel_sync.adapters.broker import topology as topo
+from erel_sync.adapters.broker.errors import NotFound, classify, first_line
 from erel_sync.core import control
 from erel_sync.core.control import Command
 
@@ -35,31 +36,38 @@ PRESENCE_IDLE = 0.12  # the presence backlog is delivered at once: this much sil
 REVISION_KINDS = ("published", "rejected")
 
 
-class TopologyMissing(broker.BrokerError):
-    """The vhost lacks an exchange or stream of erel-sync: nothing was set up there yet."""
+class TopologyMissing(NotFound):
+    """The vhost lacks an exchange or stream of erel-sync: nothing was set up there yet (an
+    operator must run `broker setup` or start the publisher: not transient for the CLI)."""
+
+    transient = False
 
 
 @contextlib.contextmanager
 def _translated(what: str) -> Iterator[None]:
-    """aiormq/aio-pika failures of one step as BrokerError, bounded and on one line."""
+    """aiormq/aio-pika failures of one step as BrokerError, bounded and on one line; a missing
+    exchange or stream as TopologyMissing, which says how to create it."""
     try:
         yield
+    except TopologyMissing:
+        raise
+    except NotFound as e:
+        raise _missing(what, e) from e
     except broker.BrokerError:
         raise
     except aiormq.exceptions.ChannelNotFoundEntity as e:
-        raise TopologyMissing(
-            f"{what}: {_first_line(e)}: this vhost has no erel-sync topology; create it with "
-            "`erel-sync broker setup` (or start the publisher once), or check --vhost"
-        ) from e
-    except aiormq.exceptions.ChannelAccessRefused as e:
-        raise broker.BrokerError(f"{what}: access refused: {_first_line(e)}") from e
+        raise _missing(what, e) from e
     except (aiormq.exceptions.AMQPError, ConnectionError, TimeoutError, RuntimeError) as e:
-        raise broker.BrokerError(f"{what}: {type(e).__name__}: {_first_line(e)}") from e
+        raise classify(what, e) from e
 
 
-def _first_line(e: BaseException) -> str:
-    text = " ".join(str(a) for a in e.args if a) if e.args else str(e)
-    return (text.strip().splitlines() or [type(e).__name__])[0][:300]
+def _missing(what: str, e: BaseException) -> TopologyMissing:
+    if isinstance(e, NotFound) and e.__cause__ is not None:
+        e = e.__cause__  # the broker's own words, not the adapter's step name twice
+    return TopologyMissing(
+        f"{what}: {first_line(e)}: this vhost has no erel-sync topology; create it with "
+        "`erel-sync broker setup` (or start the publisher once), or check --vhost"
+    )
 
 
 class OpsClient:

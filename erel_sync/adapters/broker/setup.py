@@ -22,17 +22,17 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aio_pika
-import aiormq
 
+from erel_sync.adapters.broker import rabbitctl
 from erel_sync.adapters.broker import topology as topo
-from erel_sync.model.brokerurl import resolve_vhost, vhost_path
+from erel_sync.adapters.broker.errors import LIBRARY_ERRORS, PreconditionFailed, classify
+from erel_sync.adapters.broker.rabbitctl import Ctl
+from erel_sync.model.brokerurl import mask, resolve_vhost, vhost_path
 
 
 class BrokerSetupError(Exception):
@@ -187,38 +187,12 @@ class CtlStep:
         return f"rabbitmqctl {shlex.join(self.args)}  # {self.reason}"
 
 
-class Ctl(Protocol):
-    """Runs `rabbitmqctl ARGS` against the target node and returns stdout (RabbitNode.ctl fits)."""
-
-    def __call__(self, *args: str, stdin: str | None = None) -> str: ...
-
-
 def rabbitmqctl(
     executable: str = "rabbitmqctl", node: str | None = None, timeout: float = 60
 ) -> Ctl:
-    """A Ctl that runs the real CLI with the caller's environment (its HOME holds the cookie)."""
-
-    def run(*args: str, stdin: str | None = None) -> str:
-        argv = [executable, *(["-n", node] if node else []), *args]
-        try:
-            done = subprocess.run(
-                argv,
-                input=None if stdin is None else stdin.encode(),
-                stdin=subprocess.DEVNULL if stdin is None else None,
-                capture_output=True,
-                timeout=timeout,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise BrokerSetupError(f"rabbitmqctl {args[0] if args else ''}: {e}") from e
-        if done.returncode != 0:
-            err = (done.stderr or done.stdout).decode(errors="replace").strip()
-            raise BrokerSetupError(
-                f"rabbitmqctl {args[0] if args else ''} exited {done.returncode}: {err[-500:]}"
-            )
-        return done.stdout.decode(errors="replace")
-
-    return run
+    """A Ctl that runs the real CLI with the caller's environment (its HOME holds the cookie);
+    its failures are BrokerSetupErrors."""
+    return rabbitctl.rabbitmqctl(executable, node, timeout=timeout, error=BrokerSetupError)
 
 
 # -- observe -------------------------------------------------------------------------------------
@@ -308,7 +282,7 @@ def render_script(
             lines.append(f"{ctl} {shlex.join(step.args)}")
     lines.append(
         f"# Then, over AMQP as {spec.publisher_user} on "
-        f"{redact(topology_url(amqp_url, spec.vhost, spec.publisher_user, 'x'))} "
+        f"{mask(topology_url(amqp_url, spec.vhost, spec.publisher_user, 'x'))} "
         "(the publisher also declares these when it starts):"
     )
     lines += [f"#   {line}" for line in describe_topology()]
@@ -353,40 +327,24 @@ def topology_url(admin_url: str, vhost: str, user: str, password: str) -> str:
     return urlunsplit((parts.scheme, netloc, vhost_path(vhost), parts.query, ""))
 
 
-def redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 async def declare_topology(url: str, deadline_s: float = 30) -> None:
-    """Declare the exchanges, the config stream and its binding (idempotent)."""
+    """Declare the exchanges, the streams and their bindings (idempotent)."""
     try:
         async with asyncio.timeout(deadline_s):
             connection = await aio_pika.connect(
                 url, client_properties={"connection_name": "erel-sync broker setup"}
             )
             async with connection:
-                channel = await connection.channel()
-                for x in topo.EXCHANGES:
-                    await channel.declare_exchange(x.name, x.type, durable=x.durable)
-                for q in topo.QUEUES:
-                    await channel.declare_queue(
-                        q.name, durable=q.durable, arguments=dict(q.arguments)
-                    )
-                for b in topo.BINDINGS:
-                    queue = await channel.get_queue(b.queue, ensure=False)
-                    await queue.bind(b.exchange, routing_key=b.routing_key)
-    except aiormq.exceptions.ChannelPreconditionFailed as e:
-        raise BrokerSetupError(
-            f"topology exists with other settings ({e}); the stream's arguments cannot change: "
-            f"delete {topo.CONFIG_STREAM} (its history goes with it) or match "
-            "adapters.broker.topology"
-        ) from e
-    except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as e:
-        raise BrokerSetupError(f"declaring the topology on {redact(url)}: {e}") from e
+                await topo.declare_all(await connection.channel())
+    except LIBRARY_ERRORS as e:
+        error = classify("declaring the topology", e)
+        if isinstance(error, PreconditionFailed):
+            raise BrokerSetupError(
+                f"topology exists with other settings ({e}); the stream's arguments cannot "
+                f"change: delete {topo.CONFIG_STREAM} (its history goes with it) or match "
+                "adapters.broker.topology"
+            ) from e
+        raise BrokerSetupError(f"declaring the topology on {mask(url)}: {e}") from e
 
 
 # -- the whole job -------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """The RabbitMQ topology of erel-sync: names, types and arguments of every exchange and queue.
 
 Used by `adapters.broker.setup` (the `erel-sync broker setup` command declares it once), by the
-publisher and agent broker adapter (which re-declare or passively check it) and by tests. It
-lives in one module because a stream re-declared with different arguments fails with
-PRECONDITION_FAILED, and because the permission regexes in `brokersetup` are written against
-these exact names. Pure data: no I/O, no aio-pika.
+broker session (the publisher re-declares it on every connection, agents only check the config
+stream passively) and by tests. It lives in one module because a stream re-declared with
+different arguments fails with PRECONDITION_FAILED, and because the permission regexes in
+`adapters.broker.setup` are written against these exact names. The names and arguments are pure
+data; the one way to declare them (`declare_exchanges`, `declare_queue`, `declare_all`) takes an
+open channel and raises the library's errors, which its callers wrap.
 
 Topology (docs/broker.md has the why):
 - `erel.config` fanout exchange -> `erel.config` stream queue. The publisher publishes to the
@@ -24,7 +26,10 @@ Topology (docs/broker.md has the why):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractChannel
 
 ExchangeType = Literal["fanout", "topic", "direct"]
 
@@ -115,11 +120,10 @@ EXCHANGES: Final = (
     ExchangeSpec(CONTROL_EXCHANGE, "topic"),
     ExchangeSpec(SYNC_EXCHANGE, "topic"),
 )
-QUEUES: Final = (
-    QueueSpec(CONFIG_STREAM, dict(CONFIG_STREAM_ARGUMENTS)),
-    QueueSpec(PRESENCE_STREAM, dict(PRESENCE_STREAM_ARGUMENTS)),
-    QueueSpec(REVISIONS_STREAM, dict(REVISIONS_STREAM_ARGUMENTS)),
-)
+CONFIG_QUEUE: Final = QueueSpec(CONFIG_STREAM, dict(CONFIG_STREAM_ARGUMENTS))
+PRESENCE_QUEUE: Final = QueueSpec(PRESENCE_STREAM, dict(PRESENCE_STREAM_ARGUMENTS))
+REVISIONS_QUEUE: Final = QueueSpec(REVISIONS_STREAM, dict(REVISIONS_STREAM_ARGUMENTS))
+QUEUES: Final = (CONFIG_QUEUE, PRESENCE_QUEUE, REVISIONS_QUEUE)
 BINDINGS: Final = (
     BindingSpec(CONFIG_EXCHANGE, CONFIG_STREAM, CONFIG_ROUTING_KEY),
     BindingSpec(STATUS_EXCHANGE, PRESENCE_STREAM, PRESENCE_PATTERN),
@@ -150,3 +154,27 @@ def reply_key(host: str) -> str:
 
 def agent_queue(host: str, use: str) -> str:
     return f"{AGENT_QUEUE_PREFIX}{host}.{use}"
+
+
+async def declare_exchanges(channel: AbstractChannel) -> None:
+    """Every exchange of erel-sync (idempotent)."""
+    for x in EXCHANGES:
+        await channel.declare_exchange(x.name, x.type, durable=x.durable)
+
+
+async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> None:
+    """One stream and its bindings (after the exchanges). A stream the broker reports down
+    raises NOT_FOUND; one that exists with other arguments PRECONDITION_FAILED."""
+    queue = await channel.declare_queue(
+        spec.name, durable=spec.durable, arguments=dict(spec.arguments)
+    )
+    for b in BINDINGS:
+        if b.queue == spec.name:
+            await queue.bind(b.exchange, routing_key=b.routing_key)
+
+
+async def declare_all(channel: AbstractChannel) -> None:
+    """The whole topology: exchanges, streams, bindings (`broker setup`)."""
+    await declare_exchanges(channel)
+    for spec in QUEUES:
+        await declare_queue(channel, spec)

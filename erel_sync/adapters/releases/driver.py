@@ -1,10 +1,16 @@
 """The release driver: install, start, stop, upgrade, observe and delete the Erlang releases of
 ONE host.
 
-Called by the agent's executor (and directly by `erel-sync release ...`). Lives in `adapters`:
-it is the edge where desired state becomes files, processes and RPCs. Decisions that need no
-I/O are in `core.upgrade`; node steps in `adapters.releases.nodeops`; files in
-`adapters.releases.files`.
+Called by the agent's reconciler (`agent.reconciler`, through its `Driver` protocol) and
+directly by `erel-sync release ...`. Lives in `adapters`: it is the edge where desired state
+becomes files, processes and RPCs. Decisions that need no I/O are in `core.upgrade`; what an
+answer of a node means in `core.facts`; node steps in `adapters.releases.nodeops`; files in
+`adapters.releases.files`; version changes in `adapters.releases.upgrader`, which sees the
+driver only through its `ReleaseHost` protocol.
+
+Each step (install, start, stop, restart, upgrade, delete) returns a `StepResult` with the
+release as the step left it, so the reconciler does not observe it again. `observe` is one
+erl_call per release (`erel_rpc:observe` when health is asked, `status` otherwise).
 
 Layout: `releases_dir/<name>/` is one relx release root shared by all versions (release_handler
 keeps them side by side in `lib/<app>-<vsn>` and `releases/<vsn>/`); the driver's record, the
@@ -28,7 +34,6 @@ import shutil
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 from erel_sync.adapters.releases import files as release_files
 from erel_sync.adapters.releases import nodeproc
@@ -39,9 +44,9 @@ from erel_sync.adapters.releases.meta import ReleaseMeta, home_dir, load_meta, n
 from erel_sync.adapters.releases.nodeops import NodeOps
 from erel_sync.adapters.releases.upgrader import Upgrader, UpgradeResult
 from erel_sync.adapters.store import fsync_dir
-from erel_sync.core import reasons
-from erel_sync.core.observed import ObservedRelease
-from erel_sync.core.render import RpcStatus, encode_config_payload
+from erel_sync.core import facts, reasons
+from erel_sync.core.observed import ObservedRelease, StepResult
+from erel_sync.core.rpccodec import RpcStatus, encode_config_payload
 from erel_sync.core.upgrade import (
     RecoveryStep,
     decide_recovery,
@@ -74,26 +79,6 @@ class DriverSettings:
         for path in (self.releases_dir, self.cache_dir):
             if "'" in str(path) or "\n" in str(path):
                 raise ValueError(f"unsupported character in {path}")  # reaches a shell line
-
-
-class ReleasePort(Protocol):
-    """What the agent's executor needs from a release driver; a fake implements this in the
-    agent's unit tests. `ReleaseDriver` is the real one."""
-
-    async def install(
-        self, spec: ReleaseSpec, version: str, config: ReleaseConfig | None = None
-    ) -> ObservedRelease: ...
-    async def start(self, name: str) -> ObservedRelease: ...
-    async def stop(self, name: str) -> ObservedRelease: ...
-    async def restart(self, name: str) -> ObservedRelease: ...
-    async def delete(self, name: str) -> None: ...
-    async def upgrade(
-        self, spec: ReleaseSpec, to_version: str, config: ReleaseConfig | None = None
-    ) -> UpgradeResult: ...
-    async def reconfigure(self, spec: ReleaseSpec, config: ReleaseConfig | None = None) -> bool: ...
-    async def observe(self, name: str, *, health: bool = False) -> ObservedRelease: ...
-    async def observe_all(self, *, health: bool = False) -> dict[str, ObservedRelease]: ...
-    async def recover(self, name: str) -> RecoveryStep: ...
 
 
 class ReleaseDriver:
@@ -131,7 +116,7 @@ class ReleaseDriver:
                     reasons.DiskError, f"{name}: {type(exc).__name__}: {exc}"
                 ) from exc
 
-    def _meta(self, name: str) -> ReleaseMeta:
+    def meta(self, name: str) -> ReleaseMeta:
         root = self.root(name)
         meta = load_meta(root)
         if meta is None:
@@ -158,15 +143,21 @@ class ReleaseDriver:
 
     async def install(
         self, spec: ReleaseSpec, version: str, config: ReleaseConfig | None = None
-    ) -> ObservedRelease:
+    ) -> StepResult:
         """Make `version` present in the release root (first install, or beside the installed
         versions) with its config files rendered. Starts nothing and switches nothing."""
         async with self._step(spec.name):
-            await self._install(spec, version, config or spec.config)
-        return await self.observe(spec.name)
+            fresh = not self.root(spec.name).exists()
+            await self.install_version(spec, version, config or spec.config)
+            # A fresh root has no node yet: nothing to ask (the agent starts it right after).
+            observed = (
+                self._stopped(spec.name) if fresh else await self.observe(spec.name, health=True)
+            )
+        return StepResult(spec.name, f"installed {version}", observed)
 
-    async def _install(self, spec: ReleaseSpec, version: str, config: ReleaseConfig) -> bool:
-        """Returns whether a node was running (the version was then unpacked through it)."""
+    async def install_version(self, spec: ReleaseSpec, version: str, config: ReleaseConfig) -> bool:
+        """`install` under the caller's lock (also the upgrader's first step). Returns whether
+        a node was running (the version was then unpacked through it)."""
         vspec = spec.version(version)
         if vspec is None:
             raise reasons.driver_error(
@@ -174,7 +165,7 @@ class ReleaseDriver:
             )
         root = self.root(spec.name)
         node = self.node(spec.name)
-        meta = self._meta(spec.name) if root.exists() else None
+        meta = self.meta(spec.name) if root.exists() else None
         tarball = await self.artifacts.fetch(vspec.artifact)
         await asyncio.to_thread(
             release_files.check_tarball, tarball, spec.name, version, limits=self._limits
@@ -229,18 +220,22 @@ class ReleaseDriver:
 
     # ------------------------------------------------------------------------ lifecycle
 
-    async def start(self, name: str) -> ObservedRelease:
+    async def start(self, name: str) -> StepResult:
         """Boot the permanent version as a daemon; wait until erel answers and health is ok
         within `health.start_timeout`. A running release is left alone."""
         async with self._step(name):
-            meta = self._meta(name)
-            await self._start(name, meta, release_files.boot_version(self.root(name)))
-        return await self.observe(name)
+            meta = self.meta(name)
+            version = release_files.boot_version(self.root(name))
+            booted = await self.start_version(name, meta, version)
+            observed = await self.observe(name, health=True)
+        did = f"started {version}" if booted else "already running"
+        return StepResult(name, did, observed, changed=booted)
 
-    async def _start(self, name: str, meta: ReleaseMeta, version: str) -> None:
+    async def start_version(self, name: str, meta: ReleaseMeta, version: str) -> bool:
+        """Boot `version` unless a node answers; under the caller's lock. True if it booted."""
         root, node, health = self.root(name), self.node(name), HealthSpec(**meta.health)
         if (await self.ops.erel_outcome(node, "status", within=2.0)).status is RpcStatus.OK:
-            return
+            return False
         await ensure_epmd(self.settings.epmd)
         if not nodeproc.node_pids(root):
             await self.ops.boot(root, name, version)
@@ -249,49 +244,57 @@ class ReleaseDriver:
         except reasons.DriverError:
             await self.ops.kill_now(root)  # a half-started node would block the next attempt
             raise
-        self._record_pid(meta)
+        self.record_pid(meta)
+        return True
 
-    def _record_pid(self, meta: ReleaseMeta) -> None:
+    def record_pid(self, meta: ReleaseMeta) -> None:
+        """Remember the VM's pid in the record (checked against /proc before any use)."""
         root = self.root(meta.release)
         beam = [p for p in nodeproc.node_pids(root) if _is_vm(p)]
         meta.os_pid = beam[0] if beam else None
         save_meta(root, meta)
 
-    async def stop(self, name: str) -> ObservedRelease:
+    async def stop(self, name: str) -> StepResult:
         """Graceful `init:stop()`, forced kill after the release's stop_timeout."""
         async with self._step(name):
-            meta = self._meta(name)
-            await self.ops.halt(self.node(name), self.root(name), meta.stop_timeout)
-        return await self.observe(name)
+            meta = self.meta(name)
+            ran = await self.ops.halt(self.node(name), self.root(name), meta.stop_timeout)
+            observed = self._stopped(name)  # `halt` returns once no process of the root is left
+        return StepResult(name, "stopped" if ran else "was not running", observed, changed=ran)
 
-    async def restart(self, name: str) -> ObservedRelease:
+    async def restart(self, name: str) -> StepResult:
         async with self._step(name):
-            meta = self._meta(name)
+            meta = self.meta(name)
             await self.ops.halt(self.node(name), self.root(name), meta.stop_timeout)
-            await self._start(name, meta, release_files.boot_version(self.root(name)))
-        return await self.observe(name)
+            version = release_files.boot_version(self.root(name))
+            await self.start_version(name, meta, version)
+            observed = await self.observe(name, health=True)
+        return StepResult(name, f"restarted {version}", observed)
 
-    async def delete(self, name: str) -> None:
+    async def delete(self, name: str) -> StepResult:
         """Stop the node and remove the release root: only a root this host's driver installed."""
         async with self._step(name):
-            meta = self._meta(name)
-            root = self.root(name)
-            await self.ops.halt(self.node(name), root, meta.stop_timeout)
+            meta = self.meta(name)
+            root, node = self.root(name), self.node(name)
+            await self.ops.halt(node, root, meta.stop_timeout)
             await asyncio.to_thread(shutil.rmtree, root)
             fsync_dir(root.parent)
+            self.ops.forget(node)
         self._locks.pop(name, None)
+        return StepResult(name, "deleted", facts.unmanaged(name, exists=False))
 
     async def reconfigure(self, spec: ReleaseSpec, config: ReleaseConfig | None = None) -> bool:
         """Render the running version's config files and apply the application env live
         (`erel_rpc:apply_config`). True when vm.args changed: only a restart applies that."""
         config = config or spec.config
         async with self._step(spec.name):
-            meta = self._meta(spec.name)
+            meta = self.meta(spec.name)
             root, node = self.root(spec.name), self.node(spec.name)
             version = release_files.boot_version(root)
             outcome = await self.ops.erel_outcome(node, "status", within=2.0)
-            if outcome.status is RpcStatus.OK and isinstance(outcome.value, dict):
-                version = outcome.value.get("current") or version
+            status = facts.parse_status(outcome)
+            if status is not None:
+                version = status.get("current") or version
             vm_changed = release_files.render_version_config(
                 root, version, meta.node, config, loopback_only=self.settings.loopback_only
             )
@@ -304,63 +307,36 @@ class ReleaseDriver:
     # ------------------------------------------------------------------------ observing
 
     async def observe(self, name: str, *, health: bool = False) -> ObservedRelease:
-        """One erel status call (plus health when asked); a /proc look only when it fails."""
+        """One erl_call (`erel_rpc:observe` with health, `status` without; see
+        `NodeOps.probe`), parsed by `core.facts`; a /proc look only when the node does not
+        answer. Takes no lock: steps call it to report where they ended."""
         root = self.root(name)
         meta = load_meta(root)
         if meta is None or meta.host_id != self.settings.host_id:
-            reason = reasons.NotManaged if root.exists() else reasons.NotInstalled
-            return ObservedRelease(name, installed=root.exists(), reason=reason)
+            return facts.unmanaged(name, exists=root.exists())
         node = self.node(name)
-        outcome = await self.ops.erel_outcome(node, "status", within=self.settings.status_timeout)
-        base: dict[str, Any] = {"node": node.name, "pending": meta.pending}
-        if outcome.status is RpcStatus.OK and isinstance(outcome.value, dict):
-            s = outcome.value
-            versions = tuple(
-                (str(v.get("version")), str(v.get("status"))) for v in s.get("versions") or []
-            )
-            healthy: bool | None = None
-            reason, message = reasons.Running, ""
-            if health:
-                answer = await self.ops.health(node, HealthSpec(**meta.health))
-                healthy = answer.healthy
-                reason = reasons.Healthy if healthy else reasons.Unhealthy
-                message = answer.reason
-            if meta.pending:
-                reason = reasons.UpgradePending
-            details = {k: s.get(k) for k in ("uptime_ms", "memory_bytes", "processes")}
-            return ObservedRelease(
-                name,
-                installed=True,
-                running=True,
-                reachable=True,
-                current=s.get("current"),
-                permanent=s.get("permanent"),
-                versions=versions,
-                healthy=healthy,
-                reason=reason,
-                message=message,
-                details=details,
-                **base,
-            )
-        alive = (meta.os_pid is not None and nodeproc.pid_belongs(meta.os_pid, root)) or bool(
-            nodeproc.node_pids(root)
+        asked = HealthSpec(**meta.health) if health else None
+        answer = await self.ops.probe(node, asked, within=self.settings.status_timeout)
+        answered = answer.status is not None
+        return facts.observed_release(
+            name,
+            node=node.name,
+            pending=meta.pending,
+            answer=answer,
+            health_asked=health,
+            alive=not answered and _alive(root, meta),
+            permanent=None if answered else _safe_boot_version(root),
         )
-        permanent = _safe_boot_version(root)
-        if alive:
-            return ObservedRelease(
-                name,
-                installed=True,
-                running=True,
-                permanent=permanent,
-                healthy=False if health else None,
-                reason=reasons.NodeUnreachable
-                if outcome.status is RpcStatus.UNREACHABLE
-                else reasons.RpcFailed,
-                message=outcome.error,
-                **base,
-            )
-        return ObservedRelease(
-            name, installed=True, permanent=permanent, reason=reasons.Stopped, **base
+
+    def _stopped(self, name: str) -> ObservedRelease:
+        """The observation of a release no process of which runs (checked by the caller)."""
+        root = self.root(name)
+        meta = self.meta(name)
+        return facts.stopped(
+            name,
+            node=self.node(name).name,
+            pending=meta.pending,
+            permanent=_safe_boot_version(root),
         )
 
     async def observe_all(self, *, health: bool = False) -> dict[str, ObservedRelease]:
@@ -380,13 +356,14 @@ class ReleaseDriver:
     async def upgrade(
         self, spec: ReleaseSpec, to_version: str, config: ReleaseConfig | None = None
     ) -> UpgradeResult:
+        """Move to `to_version` (see the module docstring); ends with an observation."""
         async with self._step(spec.name):
             return await Upgrader(self).upgrade(spec, to_version, config or spec.config)
 
     async def recover(self, name: str) -> RecoveryStep:
         """Finish or undo a step a previous agent left `pending` (it died mid-way)."""
         async with self._step(name):
-            meta = self._meta(name)
+            meta = self.meta(name)
             obs = await self.observe(name)
             step = decide_recovery(
                 meta.pending, running=obs.running, current=obs.current, permanent=obs.permanent
@@ -407,6 +384,11 @@ def _safe_boot_version(root: Path) -> str | None:
         return release_files.boot_version(root)
     except reasons.DriverError:
         return None
+
+
+def _alive(root: Path, meta: ReleaseMeta) -> bool:
+    pid = meta.os_pid
+    return (pid is not None and nodeproc.pid_belongs(pid, root)) or bool(nodeproc.node_pids(root))
 
 
 def _is_vm(pid: int) -> bool:

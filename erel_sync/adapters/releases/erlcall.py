@@ -3,11 +3,11 @@
 Called by the release driver (`adapters.releases.driver`) for every question to a running release
 (status, health, unpack/install/make_permanent/rollback through the `erel_rpc` module, plain
 calls such as `init:stop/0`). Lives in `adapters` because it spawns processes; argv building and
-output decoding are pure (`core.render`) and tested on canned output.
+output decoding are pure (`core.rpccodec`) and tested on canned output.
 
 The cookie never appears on a command line: erl_call runs with `HOME` set to the release's own
 home directory, whose 0400 `.erlang.cookie` it reads when `-c` is absent (the node reads the
-same file at boot). `-R` (dynamic client names) makes concurrent calls safe (FACTS.md).
+same file at boot). `-R` (dynamic client names) makes concurrent calls safe.
 
 Also here: `ensure_epmd`, which starts the system `epmd -daemon` before any release starts, so
 the first release's own epmd (from its ERTS dir) never becomes the host's epmd.
@@ -29,8 +29,8 @@ from typing import Any, Protocol
 
 from erel_sync.core import reasons
 from erel_sync.core.erlterm import Atom
-from erel_sync.core.render import (
-    RenderError,
+from erel_sync.core.nodeconfig import RenderError
+from erel_sync.core.rpccodec import (
     RpcOutcome,
     RpcStatus,
     decode_erl_call,
@@ -88,6 +88,7 @@ class ErlCall:
 
     def __init__(self, erl_call: str | None = None) -> None:
         self.erl_call = erl_call or find_erl_call()
+        self.spawned = 0  # erl_call processes started: the driver bench counts a tick's cost
 
     async def call(
         self,
@@ -107,6 +108,7 @@ class ErlCall:
             )
         except RenderError as exc:
             raise reasons.driver_error(reasons.RpcFailed, str(exc)) from exc
+        self.spawned += 1
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,

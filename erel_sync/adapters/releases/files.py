@@ -2,7 +2,7 @@
 and the release_handler's `RELEASES` / `start_erl.data`.
 
 Called by `adapters.releases.driver` (and `adapters.releases.nodeops` before every boot). Lives in
-`adapters` because it writes the disk; what to write comes from pure code (`core.render`,
+`adapters` because it writes the disk; what to write comes from pure code (`core.nodeconfig`,
 `core.upgrade`). Every tarball is inspected whole before any byte of it is written
 (`adapters.releases.archive`).
 
@@ -34,7 +34,7 @@ from erel_sync.adapters.releases.meta import (
 )
 from erel_sync.adapters.store import fsync_dir
 from erel_sync.core import reasons
-from erel_sync.core.render import RenderError, displaced_config_files, render_config_files
+from erel_sync.core.nodeconfig import RenderError, displaced_config_files, render_config_files
 from erel_sync.core.upgrade import (
     ReleasesEntry,
     clear_tmp_current,
@@ -72,7 +72,7 @@ def check_tarball(tarball: Path, release: str, version: str, *, limits: ArchiveL
 
 def remove_displaced_config(root: Path, version: str) -> list[str]:
     """Remove what relx's start script would read instead of, or render over, the agent's
-    config files of `version` (`core.render.displaced_config_files`); returns what was there.
+    config files of `version` (`core.nodeconfig.displaced_config_files`); returns what was there.
     Runs after every unpack (through `render_version_config`) and before every boot, so a root
     unpacked by an older agent or by release_handler inside the node is covered too."""
     try:

@@ -1,7 +1,9 @@
-"""Node-level steps of the release driver: ask erel, boot a version and wait until it is
-healthy, hold a probation, stop a node gracefully then by force.
+"""Node-level steps of the release driver: ask erel (`probe`: the one question per release and
+tick), boot a version and wait until it is healthy, hold a probation, stop a node gracefully then
+by force.
 
-Called by `adapters.releases.driver` only; split from it to keep each module one idea. Every wait
+Called by `adapters.releases.driver` and `adapters.releases.upgrader`; split from the driver to
+keep each module one idea. What an answer means is parsed in `core.facts`. Every wait
 polls a condition against a deadline (no sleeps as synchronisation), and every failure becomes a
 `DriverError` with a reason and a bounded output tail (the node's own log when it has one).
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,10 @@ from erel_sync.adapters.releases import files as release_files
 from erel_sync.adapters.releases import nodeproc
 from erel_sync.adapters.releases.erlcall import NodeRef, NodeRpc, outcome_value
 from erel_sync.adapters.releases.meta import create_private_dirs, home_dir, log_dir, pipe_dir
-from erel_sync.core import reasons
+from erel_sync.core import facts, reasons
 from erel_sync.core.erlterm import Atom
-from erel_sync.core.render import RpcOutcome, RpcStatus
+from erel_sync.core.facts import HealthAnswer, NodeAnswer
+from erel_sync.core.rpccodec import RpcOutcome, RpcStatus
 from erel_sync.core.upgrade import probe_interval
 from erel_sync.model.specs import HealthSpec
 
@@ -29,18 +31,14 @@ POLL = 0.02  # seconds between readiness polls: erl_call costs ~1.5 ms
 SPAWN_GRACE = 1.0  # run_erl forks before the VM exists: only then can "no process" mean "died"
 
 
-@dataclass(frozen=True)
-class HealthAnswer:
-    healthy: bool
-    reason: str = ""
-    reachable: bool = True
-
-
 class NodeOps:
     def __init__(self, rpc: NodeRpc, *, rpc_timeout: float, long_timeout: float) -> None:
         self.rpc = rpc
         self.rpc_timeout = rpc_timeout
         self.long_timeout = long_timeout
+        # Nodes whose erel lacks `observe`, with the version that lacked it: a node that runs
+        # another version (hot upgrade, restart) may have a newer erel and is asked again.
+        self._without_observe: dict[str, str | None] = {}
 
     # ------------------------------------------------------------------------------ erel
 
@@ -65,18 +63,36 @@ class NodeOps:
         return outcome_value(outcome, f"erel_rpc:{fun}")
 
     async def health(self, node: NodeRef, spec: HealthSpec) -> HealthAnswer:
-        if spec.rpc in ("erel:health/0", "erel_rpc:health/0"):
-            fun, args = "health", []
-        else:
-            mod, _, rest = spec.rpc.partition(":")
-            fun, args = "check", [Atom(mod), Atom(rest.split("/", 1)[0])]
-        outcome = await self.erel_outcome(node, fun, args, within=spec.timeout)
-        if outcome.status is RpcStatus.UNREACHABLE:
-            return HealthAnswer(False, f"node unreachable: {outcome.error}", reachable=False)
-        if outcome.status is not RpcStatus.OK or not isinstance(outcome.value, dict):
-            return HealthAnswer(False, outcome.error or "health check gave no answer")
-        value = outcome.value
-        return HealthAnswer(bool(value.get("healthy")), str(value.get("reason") or ""))
+        args = facts.health_args(spec.rpc)
+        fun = "check" if args else "health"
+        return facts.parse_health(await self.erel_outcome(node, fun, args, within=spec.timeout))
+
+    async def probe(self, node: NodeRef, health: HealthSpec | None, *, within: float) -> NodeAnswer:
+        """The observation's question: `status`, or with `health` one `observe` call (status
+        and health together); `status` then `health` for a node whose erel has no `observe`."""
+        first_miss = False
+        if health is not None and node.name not in self._without_observe:
+            args = facts.health_args(health.rpc)
+            outcome = await self.erel_outcome(
+                node, "observe", args, within=max(within, health.timeout)
+            )
+            if not facts.lacks_observe(outcome):
+                return facts.parse_observe(outcome)
+            first_miss = True
+        outcome = await self.erel_outcome(node, "status", within=within)
+        status = facts.parse_status(outcome)
+        if health is None or status is None:
+            return NodeAnswer(outcome, status)
+        current = status.get("current")
+        if first_miss:
+            self._without_observe[node.name] = current
+        elif self._without_observe.get(node.name, current) != current:
+            del self._without_observe[node.name]  # asked with `observe` again next time
+        return NodeAnswer(outcome, status, await self.health(node, health))
+
+    def forget(self, node: NodeRef) -> None:
+        """The node is gone for good (its release was deleted): drop what was learnt about it."""
+        self._without_observe.pop(node.name, None)
 
     # ------------------------------------------------------------------------ boot / wait
 

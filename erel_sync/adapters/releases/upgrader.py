@@ -2,51 +2,75 @@
 fallback, and recovery of a step a previous agent left unfinished.
 
 Called by `ReleaseDriver.upgrade` / `ReleaseDriver.recover` (`adapters.releases.driver`), under the
-release's lock. Split from the driver to keep both modules readable; it uses the driver's
-identity helpers, its `NodeOps` and `release_files`, and decides with `core.upgrade`.
+release's lock. Split from the driver to keep both modules readable. It reaches the driver only
+through `ReleaseHost`, the few public methods it needs (so this module imports nothing from the
+driver), uses `NodeOps` and `release_files`, and decides with `core.upgrade`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from erel_sync.adapters.releases import files as release_files
 from erel_sync.adapters.releases.erlcall import NodeRef, ensure_epmd
 from erel_sync.adapters.releases.meta import ReleaseMeta, now, save_meta
-from erel_sync.core import reasons
-from erel_sync.core.render import RpcStatus
+from erel_sync.adapters.releases.nodeops import NodeOps
+from erel_sync.core import facts, reasons
+from erel_sync.core.observed import ObservedRelease, StepResult
 from erel_sync.core.upgrade import RecoveryStep, UpgradePath, choose_upgrade_path
 from erel_sync.model.specs import HealthSpec, ReleaseConfig, ReleaseSpec
 
-if TYPE_CHECKING:
-    from erel_sync.adapters.releases.driver import ReleaseDriver
 
-
-@dataclass(frozen=True)
-class UpgradeResult:
-    name: str
+@dataclass(frozen=True, kw_only=True)
+class UpgradeResult(StepResult):
     path: UpgradePath
     from_version: str | None
     to_version: str
     why: str
 
 
-class Upgrader:
-    def __init__(self, driver: ReleaseDriver) -> None:
-        self.d = driver
-        self.ops = driver.ops
+class UpgradeSettings(Protocol):
+    """The driver settings an upgrade reads."""
 
-    async def _status(self, node: NodeRef) -> dict[str, Any] | None:
-        outcome = await self.ops.erel_outcome(node, "status", within=2.0)
-        if outcome.status is RpcStatus.OK and isinstance(outcome.value, dict):
-            return outcome.value
-        return None
+    @property
+    def long_timeout(self) -> float: ...  # unpack / install / rollback
+    @property
+    def epmd(self) -> str | None: ...
+
+
+class ReleaseHost(Protocol):
+    """What the upgrader needs from the release driver (`ReleaseDriver` is the one). Every
+    method runs under the release's lock, which the driver's `upgrade`/`recover` hold."""
+
+    @property
+    def ops(self) -> NodeOps: ...
+    @property
+    def settings(self) -> UpgradeSettings: ...
+    def root(self, name: str) -> Path: ...
+    def node(self, name: str) -> NodeRef: ...
+    def meta(self, name: str) -> ReleaseMeta: ...
+    async def install_version(
+        self, spec: ReleaseSpec, version: str, config: ReleaseConfig
+    ) -> bool: ...
+    async def start_version(self, name: str, meta: ReleaseMeta, version: str) -> bool: ...
+    def record_pid(self, meta: ReleaseMeta) -> None: ...
+    async def observe(self, name: str, *, health: bool = False) -> ObservedRelease: ...
+
+
+class Upgrader:
+    def __init__(self, host: ReleaseHost) -> None:
+        self.d = host
+        self.ops = host.ops
+
+    async def _status(self, node: NodeRef) -> Mapping[str, Any] | None:
+        return facts.parse_status(await self.ops.erel_outcome(node, "status", within=2.0))
 
     async def upgrade(self, spec: ReleaseSpec, to: str, config: ReleaseConfig) -> UpgradeResult:
         name = spec.name
-        self.d._meta(name)  # NotInstalled / NotManaged before anything else
+        self.d.meta(name)  # NotInstalled / NotManaged before anything else
         root, node = self.d.root(name), self.d.node(name)
         status = await self._status(node)
         running = status is not None
@@ -55,8 +79,9 @@ class Upgrader:
         if (running and current == to and status and status.get("permanent") == to) or (
             not running and from_version == to
         ):
-            return UpgradeResult(name, UpgradePath.NONE, from_version, to, f"{to} is in place")
-        await self.d._install(spec, to, config)
+            why = f"{to} is in place"
+            return await self._result(name, UpgradePath.NONE, from_version, to, why)
+        await self.d.install_version(spec, to, config)
         relup: list[str] | None = None
         if running:
             answer = await self.ops.erel(node, "relup_from", [to], failure=reasons.UpgradeFailed)
@@ -64,7 +89,7 @@ class Upgrader:
         decision = choose_upgrade_path(
             spec.upgrade, running=running, current=current, target=to, relup_from=relup
         )
-        meta = self.d._meta(name)
+        meta = self.d.meta(name)
         meta.pending = {
             "op": "upgrade",
             "path": decision.path.value,
@@ -88,7 +113,26 @@ class Upgrader:
         meta.pending = None
         meta.last_result = {"op": "upgrade", "to": to, "reason": "Upgraded", "at": now()}
         save_meta(root, meta)
-        return UpgradeResult(name, decision.path, from_version, to, decision.why)
+        return await self._result(name, decision.path, from_version, to, decision.why)
+
+    async def _result(
+        self, name: str, path: UpgradePath, from_version: str | None, to: str, why: str
+    ) -> UpgradeResult:
+        """The step's result, with the release as the upgrade left it."""
+        observed = await self.d.observe(name, health=True)
+        did = (
+            f"{to} in place" if path is UpgradePath.NONE else f"{path.value} {from_version} -> {to}"
+        )
+        return UpgradeResult(
+            name=name,
+            did=did,
+            observed=observed,
+            changed=path is not UpgradePath.NONE,
+            path=path,
+            from_version=from_version,
+            to_version=to,
+            why=why,
+        )
 
     # ------------------------------------------------------------------------------- hot
 
@@ -145,7 +189,7 @@ class Upgrader:
         await self._stop(node, root, meta)
         release_files.clear_boot_candidate(root)
         try:
-            await self.d._start(name, meta, release_files.boot_version(root))
+            await self.d.start_version(name, meta, release_files.boot_version(root))
         except reasons.DriverError as exc:
             raise reasons.driver_error(
                 reasons.RollbackFailed,
@@ -182,7 +226,7 @@ class Upgrader:
                 exc.output_tail,
                 cause=exc.reason,
             ) from exc
-        self.d._record_pid(meta)
+        self.d.record_pid(meta)
 
     async def _restart_fallback(
         self, name: str, meta: ReleaseMeta, from_version: str | None, *, was_running: bool
@@ -193,7 +237,7 @@ class Upgrader:
         if not was_running or from_version is None:
             return
         try:
-            await self.d._start(name, meta, from_version)
+            await self.d.start_version(name, meta, from_version)
         except reasons.DriverError as exc:
             raise reasons.driver_error(
                 reasons.RollbackFailed,
@@ -217,7 +261,7 @@ class Upgrader:
         try:
             if step is RecoveryStep.START_PERMANENT:
                 release_files.clear_boot_candidate(root)
-                await self.d._start(name, meta, release_files.boot_version(root))
+                await self.d.start_version(name, meta, release_files.boot_version(root))
             elif step is RecoveryStep.PROBE_AND_COMMIT:
                 await self._commit_or_undo(
                     name,

@@ -12,7 +12,7 @@
 %%% caught and reported as `ok:false'. See docs/erel.md for the values.
 -module(erel_rpc).
 
--export([status/0, health/0, check/2, apply_config/1,
+-export([status/0, health/0, check/2, observe/0, observe/2, apply_config/1,
          unpack/1, install/1, make_permanent/1, rollback/0, relup_from/1]).
 %% For release authors who want to expose their own calls in the same format, and for tests.
 -export([envelope/1, decode_envelope/1]).
@@ -66,6 +66,28 @@ check(Mod, Fun) ->
 health_json(ok) -> {ok, {[{healthy, true}]}};
 health_json({error, Reason}) ->
     {ok, {[{healthy, false}, {reason, str(erel:format_reason(Reason))}]}}.
+
+%% @doc Status and health in one call: `{"status": S, "health": H}', S as status/0's value and
+%% H as health/0's. The agent's per-tick probe: one erl_call per release and tick instead of two.
+%% When the status fails (e.g. the node is still booting), the answer is that `ok:false'.
+-spec observe() -> envelope().
+observe() ->
+    observe_with(fun erel:health/0).
+
+%% @doc As observe/0, with the single check `Mod:Fun()' (as check/2) as the health part.
+-spec observe(module() | string(), atom() | string()) -> envelope().
+observe(Mod, Fun) ->
+    observe_with(fun() -> erel:run_check(to_atom(Mod), to_atom(Fun)) end).
+
+observe_with(Check) ->
+    run(fun() ->
+                case erel:status() of
+                    {ok, S} ->
+                        {ok, Health} = health_json(Check()),
+                        {ok, {[{status, status_json(S)}, {health, Health}]}};
+                    Error -> Error
+                end
+        end).
 
 %% @doc Base64 of the JSON `{"app": {"key": value}}' (value encoding: see erel_value) ->
 %% `{"changed": ["app", ...]}', the applications whose env actually changed.

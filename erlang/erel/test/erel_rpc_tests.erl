@@ -77,7 +77,7 @@ local_node_test_() ->
              application:unload(erel)
      end,
      [fun status/0, fun health_default/0, fun health_checks/0, fun health_timeout/0,
-      fun check_one/0, fun relup_from_missing/0, fun unpack_missing/0, fun install_missing/0,
+      fun check_one/0, fun observe/0, fun observe_one_check/0, fun relup_from_missing/0, fun unpack_missing/0, fun install_missing/0,
       fun apply_config/0]}.
 
 status() ->
@@ -136,6 +136,32 @@ check_one() ->
     {ok, H} = unwrap(erel_rpc:check(?MODULE, check_fail)),
     ?assertEqual(false, get(healthy, H)),
     ?assertEqual({ok, {[{<<"healthy">>, true}]}}, unwrap(erel_rpc:check("erel_rpc_tests", "check_ok"))).
+
+%% observe/0: status/0's value and health/0's value in one envelope.
+observe() ->
+    application:set_env(erel, health_checks, [{?MODULE, check_ok}]),
+    {ok, O} = unwrap(erel_rpc:observe()),
+    S = get(status, O),
+    ?assertEqual(atom_to_binary(node(), utf8), get(node, S)),
+    ?assert(is_binary(get(current, S))),
+    {ok, Alone} = unwrap(erel_rpc:status()),
+    ?assertEqual([K || {K, _} <- element(1, Alone)], [K || {K, _} <- element(1, S)]),
+    ?assertEqual({[{<<"healthy">>, true}]}, get(health, O)),
+    application:set_env(erel, health_checks, [{?MODULE, check_ok}, {?MODULE, check_fail}]),
+    {ok, Bad} = unwrap(erel_rpc:observe()),
+    H = get(health, Bad),
+    ?assertEqual(false, get(healthy, H)),
+    ?assertEqual(<<"erel_rpc_tests:check_fail() returned {error,\"disk full\"}">>, get(reason, H)),
+    application:unset_env(erel, health_checks).
+
+%% observe/2: the health part is the one check Mod:Fun(), atoms or strings.
+observe_one_check() ->
+    {ok, O} = unwrap(erel_rpc:observe(?MODULE, check_ok)),
+    ?assertEqual({[{<<"healthy">>, true}]}, get(health, O)),
+    ?assert(is_binary(get(release, get(status, O)))),
+    {ok, O2} = unwrap(erel_rpc:observe("erel_rpc_tests", "check_crash")),
+    ?assertEqual(<<"erel_rpc_tests:check_crash() crashed: error:boom">>, get(reason, get(health, O2))),
+    ?assertMatch({error, _}, unwrap(erel_rpc:observe(42, check_ok))).
 
 relup_from_missing() ->
     ?assertMatch({error, <<"release 99.9.9 is not unpacked", _/binary>>},

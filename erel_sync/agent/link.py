@@ -1,0 +1,167 @@
+"""The agent's broker link: one `adapters.broker.session.Session` at a time, rebuilt after any
+loss, and what the agent does on it.
+
+Called by `agent.daemon` (the `Agent` owns one `Link`; `loop` runs as a supervised task, `once`
+serves `erel-sync agent --once`). On each session: consume the config stream from `last` on a
+channel of its own (passively: only the publisher creates it), answer peers' state requests,
+take operator commands, join (`agent.intake`), announce presence; then hold the session until
+stop or until any part of it is lost. The agent starts and reconciles without a broker: the
+link retries with backoff meanwhile and reports `BrokerDisconnected` in heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+from erel_sync.adapters.broker import topology as topo
+from erel_sync.adapters.broker.errors import BrokerError
+from erel_sync.adapters.broker.session import Session, keep_session
+from erel_sync.agent.intake import Intake, SnapshotHandler
+from erel_sync.agent.reporter import Reporter
+from erel_sync.model.settings import AgentSettings
+
+log = logging.getLogger("erel_sync.agent")
+
+CommandHandler = Callable[[bytes], Coroutine[Any, Any, bytes | None]]
+
+
+class Link:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        instance: str,
+        counters: Counter[str],
+        intake: Intake,
+        reporter: Reporter,
+        *,
+        on_snapshot: SnapshotHandler,
+        on_command: CommandHandler,
+        joined: Callable[[], None],
+    ) -> None:
+        self.s = settings
+        self.instance = instance
+        self.counters = counters
+        self.intake = intake
+        self.reporter = reporter
+        self.on_snapshot = on_snapshot  # the agent's (a benchmark's subclass times it)
+        self.on_command = on_command
+        self.joined = joined  # after each join: reconcile and report at once
+        self.connected = False
+        self.commands: set[asyncio.Task[bytes | None]] = set()  # running remote commands
+        self._session: Session | None = None
+
+    # --- a Sink for the reporter
+    async def send_heartbeat(self, doc: Mapping[str, Any]) -> None:
+        await self._send(topo.host_key(self.s.host_id), doc)
+
+    async def send_presence(self, doc: Mapping[str, Any]) -> None:
+        await self._send(topo.presence_key(self.s.host_id), doc)
+
+    async def _send(self, key: str, doc: Mapping[str, Any]) -> None:
+        session = self._session
+        if session is None or not self.connected:
+            return
+        # Periodic and superseded by the next one: no confirm round trip.
+        body = json.dumps(doc).encode()
+        await session.publish(topo.STATUS_EXCHANGE, key, body, confirm=False, mandatory=False)
+
+    # --- sessions
+    async def loop(self, stop: asyncio.Event) -> None:
+        """Keep a broker session up while reconciling goes on from the disk."""
+
+        def failed(e: Exception, delay: float) -> None:
+            self.connected = False
+            self.counters["broker_errors"] += 1
+            # Retried all the same; one that will not pass by itself (permissions) is louder.
+            level = logging.WARNING if getattr(e, "transient", True) else logging.ERROR
+            log.log(level, "%s: BrokerDisconnected (%s); retry in %.1fs", self.s.host_id, e, delay)
+
+        await keep_session(self._session_life, stop, failed)
+
+    async def _open(self, stop: asyncio.Event, attempts: int | None = None) -> Session:
+        return await Session.open(
+            self.s.amqp_urls,
+            name=f"erel-agent:{self.s.host_id}",
+            heartbeat=self.s.broker_heartbeat,
+            stop=stop,
+            attempts=attempts,
+        )
+
+    async def _session_life(self, stop: asyncio.Event) -> None:
+        """One connection's life: consume the stream, answer peers, join; returns at stop and
+        raises when anything of it is lost (connection, channel, or the stream consumer, which
+        the broker cancels when the stream is deleted), so `loop` rebuilds it."""
+        async with await self._open(stop) as session:
+            self._session = session
+            try:
+                stream_ok = await self._join(session)
+                with contextlib.suppress(BrokerError):
+                    await self.reporter.announce(self)
+                # Without the stream (down on the broker) the agent still joined through peers;
+                # the session is rebuilt after a while to pick the stream up again.
+                await session.hold(stop, stream_ok=stream_ok)
+                if stop.is_set():
+                    # A clean stop says so: `status` then does not list this host as unreachable.
+                    with contextlib.suppress(BrokerError):
+                        await self.reporter.announce(self, "left")
+            finally:
+                self.connected = False
+                self._session = None
+
+    async def _join(self, session: Session, *, serve: bool = True) -> bool:
+        """Consume the stream, serve peers and commands (`serve`), join. True when the config
+        stream is consumed."""
+        stream_ok = await self._consume_stream(session)
+        if serve:
+            await session.serve_state_requests(
+                self.intake.stored_envelope,
+                queue_name=topo.agent_queue(self.s.host_id, f"state.{self.instance}"),
+            )
+            await session.serve_control(self.s.host_id, self.instance, self._command)
+        self.connected = True
+        self.counters["connects"] += 1
+        await self.intake.join(session, self.on_snapshot)
+        self.joined()
+        return stream_ok
+
+    async def _consume_stream(self, session: Session) -> bool:
+        try:
+            await session.consume_config(self.on_snapshot, offset="last", passive=True)
+        except BrokerError as e:
+            log.warning("%s: config stream unavailable (%s); joining via peers", self.s.host_id, e)
+            self.counters["stream_unavailable"] += 1
+            return False
+        return True
+
+    async def once(self, within: float) -> bool:
+        """One connection round and one join, within `within` seconds (`agent --once`): the
+        stream's tail and the answers to the join go through intake. False when no broker
+        answered in time."""
+        stop = asyncio.Event()
+        try:
+            async with asyncio.timeout(within):
+                async with await self._open(stop, attempts=1) as session:
+                    self._session = session
+                    try:
+                        await self._join(session, serve=False)
+                    finally:
+                        self.connected = False
+                        self._session = None
+        except (BrokerError, TimeoutError) as e:
+            log.warning("%s: no broker join (%s); using the stored snapshot", self.s.host_id, e)
+            return False
+        return True
+
+    async def _command(self, raw: bytes) -> bytes | None:
+        """A remote command runs in a task of the agent's own: a broker loss cancels the
+        delivery's task, and must not cut a driver step in the middle."""
+        task = asyncio.create_task(self.on_command(raw))
+        self.commands.add(task)
+        task.add_done_callback(self.commands.discard)
+        return await asyncio.shield(task)
