@@ -28,7 +28,8 @@ from erel_sync.adapters.releases.driver import DriverSettings, ReleaseDriver
 from erel_sync.adapters.releases.erlcall import ErlCall
 from erel_sync.agent.reconciler import Reconciler
 from erel_sync.core.matching import HostIdentity
-from erel_sync.core.reconcile import Memory, config_digest
+from erel_sync.core.reconcile import config_digest
+from erel_sync.core.releasestatus import ReleaseStatus
 from erel_sync.core.snapshot import (
     Snapshot,
     build_envelope,
@@ -111,7 +112,7 @@ async def steady_tick_calls(
         r.snapshot = snap
         _, desired, _ = r.desired()
         assert desired is not None, "the bench group does not match its host"
-        r.memory["hello"] = Memory(applied_config=config_digest(desired["hello"].config))
+        r.memory["hello"] = ReleaseStatus(applied_config=config_digest(desired["hello"].config))
         reconcilers.append(r)
     before = sum(rpc.spawned for rpc in rpcs)
     reports = await asyncio.gather(*(r.tick("bench") for r in reconcilers))

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from erel_sync.agent.reconciler import Driver, Reconciler
 from erel_sync.core import control, reasons
 from erel_sync.core.control import Command, CommandRejected
-from erel_sync.core.reconcile import Memory
+from erel_sync.core.releasestatus import ReleaseStatus
 from erel_sync.model.settings import AgentSettings
 
 log = logging.getLogger("erel_sync.agent")
@@ -86,7 +86,8 @@ class ControlService:
     def targets(self) -> frozenset[str]:
         """The routing targets this host answers to now: itself, its current group, `all`."""
         out = {control.host_target(self.agent.s.host_id), control.ALL_TARGET}
-        group = self.agent.reconciler.report.get("group")
+        status = self.agent.reconciler.status
+        group = status.group if status is not None else None
         if group:
             out.add(control.group_target(group))
         return frozenset(out)
@@ -212,15 +213,16 @@ class ControlService:
                 # A start also forgets a failed revision of R here: the operator asks to try.
                 mem = r.memory.get(name)
                 if mem is not None:
-                    r.memory[name] = Memory(applied_config=mem.applied_config)
+                    r.memory[name] = ReleaseStatus(applied_config=mem.applied_config)
                 await a.persist()
         if cmd.command == "start":
             await r.tick("start command")
         else:
             await r.refresh()
         await a.persist()
-        row = next((x for x in r.report.get("releases", []) if x["name"] == name), None)
-        return {"release": row, "holds": dict(r.holds)}
+        rows = r.status.releases if r.status is not None else ()
+        row = next((x for x in rows if x.name == name), None)
+        return {"release": row.to_json() if row else None, "holds": dict(r.holds)}
 
 
 async def serve_socket(

@@ -38,8 +38,8 @@ from erel_sync.agent.link import Link
 from erel_sync.agent.reconciler import Driver, Reconciler
 from erel_sync.agent.reporter import Reporter, read_status
 from erel_sync.core.matching import HostIdentity
+from erel_sync.core.releasestatus import statuses_from_json
 from erel_sync.core.snapshot import Refusal, Snapshot
-from erel_sync.core.status import memory_from_json
 from erel_sync.model.settings import AgentSettings
 
 log = logging.getLogger("erel_sync.agent")
@@ -91,7 +91,7 @@ class Agent:
         self.reconciler = Reconciler(
             host=HostIdentity(settings.host_id, settings.labels),
             driver=self.driver,
-            memory=memory_from_json(saved.get("memory")),
+            memory=statuses_from_json(saved.get("memory")),
             holds=dict(saved.get("holds", {})),
         )
         self.reconciler.applied = saved.get("applied")
@@ -170,7 +170,7 @@ class Agent:
         await self.reporter.persist(lasting_only=lasting_only)
 
     def heartbeat(self) -> dict[str, Any]:
-        return self.reporter.heartbeat()
+        return self.reporter.heartbeat().to_json()
 
     def presence(self, state: str = "alive") -> dict[str, Any]:
         return self.reporter.presence(state)

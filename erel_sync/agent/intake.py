@@ -21,7 +21,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from erel_sync.adapters import store
 from erel_sync.adapters.backoff import Backoff
@@ -182,11 +182,12 @@ class Intake:
         c = self.counters
         return c["applied_snapshots"] + c["duplicate"] + c["stale"]
 
-    def refusal_report(self) -> dict[str, Any] | None:
+    def refusal_in_force(self) -> Refusal | None:
+        """The refusal heartbeats report (`snapshot_refused`): the last one, while in force."""
         r = self.refused
         if r is None or not r.in_force(self.held_seq(), self.verified_count()):
             return None
-        return r.to_json()
+        return r
 
     async def join(self, broker: StateRequester, offer: SnapshotHandler) -> None:
         """After (re)connecting: end on the newest valid snapshot the cluster has. The stream's

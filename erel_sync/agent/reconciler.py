@@ -16,25 +16,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
 from erel_sync.adapters.clock import utc_now
 from erel_sync.core import reasons
+from erel_sync.core.desired import HostReleaseSpec, host_releases
 from erel_sync.core.matching import GroupMatch, HostIdentity, match_group
 from erel_sync.core.observed import ObservedRelease, StepResult
-from erel_sync.core.reconcile import (
-    Action,
-    ActionKind,
-    Memory,
-    config_digest,
-    plan,
-    retry_backoff,
-)
-from erel_sync.core.revdiff import EffectiveRelease, effective_releases
+from erel_sync.core.reconcile import Action, ActionKind, config_digest, plan, retry_backoff
+from erel_sync.core.releasestatus import ReleaseStatus
 from erel_sync.core.snapshot import Snapshot
-from erel_sync.core.status import host_report
+from erel_sync.core.status import HostStatus, host_status
 from erel_sync.core.upgrade import RecoveryStep
 from erel_sync.model.specs import ReleaseConfig, ReleaseSpec
 
@@ -62,25 +56,36 @@ class Driver(Protocol):
 
 
 class Reconciler:
+    """`memory`: each release's recorded status (status.json `memory`), updated in place;
+    `holds`: operator holds by release (status.json `holds`); `clock`: wall-clock seconds, for
+    the plan's `now` and the next attempt after a transient failure (tests pass a fake)."""
+
     def __init__(
         self,
         *,
         host: HostIdentity,
         driver: Driver,
-        memory: dict[str, Memory],
+        memory: dict[str, ReleaseStatus],
         holds: dict[str, dict[str, Any]],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.host = host
         self.driver = driver
         self.memory = memory
         self.holds = holds
+        self.clock = clock
         self.snapshot: Snapshot | None = None
         self.applied: dict[str, Any] | None = None
         self.attempted: dict[str, Any] | None = None
-        self.report: dict[str, Any] = {}
+        self.status: HostStatus | None = None  # the last tick's (None before the first)
         self.ticks = 0
         self._lock = asyncio.Lock()
         self._dirty = False
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """The last tick's host status as JSON ({} before the first tick)."""
+        return self.status.to_json() if self.status is not None else {}
 
     def exclusive(self) -> asyncio.Lock:
         """Held by operator commands so they never interleave with a tick's steps."""
@@ -129,7 +134,7 @@ class Reconciler:
 
     def desired(
         self, snap: Snapshot | None = None
-    ) -> tuple[GroupMatch | None, Mapping[str, EffectiveRelease] | None, bool]:
+    ) -> tuple[GroupMatch | None, Mapping[str, HostReleaseSpec] | None, bool]:
         """What `snap` (by default the one held now) wants on this host."""
         snap = snap or self.snapshot
         if snap is None:
@@ -138,7 +143,7 @@ class Reconciler:
         if match.group is None:
             return match, None, False
         group = snap.state.groups[match.group]
-        return match, effective_releases(snap.state, group), group.suspend
+        return match, host_releases(snap.state, group), group.suspend
 
     async def _observe(self) -> dict[str, ObservedRelease]:
         """Every release this host's driver installed, health included: one RPC each."""
@@ -162,7 +167,7 @@ class Reconciler:
             observed,
             self.memory,
             seq=seq,
-            now=time.time(),
+            now=self.clock(),
             suspended=suspended,
             holds=holds,
         )
@@ -182,34 +187,29 @@ class Reconciler:
             observed,
             self.memory,
             seq=seq,
-            now=time.time(),
+            now=self.clock(),
             suspended=suspended,
             holds=holds,
         )
         if snap is not None and self.attempted is None:
             self.attempted = {"seq": seq, "revision": snap.revision}
-        health = _health(observed)
-        self.report = host_report(
-            host_id=self.host.host_id,
-            labels=self.host.labels,
+        status = host_status(
+            host=self.host,
             match=match,
-            snapshot={"seq": seq, "revision": snap.revision, "digest": snap.digest}
-            if snap
-            else None,
+            snapshot=snap,
             applied=self.applied,
             attempted=self.attempted,
             desired=desired,
             observed=observed,
-            health=health,
             memory=self.memory,
             plan_after=after,
             holds=self.holds,
-            extra={},
             now=utc_now(),
         )
-        if self.report["converged"] and snap is not None:
+        if status.converged and snap is not None:
             self.applied = {"seq": seq, "revision": snap.revision}
-            self.report["applied"] = dict(self.applied)
+            status = replace(status, applied=dict(self.applied))
+        self.status = status
 
     async def _recover(self, observed: Mapping[str, ObservedRelease]) -> bool:
         """A step left `pending` by an agent that died mid-way is finished or undone first
@@ -246,7 +246,7 @@ class Reconciler:
     async def _execute(self, action: Action, seq: int) -> StepResult | None:
         """Run one action; its final step's result, or None when it failed."""
         name = action.release
-        mem = self.memory.get(name, Memory())
+        mem = self.memory.get(name, ReleaseStatus())
         want = action.desired
         try:
             if action.kind is ActionKind.DELETE:
@@ -264,7 +264,7 @@ class Reconciler:
                 result = await self.driver.start(name)
             else:
                 result = await self.driver.start(name)
-            self.memory[name] = Memory(applied_config=config_digest(want.config))
+            self.memory[name] = ReleaseStatus(applied_config=config_digest(want.config))
             log.debug("%s: %s: %s", self.host.host_id, action.describe(), result.did)
             return result
         except reasons.DriverError as e:
@@ -276,7 +276,9 @@ class Reconciler:
             self.memory[name] = self._failed(mem, action, err, seq)
         return None
 
-    def _failed(self, mem: Memory, action: Action, e: reasons.DriverError, seq: int) -> Memory:
+    def _failed(
+        self, mem: ReleaseStatus, action: Action, e: reasons.DriverError, seq: int
+    ) -> ReleaseStatus:
         applied = mem.applied_config
         if action.kind is ActionKind.INSTALL:
             applied = None
@@ -296,14 +298,7 @@ class Reconciler:
             mem,
             applied_config=applied,
             failures=failures,
-            next_attempt_at=time.time() + delay,
+            next_attempt_at=self.clock() + delay,
             last_error=message,
             last_reason=e.reason,
         )
-
-
-def _health(observed: Mapping[str, ObservedRelease]) -> dict[str, bool | None]:
-    """Each release's verdict from this tick's observations (None: not running, or no check)."""
-    if not any(o.running for o in observed.values()):
-        return {}
-    return {n: o.healthy for n, o in observed.items()}

@@ -31,7 +31,8 @@ from erel_sync.adapters.broker.errors import BrokerError
 from erel_sync.adapters.clock import utc_now
 from erel_sync.agent.intake import Intake
 from erel_sync.agent.reconciler import Reconciler
-from erel_sync.core.status import memory_to_json
+from erel_sync.core.releasestatus import statuses_to_json
+from erel_sync.core.status import Heartbeat
 from erel_sync.model.settings import AgentSettings
 
 log = logging.getLogger("erel_sync.agent")
@@ -88,7 +89,7 @@ class Reporter:
         they are written with the (coalesced) heartbeats as a plain tmp + rename.
         `lasting_only`: write only if what must survive changed (after each tick)."""
         r = self.reconciler
-        memory = memory_to_json(r.memory)
+        memory = statuses_to_json(r.memory)
         seen = self.commands_seen()
         lasting = json.dumps({"memory": memory, "holds": r.holds, "seen": seen}, sort_keys=True)
         doc = {
@@ -108,29 +109,27 @@ class Reporter:
         store.write_atomic(self.status_file, data, durable=lasting != self._persisted[0])
         self._persisted = (lasting, data)
 
-    def heartbeat(self) -> dict[str, Any]:
-        doc = dict(self.reconciler.report) or {
-            "format": 1,
-            "kind": "heartbeat",
-            "host_id": self.s.host_id,
-            "labels": dict(self.s.labels),
-        }
-        doc.update(
-            {
-                "agent_version": __version__,
-                "instance": self.instance,
-                "pid": os.getpid(),
-                "hostname": socket.gethostname(),
-                "broker": "connected" if self.connected() else "BrokerDisconnected",
-                "store_error": self.intake.store_error,
-                "snapshot_refused": self.intake.refusal_report(),
-                # What a reader may expect between two heartbeats: never under the spacing.
-                "heartbeat_interval": max(self.s.heartbeat_interval, REPORT_SPACING),
-                "counters": dict(self.counters),
-                "sent": utc_now(),
-            }
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(
+            host_id=self.s.host_id,
+            labels=dict(self.s.labels),
+            status=self.reconciler.status,
+            agent_version=__version__,
+            instance=self.instance,
+            pid=os.getpid(),
+            hostname=socket.gethostname(),
+            broker="connected" if self.connected() else "BrokerDisconnected",
+            store_error=self.intake.store_error,
+            snapshot_refused=self.intake.refusal_in_force(),
+            # What a reader may expect between two heartbeats: never under the spacing.
+            heartbeat_interval=max(self.s.heartbeat_interval, REPORT_SPACING),
+            counters=dict(self.counters),
+            sent=utc_now(),
         )
-        return doc
+
+    def _group(self) -> str | None:
+        status = self.reconciler.status
+        return status.group if status is not None else None
 
     def presence(self, state: str = "alive") -> dict[str, Any]:
         """The small record on the presence stream: who this agent is, that it lives."""
@@ -140,7 +139,7 @@ class Reporter:
             "state": state,
             "host_id": self.s.host_id,
             "instance": self.instance,
-            "group": self.reconciler.report.get("group"),
+            "group": self._group(),
             "labels": dict(self.s.labels),
             "agent_version": __version__,
             "hostname": socket.gethostname(),
@@ -154,7 +153,7 @@ class Reporter:
         """Send a presence record, when connected; raises BrokerError."""
         if not sink.connected:
             return
-        self._presence_group = self.reconciler.report.get("group")
+        self._presence_group = self._group()
         await sink.send_presence(self.presence(state))
 
     async def loop(self, stop: asyncio.Event, sink: Sink) -> None:
@@ -181,8 +180,8 @@ class Reporter:
                 log.error("%s: cannot persist status: %s", self.s.host_id, e)
             with contextlib.suppress(BrokerError):
                 if sink.connected:
-                    await sink.send_heartbeat(self.heartbeat())
-                group_changed = self.reconciler.report.get("group") != self._presence_group
+                    await sink.send_heartbeat(self.heartbeat().to_json())
+                group_changed = self._group() != self._presence_group
                 if group_changed or loop.time() - last_presence >= presence_every:
                     await self.announce(sink)
                     last_presence = loop.time()

@@ -1,4 +1,5 @@
-"""The reconcile planner: desired (for this host) + observed + memory -> the few actions needed.
+"""The reconcile planner: desired (for this host) + observed + recorded status -> the few
+actions needed.
 
 Pure and deterministic: `plan` reads no clock (`now` is passed), touches nothing,
 and returns actions sorted by release name plus a recorded reason for every release it leaves
@@ -13,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from erel_sync.core.desired import HostReleaseSpec
 from erel_sync.core.observed import ObservedRelease
-from erel_sync.core.revdiff import EffectiveRelease
+from erel_sync.core.releasestatus import ReleaseStatus
 from erel_sync.model.specs import ReleaseConfig, canonical_json, thaw
 
 
@@ -36,25 +38,12 @@ class SkipReason(StrEnum):
 
 
 @dataclass(frozen=True)
-class Memory:
-    """What the agent remembers about one release between ticks (persisted in status.json)."""
-
-    applied_config: str | None = None  # config_digest of the config last rendered
-    failed_seq: int | None = None  # the snapshot seq whose change stalled here (not retried)
-    failed_version: str | None = None
-    failures: int = 0  # consecutive transient failures (start, download, ...)
-    next_attempt_at: float = 0.0  # wall-clock seconds; compared with the `now` passed in
-    last_error: str = ""
-    last_reason: str = ""
-
-
-@dataclass(frozen=True)
 class Action:
     kind: ActionKind
     release: str
     version: str | None = None  # target version
     from_version: str | None = None
-    desired: EffectiveRelease | None = None
+    desired: HostReleaseSpec | None = None
 
     def describe(self) -> str:
         if self.kind is ActionKind.UPGRADE:
@@ -86,9 +75,9 @@ def retry_backoff(failures: int, base: float = 2.0, cap: float = 300.0) -> float
 
 
 def plan(
-    desired: Mapping[str, EffectiveRelease] | None,
+    desired: Mapping[str, HostReleaseSpec] | None,
     observed: Mapping[str, ObservedRelease],
-    memory: Mapping[str, Memory],
+    memory: Mapping[str, ReleaseStatus],
     *,
     seq: int,
     now: float,
@@ -107,7 +96,7 @@ def plan(
     skipped: list[Skip] = []
     for name in names:
         obs = observed.get(name) or ObservedRelease(name, installed=False)
-        mem = memory.get(name, Memory())
+        mem = memory.get(name, ReleaseStatus())
         want = desired.get(name)
         if name in holds:
             skipped.append(Skip(name, SkipReason.HELD))

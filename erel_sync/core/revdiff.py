@@ -1,9 +1,9 @@
 """What a new revision changes against an old one, per group and per host (`erel-sync plan`).
 
-Pure. Compares the *effective* releases of each group (version, artifact, merged config, upgrade
-and health policy) so a change to a Release shows up in every group that uses it, and, given a
-host inventory, resolves each host's group before and after to show hosts that move or become
-unassigned. Rendering lives in `core.plan_render`.
+Pure. Compares the per-host desired releases of each group (`core.desired.host_releases`:
+version, artifact, merged config, upgrade and health policy) so a change to a Release shows up
+in every group that uses it, and, given a host inventory, resolves each host's group before and
+after to show hosts that move or become unassigned. Rendering lives in `core.plan_render`.
 """
 
 from __future__ import annotations
@@ -12,18 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from erel_sync.core.desired import HostReleaseSpec, host_releases
 from erel_sync.core.matching import GroupMatch, HostIdentity, match_group
 from erel_sync.model.names import compare_versions
-from erel_sync.model.specs import (
-    DesiredState,
-    GroupSpec,
-    HealthSpec,
-    ReleaseConfig,
-    ReleaseSpec,
-    ReleaseVersionSpec,
-    UpgradeMode,
-    thaw,
-)
+from erel_sync.model.specs import DesiredState, ReleaseConfig, thaw
 
 
 class ChangeKind(StrEnum):
@@ -68,37 +60,8 @@ class Change:
         return f"~ {subject}{k.value} {before_after} {self.detail}".rstrip().replace("  ", " ")
 
 
-@dataclass(frozen=True)
-class EffectiveRelease:
-    """What a host in a group is asked to run for one release."""
-
-    version: ReleaseVersionSpec
-    config: ReleaseConfig
-    upgrade: UpgradeMode
-    health: HealthSpec
-    stop_timeout: float
-    spec: ReleaseSpec
-
-
-def effective_releases(state: DesiredState, group: GroupSpec) -> dict[str, EffectiveRelease]:
-    out: dict[str, EffectiveRelease] = {}
-    for ref in group.releases:
-        rel = state.releases[ref.name]
-        version = rel.version(ref.version)
-        assert version is not None  # guaranteed by semantic validation
-        out[ref.name] = EffectiveRelease(
-            version,
-            rel.config.merged(ref.config),
-            rel.upgrade,
-            rel.health,
-            rel.stop_timeout,
-            rel,
-        )
-    return out
-
-
 def diff_releases(
-    before: Mapping[str, EffectiveRelease], after: Mapping[str, EffectiveRelease]
+    before: Mapping[str, HostReleaseSpec], after: Mapping[str, HostReleaseSpec]
 ) -> list[Change]:
     changes: list[Change] = []
     for name in sorted(set(before) | set(after)):
@@ -112,7 +75,7 @@ def diff_releases(
     return changes
 
 
-def _diff_one(name: str, b: EffectiveRelease, a: EffectiveRelease) -> list[Change]:
+def _diff_one(name: str, b: HostReleaseSpec, a: HostReleaseSpec) -> list[Change]:
     out: list[Change] = []
     bv, av = b.version.version, a.version.version
     cmp = compare_versions(av, bv)
@@ -158,11 +121,11 @@ def diff_group(base: DesiredState | None, head: DesiredState, name: str) -> list
     changes: list[Change] = []
     if bg is None or base is None:
         changes.append(Change(ChangeKind.GROUP_ADDED, detail=name))
-        changes += diff_releases({}, effective_releases(head, hg))
+        changes += diff_releases({}, host_releases(head, hg))
         return changes
     if bg.hosts != hg.hosts or bg.selector != hg.selector:
         changes.append(Change(ChangeKind.MEMBERSHIP_CHANGED, detail="(hosts or selector)"))
-    changes += diff_releases(effective_releases(base, bg), effective_releases(head, hg))
+    changes += diff_releases(host_releases(base, bg), host_releases(head, hg))
     if bg.rollout != hg.rollout:
         changes.append(
             Change(
@@ -225,8 +188,8 @@ def plan_revisions(
     for host in sorted(hosts or (), key=lambda h: h.host_id):
         before = match_group(base, host) if base else GroupMatch(None, "Unassigned")
         after = match_group(head, host)
-        b_rel = effective_releases(base, base.groups[before.group]) if base and before.group else {}
-        a_rel = effective_releases(head, head.groups[after.group]) if after.group else {}
+        b_rel = host_releases(base, base.groups[before.group]) if base and before.group else {}
+        a_rel = host_releases(head, head.groups[after.group]) if after.group else {}
         # A host that loses its group keeps what runs: nothing is deleted while unassigned.
         changes = diff_releases(b_rel, a_rel) if after.group else []
         suspended = bool(after.group and head.groups[after.group].suspend)

@@ -1,27 +1,33 @@
-"""Host status reports: what an agent publishes as its heartbeat and keeps in status.json.
+"""Host status: what an agent publishes as its heartbeat and keeps in status.json.
 
-Pure. Built by the agent after every reconcile tick from the match, the plan and fresh
-observations; read back by `erel-sync status`/`members`/`wait`. One document shape everywhere so
-the CLI never has to guess (documented in docs/status.md).
+Pure. `host_status` builds the typed `HostStatus` after every reconcile tick from the match, the
+snapshot held, the desired releases, fresh observations, the recorded release statuses, the
+plan left over and the holds; `Heartbeat` adds what the agent process says of itself. Each has
+one `to_json`, the wire format documented in docs/status.md. The agent's reconciler and reporter
+build them; readers (`erel-sync status`/`members`/`wait`, `core.clusterview`,
+`core.conditions`, `core.liveness`) read the JSON, since they read other agents' heartbeats,
+older or newer than their own code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import dataclass
 from typing import Any
 
-from erel_sync.core.matching import GroupMatch
+from erel_sync.core.desired import HostReleaseSpec
+from erel_sync.core.matching import GroupMatch, HostIdentity
 from erel_sync.core.observed import ObservedRelease
-from erel_sync.core.reconcile import Memory, Plan, SkipReason
-from erel_sync.core.revdiff import EffectiveRelease
+from erel_sync.core.reconcile import Plan, SkipReason
+from erel_sync.core.releasestatus import ReleaseStatus
+from erel_sync.core.snapshot import Refusal, Snapshot
 
 STATUS_FORMAT = 1
 
 
 def release_state(
     name: str,
-    want: EffectiveRelease | None,
+    want: HostReleaseSpec | None,
     obs: ObservedRelease | None,
     *,
     skipped: Mapping[str, SkipReason],
@@ -46,7 +52,7 @@ def release_state(
 
 
 def converged(
-    desired: Mapping[str, EffectiveRelease] | None,
+    desired: Mapping[str, HostReleaseSpec] | None,
     observed: Mapping[str, ObservedRelease],
     plan_after: Plan,
 ) -> bool:
@@ -63,70 +69,183 @@ def converged(
     )
 
 
-def host_report(
+@dataclass(frozen=True)
+class ReleaseReport:
+    """One release in a host status (an entry of `releases`)."""
+
+    name: str
+    desired_version: str | None  # None when not desired (orphaned or unmanaged)
+    version: str | None  # running version, else the one a boot would start
+    installed: bool
+    managed: bool
+    running: bool
+    healthy: bool | None  # None: not probed
+    state: str  # a `release_state` word
+    hold: Mapping[str, Any] | None
+    reason: str  # CamelCase reason of the last failure or skip
+    last_error: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "desired_version": self.desired_version,
+            "version": self.version,
+            "installed": self.installed,
+            "managed": self.managed,
+            "running": self.running,
+            "healthy": self.healthy,
+            "state": self.state,
+            "hold": dict(self.hold) if self.hold is not None else None,
+            "reason": self.reason,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    """What one host reports after a tick: its group, the snapshots it holds, applied and
+    attempted, and each release's state."""
+
+    host_id: str
+    labels: Mapping[str, str]
+    group: str | None  # None when unassigned or ambiguous
+    match: str  # host | glob | selector | Unassigned | Ambiguous | NoSnapshot
+    candidates: tuple[str, ...]  # the tied groups when Ambiguous
+    snapshot: Mapping[str, Any] | None  # {seq, revision, digest} of the snapshot held
+    applied: Mapping[str, Any] | None  # {seq, revision} last fully converged here
+    attempted: Mapping[str, Any] | None  # {seq, revision} last acted upon
+    converged: bool
+    releases: tuple[ReleaseReport, ...]
+    time: str  # when it was built (the end of a tick)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": STATUS_FORMAT,
+            "kind": "heartbeat",
+            "host_id": self.host_id,
+            "labels": dict(self.labels),
+            "group": self.group,
+            "match": self.match,
+            "candidates": list(self.candidates),
+            "snapshot": _copy(self.snapshot),
+            "applied": _copy(self.applied),
+            "attempted": _copy(self.attempted),
+            "converged": self.converged,
+            "releases": [r.to_json() for r in self.releases],
+            "time": self.time,
+        }
+
+
+def _copy(doc: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return dict(doc) if doc else None
+
+
+def host_status(
     *,
-    host_id: str,
-    labels: Mapping[str, str],
+    host: HostIdentity,
     match: GroupMatch | None,
-    snapshot: Mapping[str, Any] | None,
+    snapshot: Snapshot | None,
     applied: Mapping[str, Any] | None,
     attempted: Mapping[str, Any] | None,
-    desired: Mapping[str, EffectiveRelease] | None,
+    desired: Mapping[str, HostReleaseSpec] | None,
     observed: Mapping[str, ObservedRelease],
-    health: Mapping[str, bool | None],
-    memory: Mapping[str, Memory],
+    memory: Mapping[str, ReleaseStatus],
     plan_after: Plan,
     holds: Mapping[str, Mapping[str, Any]],
-    extra: Mapping[str, Any],
     now: str,
-) -> dict[str, Any]:
+) -> HostStatus:
+    """The host's status after a tick. `observed`: this tick's observations (health
+    included); `plan_after`: planning again after the tick's steps, what is left to do."""
     skipped = {s.release: s.reason for s in plan_after.skipped}
-    names = sorted(set(desired or {}) | set(observed) | set(holds))
+    health = _health(observed)
     releases = []
-    for n in names:
+    for n in sorted(set(desired or {}) | set(observed) | set(holds)):
         want = (desired or {}).get(n)
         obs = observed.get(n)
-        mem = memory.get(n, Memory())
+        status = memory.get(n, ReleaseStatus())
         releases.append(
-            {
-                "name": n,
-                "desired_version": want.version.version if want else None,
-                "version": obs.version if obs else None,
-                "installed": bool(obs and obs.installed),
-                "managed": bool(obs and obs.managed),
-                "running": bool(obs and obs.running),
-                "healthy": health.get(n),
-                "state": release_state(n, want, obs, skipped=skipped, healthy=health.get(n)),
-                "hold": dict(holds[n]) if n in holds else None,
-                "reason": mem.last_reason or (skipped[n].value if n in skipped else ""),
-                "last_error": mem.last_error,
+            ReleaseReport(
+                name=n,
+                desired_version=want.version.version if want else None,
+                version=obs.version if obs else None,
+                installed=bool(obs and obs.installed),
+                managed=bool(obs and obs.managed),
+                running=bool(obs and obs.running),
+                healthy=health.get(n),
+                state=release_state(n, want, obs, skipped=skipped, healthy=health.get(n)),
+                hold=dict(holds[n]) if n in holds else None,
+                reason=status.last_reason or (skipped[n].value if n in skipped else ""),
+                last_error=status.last_error,
+            )
+        )
+    return HostStatus(
+        host_id=host.host_id,
+        labels=dict(host.labels),
+        group=match.group if match else None,
+        match=match.how if match else "NoSnapshot",
+        candidates=tuple(match.candidates) if match else (),
+        snapshot={"seq": snapshot.seq, "revision": snapshot.revision, "digest": snapshot.digest}
+        if snapshot
+        else None,
+        applied=_copy(applied),
+        attempted=_copy(attempted),
+        converged=converged(desired, observed, plan_after),
+        releases=tuple(releases),
+        time=now,
+    )
+
+
+def _health(observed: Mapping[str, ObservedRelease]) -> dict[str, bool | None]:
+    """Each release's verdict from this tick's observations (None: not running, or no check)."""
+    if not any(o.running for o in observed.values()):
+        return {}
+    return {n: o.healthy for n, o in observed.items()}
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A heartbeat: the host status (None before the first tick) and what the agent process
+    says of itself."""
+
+    host_id: str
+    labels: Mapping[str, str]
+    status: HostStatus | None
+    agent_version: str
+    instance: str  # random per agent process: two agents claiming one host id show up as two
+    pid: int
+    hostname: str
+    broker: str  # "connected" or BrokerDisconnected
+    store_error: str | None  # why the newest snapshot could not be written (the old one holds)
+    snapshot_refused: Refusal | None  # the newest snapshot refused, while in force
+    heartbeat_interval: float  # seconds a reader may expect between two heartbeats
+    counters: Mapping[str, int]
+    sent: str
+
+    def to_json(self) -> dict[str, Any]:
+        doc = (
+            self.status.to_json()
+            if self.status is not None
+            else {
+                "format": STATUS_FORMAT,
+                "kind": "heartbeat",
+                "host_id": self.host_id,
+                "labels": dict(self.labels),
             }
         )
-    return {
-        "format": STATUS_FORMAT,
-        "kind": "heartbeat",
-        "host_id": host_id,
-        "labels": dict(labels),
-        "group": match.group if match else None,
-        "match": match.how if match else "NoSnapshot",
-        "candidates": list(match.candidates) if match else [],
-        "snapshot": dict(snapshot) if snapshot else None,
-        "applied": dict(applied) if applied else None,
-        "attempted": dict(attempted) if attempted else None,
-        "converged": converged(desired, observed, plan_after),
-        "releases": releases,
-        "time": now,
-        **dict(extra),
-    }
-
-
-def memory_to_json(memory: Mapping[str, Memory]) -> dict[str, Any]:
-    return {n: asdict(m) for n, m in memory.items()}
-
-
-def memory_from_json(doc: Mapping[str, Any] | None) -> dict[str, Memory]:
-    out: dict[str, Memory] = {}
-    for n, m in (doc or {}).items():
-        known = {k: v for k, v in m.items() if k in Memory.__dataclass_fields__}
-        out[n] = Memory(**known)
-    return out
+        doc.update(
+            {
+                "agent_version": self.agent_version,
+                "instance": self.instance,
+                "pid": self.pid,
+                "hostname": self.hostname,
+                "broker": self.broker,
+                "store_error": self.store_error,
+                "snapshot_refused": self.snapshot_refused.to_json()
+                if self.snapshot_refused is not None
+                else None,
+                "heartbeat_interval": self.heartbeat_interval,
+                "counters": dict(self.counters),
+                "sent": self.sent,
+            }
+        )
+        return doc

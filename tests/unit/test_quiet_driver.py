@@ -22,7 +22,8 @@ from erel_sync.core import reasons
 from erel_sync.core.erlterm import Atom
 from erel_sync.core.matching import HostIdentity
 from erel_sync.core.observed import ObservedRelease, StepResult
-from erel_sync.core.reconcile import Memory, config_digest
+from erel_sync.core.reconcile import config_digest
+from erel_sync.core.releasestatus import ReleaseStatus
 from erel_sync.core.rpccodec import RpcOutcome, decode_erl_call
 from erel_sync.core.snapshot import (
     Snapshot,
@@ -171,8 +172,8 @@ def snapshot(seq: int, releases: tuple[tuple[str, str], ...]) -> Snapshot:
     return verify_envelope(raw, {"k": PUB})
 
 
-def converged_memory(*names: str) -> dict[str, Memory]:
-    return {n: Memory(applied_config=config_digest(ReleaseConfig())) for n in names}
+def converged_memory(*names: str) -> dict[str, ReleaseStatus]:
+    return {n: ReleaseStatus(applied_config=config_digest(ReleaseConfig())) for n in names}
 
 
 async def test_a_steady_state_tick_costs_one_erl_call_per_running_release(tmp_path: Path) -> None:

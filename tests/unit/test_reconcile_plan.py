@@ -7,17 +7,17 @@ from dataclasses import replace
 import pytest
 
 from erel_sync.core import reasons
+from erel_sync.core.desired import host_releases
 from erel_sync.core.observed import ObservedRelease
 from erel_sync.core.reconcile import (
     ActionKind,
-    Memory,
     Plan,
     SkipReason,
     config_digest,
     plan,
     retry_backoff,
 )
-from erel_sync.core.revdiff import effective_releases
+from erel_sync.core.releasestatus import ReleaseStatus
 from erel_sync.model.validate import SourceFile, validate_sources
 from tests.configrepo import group_yaml, release_yaml
 
@@ -30,7 +30,7 @@ STATE = validate_sources(
         ),
     ]
 ).require()
-DESIRED = effective_releases(STATE, STATE.groups["web"])
+DESIRED = host_releases(STATE, STATE.groups["web"])
 CFG = {n: config_digest(e.config) for n, e in DESIRED.items()}
 
 
@@ -39,11 +39,13 @@ def running(version: str, managed: bool = True) -> ObservedRelease:
     return ObservedRelease("r", installed=True, running=True, current=version, reason=reason)
 
 
-def applied(name: str) -> Memory:
-    return Memory(applied_config=CFG[name])
+def applied(name: str) -> ReleaseStatus:
+    return ReleaseStatus(applied_config=CFG[name])
 
 
-def execute(p: Plan, observed: dict[str, ObservedRelease], memory: dict[str, Memory]) -> None:
+def execute(
+    p: Plan, observed: dict[str, ObservedRelease], memory: dict[str, ReleaseStatus]
+) -> None:
     """What a successful executor leaves behind, for the idempotency law."""
     for a in p.actions:
         if a.kind is ActionKind.DELETE:
@@ -53,11 +55,14 @@ def execute(p: Plan, observed: dict[str, ObservedRelease], memory: dict[str, Mem
             assert a.desired is not None
             observed[a.release] = running(a.version or "")
             memory[a.release] = replace(
-                memory.get(a.release, Memory()), applied_config=config_digest(a.desired.config)
+                memory.get(a.release, ReleaseStatus()),
+                applied_config=config_digest(a.desired.config),
             )
 
 
-CASES: list[tuple[str, dict[str, ObservedRelease], dict[str, Memory], list[tuple[str, str]]]] = [
+CASES: list[
+    tuple[str, dict[str, ObservedRelease], dict[str, ReleaseStatus], list[tuple[str, str]]]
+] = [
     ("fresh host installs both", {}, {}, [("Install", "hello"), ("Install", "ticker")]),
     (
         "converged host does nothing",
@@ -80,7 +85,7 @@ CASES: list[tuple[str, dict[str, ObservedRelease], dict[str, Memory], list[tuple
     (
         "config change reconfigures",
         {"hello": running("0.2.0"), "ticker": running("0.1.0")},
-        {"hello": Memory(applied_config="old"), "ticker": applied("ticker")},
+        {"hello": ReleaseStatus(applied_config="old"), "ticker": applied("ticker")},
         [("Reconfigure", "hello")],
     ),
     (
@@ -104,7 +109,9 @@ CASES: list[tuple[str, dict[str, ObservedRelease], dict[str, Memory], list[tuple
     ids=[c[0] for c in CASES],
 )
 def test_plan_and_second_pass_is_empty(
-    observed: dict[str, ObservedRelease], memory: dict[str, Memory], expected: list[tuple[str, str]]
+    observed: dict[str, ObservedRelease],
+    memory: dict[str, ReleaseStatus],
+    expected: list[tuple[str, str]],
 ) -> None:
     observed, memory = dict(observed), dict(memory)
     first = plan(DESIRED, observed, memory, seq=5, now=1000.0)
@@ -133,7 +140,7 @@ def test_unassigned_and_suspended_touch_nothing() -> None:
 def test_failed_revision_is_not_retried_until_a_newer_seq() -> None:
     observed = {"hello": running("0.1.0"), "ticker": running("0.1.0")}
     memory = {
-        "hello": Memory(applied_config=CFG["hello"], failed_seq=5, failed_version="0.2.0"),
+        "hello": ReleaseStatus(applied_config=CFG["hello"], failed_seq=5, failed_version="0.2.0"),
         "ticker": applied("ticker"),
     }
     p = plan(DESIRED, observed, memory, seq=5, now=0)
@@ -147,7 +154,7 @@ def test_failed_revision_is_not_retried_until_a_newer_seq() -> None:
 def test_crash_loop_backs_off() -> None:
     observed = {"hello": replace(running("0.2.0"), running=False), "ticker": running("0.1.0")}
     memory = {
-        "hello": Memory(applied_config=CFG["hello"], failures=3, next_attempt_at=100.0),
+        "hello": ReleaseStatus(applied_config=CFG["hello"], failures=3, next_attempt_at=100.0),
         "ticker": applied("ticker"),
     }
     assert plan(DESIRED, observed, memory, seq=1, now=99.0).skipped[0].reason is SkipReason.BACKOFF

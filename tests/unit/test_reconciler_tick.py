@@ -13,7 +13,8 @@ from erel_sync.agent.reconciler import Reconciler
 from erel_sync.core import reasons
 from erel_sync.core.matching import HostIdentity
 from erel_sync.core.observed import ObservedRelease
-from erel_sync.core.reconcile import Memory, config_digest
+from erel_sync.core.reconcile import config_digest
+from erel_sync.core.releasestatus import ReleaseStatus
 from erel_sync.core.snapshot import (
     Snapshot,
     build_envelope,
@@ -62,7 +63,7 @@ class PausingDriver:
 async def test_a_snapshot_stored_during_a_tick_is_not_reported_applied_by_it() -> None:
     driver = PausingDriver()
     # hello's empty config was rendered already, so 0.1.0 running is all seq 1 wants.
-    memory = {"hello": Memory(applied_config=config_digest(ReleaseConfig()))}
+    memory = {"hello": ReleaseStatus(applied_config=config_digest(ReleaseConfig()))}
     r = Reconciler(host=HostIdentity("web-1", {}), driver=driver, memory=memory, holds={})  # type: ignore[arg-type]
     r.snapshot = snapshot(1, "0.1.0")
     refresh = asyncio.create_task(r.refresh())

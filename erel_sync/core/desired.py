@@ -1,0 +1,54 @@
+"""What git asks one host to run: the per-host desired release, resolved from its group.
+
+Pure. A group names releases by reference (name, version, config overrides); `host_releases`
+resolves each reference against the snapshot's `Release` documents into one `HostReleaseSpec`
+(version, merged config, upgrade and health policy), the *desired* side of reconciling. The
+agent's reconciler asks it every tick, the planner (`core.reconcile`) and the status report
+(`core.status`) compare it with what was observed, and the review diff (`core.revdiff`,
+`erel-sync plan`) compares two revisions of it. It lives apart from all of them because each
+only reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from erel_sync.model.specs import (
+    DesiredState,
+    GroupSpec,
+    HealthSpec,
+    ReleaseConfig,
+    ReleaseSpec,
+    ReleaseVersionSpec,
+    UpgradeMode,
+)
+
+
+@dataclass(frozen=True)
+class HostReleaseSpec:
+    """What a host in a group is asked to run for one release."""
+
+    version: ReleaseVersionSpec
+    config: ReleaseConfig  # the release's config with the group's overrides merged in
+    upgrade: UpgradeMode
+    health: HealthSpec
+    stop_timeout: float
+    spec: ReleaseSpec  # the whole Release document (artifacts of every version, for the driver)
+
+
+def host_releases(state: DesiredState, group: GroupSpec) -> dict[str, HostReleaseSpec]:
+    """The releases a host of `group` runs, by name."""
+    out: dict[str, HostReleaseSpec] = {}
+    for ref in group.releases:
+        rel = state.releases[ref.name]
+        version = rel.version(ref.version)
+        assert version is not None  # guaranteed by semantic validation
+        out[ref.name] = HostReleaseSpec(
+            version,
+            rel.config.merged(ref.config),
+            rel.upgrade,
+            rel.health,
+            rel.stop_timeout,
+            rel,
+        )
+    return out
