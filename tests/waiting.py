@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 async def eventually(
     condition: Callable[[], T | Awaitable[T]],
-    within: float = 30.0,
+    within: float = 60.0,
     *,
     what: str = "",
     every: float = 0.02,

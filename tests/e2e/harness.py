@@ -8,8 +8,7 @@ import contextlib
 import json
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,23 +18,9 @@ from erel_sync.adapters.releases import nodeproc
 from erel_sync.adapters.releases.driver import DriverSettings, ReleaseDriver
 from erel_sync.dev.cluster import DevCluster, DevHost
 from tests.cli import erel_sync
+from tests.waiting import wait_for
 
 T = TypeVar("T")
-
-
-def wait_for(what: str, check: Callable[[], T], timeout: float = 60.0, every: float = 0.05) -> T:
-    """Poll `check` until it returns something truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (OSError, KeyError, TypeError, ValueError) as e:
-            last = e
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(every)  # poll
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 class StatusWatcher(threading.Thread):

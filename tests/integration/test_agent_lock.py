@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from erel_sync.adapters import store
 from erel_sync.core.snapshot import generate_key
 from erel_sync.dev.rabbitnode import free_port
+from tests.waiting import wait_for
 
 
 def test_lock_directory_refuses_a_second_holder(tmp_path: Path) -> None:
@@ -39,11 +39,12 @@ def test_second_agent_on_one_state_dir_is_refused(tmp_path: Path) -> None:
     first = subprocess.Popen(args, stderr=subprocess.DEVNULL)
     try:
         lock = tmp_path / "state" / "agent.lock"
-        deadline = time.monotonic() + 30
-        while not (lock.exists() and lock.read_text().strip() == str(first.pid)):
+
+        def locked_by_first() -> bool:
             assert first.poll() is None, "the first agent exited"
-            assert time.monotonic() < deadline, "the first agent did not take its state dir"
-            time.sleep(0.05)  # poll for the lock's owner
+            return lock.exists() and lock.read_text().strip() == str(first.pid)
+
+        wait_for("the first agent to take its state dir", locked_by_first, 30, not_yet=())
         second = subprocess.run(args, check=False, capture_output=True, text=True, timeout=60)
         assert second.returncode == 4
         assert second.stderr.strip().splitlines() == [

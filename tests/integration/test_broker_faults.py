@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,16 +20,9 @@ from erel_sync.dev.rabbitnode import RabbitNode
 from erel_sync.model.settings import AgentSettings, TrustedKey
 from erel_sync.publisher.daemon import Publisher, PublisherSettings
 from tests.configrepo import GitRepo, group_yaml, release_yaml
+from tests.waiting import eventually
 
 FILES = {"r.yaml": release_yaml(), "g.yaml": group_yaml(hosts="['nobody-*']")}
-
-
-async def eventually(what: str, check: Callable[[], bool], within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within}s: {what}")
-        await asyncio.sleep(0.05)  # poll the condition until the deadline
 
 
 def new_agent(
@@ -110,20 +102,20 @@ async def test_daemons_started_while_the_broker_is_down(
     await asyncio.to_thread(fresh_rabbit.stop)
     async with daemons(tmp_path, url, repo, ("h-1", "h-2")) as (publisher, agents):
         # Both daemons are up and retrying; the publisher already took the commit from git.
-        await eventually("the publisher read the head", lambda: publisher.seq == 1)
+        await eventually(lambda: publisher.seq == 1, what="the publisher read the head")
         await eventually(
-            "agents reconcile from disk meanwhile",
             lambda: all(a.reconciler.ticks >= 1 for a in agents),
+            what="agents reconcile from disk meanwhile",
         )
         assert all(not a.connected and a.snapshot is None for a in agents)
         assert all(a.heartbeat()["broker"] == "BrokerDisconnected" for a in agents)
         await asyncio.to_thread(fresh_rabbit.start)
-        await eventually("agents joined once the broker came", on_seq(agents, 1))
+        await eventually(on_seq(agents, 1), what="agents joined once the broker came")
         # The snapshot can arrive while the session is still being set up (the stream consumer
         # starts first): connected follows.
         await eventually(
-            "agents report connected",
             lambda: all(a.heartbeat()["broker"] == "connected" for a in agents),
+            what="agents report connected",
         )
         on_disk = [store.SlotFile(Path(a.s.state_dir) / "snapshot").read() for a in agents]
         assert all(raw is not None and peek_seq(raw) == 1 for raw in on_disk)
@@ -135,16 +127,18 @@ async def test_broker_killed_with_a_commit_during_the_outage(
     repo = GitRepo(tmp_path / "config")
     repo.commit(FILES)
     async with daemons(tmp_path, fresh_rabbit.url, repo, ("h-1", "h-2", "h-3")) as (pub, agents):
-        await eventually("first snapshot everywhere", on_seq(agents, 1))
+        await eventually(on_seq(agents, 1), what="first snapshot everywhere")
         await asyncio.to_thread(fresh_rabbit.kill)
-        await eventually("agents saw the loss", lambda: not any(a.connected for a in agents), 30)
+        await eventually(
+            lambda: not any(a.connected for a in agents), 30, what="agents saw the loss"
+        )
         repo.commit({"g.yaml": group_yaml(hosts="['nobody-*', 'other']")}, "during the outage")
-        await eventually("the publisher took the new commit", lambda: pub.seq == 2)
+        await eventually(lambda: pub.seq == 2, what="the publisher took the new commit")
         failures_before = pub.counters.publish_failures
         await asyncio.to_thread(fresh_rabbit.start)
         # RabbitMQ 3.10 leaves a single-node stream down after a crash; the agents then catch
         # up through state.request answers (publisher and peers) until the stream is back.
-        await eventually("every agent caught up to the newest", on_seq(agents, 2))
+        await eventually(on_seq(agents, 2), what="every agent caught up to the newest")
         assert pub.counters.publish_failures >= failures_before
         # Never moved backwards, nothing applied twice with effect.
         assert all(a.counters["applied_snapshots"] == 2 for a in agents)
@@ -156,7 +150,7 @@ async def test_disk_full_keeps_the_old_snapshot_reports_it_and_retries(
     repo = GitRepo(tmp_path / "config")
     repo.commit(FILES)
     async with daemons(tmp_path, vhost, repo, ("h-1", "h-2")) as (_pub, agents):
-        await eventually("first snapshot everywhere", on_seq(agents, 1))
+        await eventually(on_seq(agents, 1), what="first snapshot everywhere")
         full, fine = agents
         real_pwrite = os.pwrite
 
@@ -167,10 +161,10 @@ async def test_disk_full_keeps_the_old_snapshot_reports_it_and_retries(
 
         monkeypatch.setattr(store.os, "pwrite", pwrite)
         repo.commit({"g.yaml": group_yaml(hosts="['nobody-*', 'other']")}, "h-1's disk is full")
-        await eventually("h-2 applied the commit", on_seq([fine], 2))
+        await eventually(on_seq([fine], 2), what="h-2 applied the commit")
         await eventually(
-            "h-1 reports that it cannot store it",
             lambda: "No space left" in (full.heartbeat()["store_error"] or ""),
+            what="h-1 reports that it cannot store it",
         )
         # The old snapshot stays in force, in memory and on disk; nothing is torn.
         assert full.snapshot is not None and full.snapshot.seq == 1
@@ -178,12 +172,12 @@ async def test_disk_full_keeps_the_old_snapshot_reports_it_and_retries(
         assert held is not None and peek_seq(held) == 1
         assert full.counters["store_failures"] >= 1
         repo.commit({"g.yaml": group_yaml(hosts="['nobody-*', 'x']")}, "still full")
-        await eventually("h-2 applied the second commit", on_seq([fine], 3))
+        await eventually(on_seq([fine], 3), what="h-2 applied the second commit")
         await eventually(
-            "h-1 tried it too", lambda: full._unstored is not None and full._unstored.seq == 3
+            lambda: full._unstored is not None and full._unstored.seq == 3, what="h-1 tried it too"
         )
         monkeypatch.undo()  # space again: the agent's own retry stores it, no new commit needed
-        await eventually("h-1 stored the newest on its own", on_seq([full], 3), within=15)
+        await eventually(on_seq([full], 3), within=15, what="h-1 stored the newest on its own")
         assert full.heartbeat()["store_error"] is None
         held = store.SlotFile(Path(full.s.state_dir) / "snapshot").read()
         assert held is not None and peek_seq(held) == 3

@@ -15,7 +15,6 @@ import stat
 import sys
 import tarfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +34,10 @@ from erel_sync.model.specs import (
     freeze,
 )
 from tests.integration.conftest import ReleaseEnv
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.05)  # poll the condition until the deadline
 
 
 async def call(env: ReleaseEnv, name: str, module: str, fun: str, *args: str) -> Any:

@@ -20,11 +20,11 @@ from tests.configrepo import GitRepo, group_yaml
 from tests.integration.test_broker_faults import (
     FILES,
     daemons,
-    eventually,
     new_agent,
     on_seq,
     running,
 )
+from tests.waiting import eventually
 
 JOIN_DEADLINE = 15.0
 NO_REPUBLISH = 3600.0
@@ -61,18 +61,18 @@ async def test_junk_at_the_tail_new_host_ends_on_the_newest(vhost: str, tmp_path
         publisher,
         agents,
     ):
-        await eventually("first snapshot", on_seq(agents, 1))
+        await eventually(on_seq(agents, 1), what="first snapshot")
         second_commit(repo)
-        await eventually("second snapshot in the stream", on_seq(agents, 2))
+        await eventually(on_seq(agents, 2), what="second snapshot in the stream")
         await append_to_stream(vhost, b"not json at all")
         newcomer = new_agent(tmp_path, vhost, publisher, "h-new")
         async with running(newcomer):
             await eventually(
-                "the new host ends on the newest", on_seq([newcomer], 2), JOIN_DEADLINE
+                on_seq([newcomer], 2), JOIN_DEADLINE, what="the new host ends on the newest"
             )
             await eventually(
-                "the junk at the tail was refused and counted",
                 lambda: newcomer.counters["rejected.Malformed"] >= 1,
+                what="the junk at the tail was refused and counted",
             )
             # The publisher answered: peers were not asked.
             assert newcomer.counters["joins_via_peers"] == 0
@@ -89,16 +89,16 @@ async def test_older_snapshot_replayed_at_the_tail_new_host_ends_on_the_newest(
         publisher,
         agents,
     ):
-        await eventually("first snapshot", on_seq(agents, 1))
+        await eventually(on_seq(agents, 1), what="first snapshot")
         assert publisher.envelope is not None
         first = publisher.envelope  # validly signed, and older once the next commit is out
         second_commit(repo)
-        await eventually("second snapshot in the stream", on_seq(agents, 2))
+        await eventually(on_seq(agents, 2), what="second snapshot in the stream")
         await append_to_stream(vhost, first)
         newcomer = new_agent(tmp_path, vhost, publisher, "h-new")
         async with running(newcomer):
             await eventually(
-                "the new host ends on the newest", on_seq([newcomer], 2), JOIN_DEADLINE
+                on_seq([newcomer], 2), JOIN_DEADLINE, what="the new host ends on the newest"
             )
             assert agents[0].snapshot is not None and agents[0].snapshot.seq == 2
         # It never went back: whatever it stored, the last is the newest, on disk too.
@@ -117,9 +117,9 @@ async def test_publisher_down_peers_answer_only_with_something_newer(
     ):
         peer = new_agent(tmp_path, vhost, publisher, "h-peer")
         async with running(peer):
-            await eventually("the peer holds the first snapshot", on_seq([peer], 1))
+            await eventually(on_seq([peer], 1), what="the peer holds the first snapshot")
             second_commit(repo)
-            await eventually("the peer holds the second", on_seq([peer], 2))
+            await eventually(on_seq([peer], 2), what="the peer holds the second")
             # Only publishers bind the publisher key: a peer never answers it.
             assert await ask(vhost, 0, topo.PUBLISHER_STATE_KEY) == [2]
     # The publisher is stopped now, the tail is junk; the peer restarts (from its disk).
@@ -127,7 +127,9 @@ async def test_publisher_down_peers_answer_only_with_something_newer(
     peer = new_agent(tmp_path, vhost, publisher, "h-peer")
     newcomer = new_agent(tmp_path, vhost, publisher, "h-new")
     async with running(peer, newcomer):
-        await eventually("the new host ends on the newest", on_seq([newcomer], 2), JOIN_DEADLINE)
+        await eventually(
+            on_seq([newcomer], 2), JOIN_DEADLINE, what="the new host ends on the newest"
+        )
         assert newcomer.counters["joins_via_peers"] >= 1
         assert newcomer.counters["rejected.Malformed"] >= 1
         # Peers answer only a requester that holds something older: a fleet joining at once

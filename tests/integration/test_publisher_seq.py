@@ -17,8 +17,9 @@ from erel_sync.core.snapshot import FORMAT, KIND_SNAPSHOT, load_private_key, sig
 from erel_sync.model.specs import canonical_json
 from erel_sync.publisher.daemon import Publisher
 from tests.configrepo import GitRepo
-from tests.integration.test_broker_faults import FILES, daemons, eventually, running
+from tests.integration.test_broker_faults import FILES, daemons, running
 from tests.integration.test_join import append_to_stream
+from tests.waiting import eventually
 
 
 def newer_envelope(body: dict[str, object], seq: int, key: Ed25519PrivateKey) -> bytes:
@@ -48,7 +49,7 @@ async def test_a_new_publisher_continues_above_a_tail_it_cannot_load(
     repo = GitRepo(tmp_path / "config")
     repo.commit(FILES)
     async with daemons(tmp_path, vhost, repo, ()) as (first, _):
-        await eventually("the first publisher connected", lambda: first.connected)
+        await eventually(lambda: first.connected, what="the first publisher connected")
         assert first.envelope is not None and first.seq == 1
         body = json.loads(first.envelope)["body"]
         key = load_private_key((tmp_path / "k.pem").read_bytes())
@@ -56,6 +57,6 @@ async def test_a_new_publisher_continues_above_a_tail_it_cannot_load(
 
     fresh = Publisher(replace(first.s, state_dir=tmp_path / "new"))  # a new machine
     async with running(fresh):
-        await eventually("the new publisher connected", lambda: fresh.connected)
-        await eventually("the head signed above the tail", lambda: fresh.seq > 1)
+        await eventually(lambda: fresh.connected, what="the new publisher connected")
+        await eventually(lambda: fresh.seq > 1, what="the head signed above the tail")
     assert fresh.seq == 8, "a seq the newer publisher used was signed again"

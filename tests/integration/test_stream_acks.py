@@ -16,6 +16,7 @@ import aio_pika
 from erel_sync.adapters.broker import messages as broker
 from erel_sync.adapters.broker import topology as topo
 from tests.rabbit import Rabbit
+from tests.waiting import eventually
 
 DEADLINE = 20.0
 
@@ -55,8 +56,9 @@ async def test_batched_acks_return_credit_and_flush_when_idle(vhost: str, rabbit
         async with asyncio.timeout(DEADLINE):
             await done.wait()
         assert got == [s for s in range(1, n + 1) if s != 5]
+
         # The last partial batch is acked once the consumer has been idle for ACK_DELAY.
-        deadline = asyncio.get_running_loop().time() + DEADLINE
-        while (left := await asyncio.to_thread(unacked, rabbit, vhost)) != 0:
-            assert asyncio.get_running_loop().time() < deadline, f"{left} deliveries unacked"
-            await asyncio.sleep(0.1)  # poll the broker's own count
+        async def all_acked() -> bool:  # the broker's own count
+            return await asyncio.to_thread(unacked, rabbit, vhost) == 0
+
+        await eventually(all_acked, DEADLINE, what="no delivery left unacked", every=0.1)

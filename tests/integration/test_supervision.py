@@ -27,11 +27,11 @@ from tests.configrepo import GitRepo, group_yaml
 from tests.integration.test_broker_faults import (
     FILES,
     daemons,
-    eventually,
     new_agent,
     on_seq,
     running,
 )
+from tests.waiting import eventually
 
 AMQP_HEARTBEAT = 1.0  # a silent broker is declared dead after (1 + 1) * 3 = 6 s
 DEADLINE = 30.0
@@ -86,19 +86,21 @@ async def test_heartbeats_presence_and_publishing_go_on_after_the_broker_was_fro
         agents,
     ):
         (agent,) = agents
-        await eventually("first snapshot", on_seq(agents, 1))
-        await eventually("connected", lambda: agent.connected and publisher.connected)
+        await eventually(on_seq(agents, 1), what="first snapshot")
+        await eventually(lambda: agent.connected and publisher.connected, what="connected")
         async with frozen(fresh_rabbit):
             # Heartbeats go on being attempted meanwhile: one is stuck when the end comes.
-            await eventually("the agent declared the connection dead", lambda: not agent.connected)
-            await eventually("so did the publisher", lambda: not publisher.connected)
+            await eventually(
+                lambda: not agent.connected, what="the agent declared the connection dead"
+            )
+            await eventually(lambda: not publisher.connected, what="so did the publisher")
         resumed = time.monotonic()
-        await eventually("the agent is back", lambda: agent.connected, DEADLINE)
+        await eventually(lambda: agent.connected, DEADLINE, what="the agent is back")
         async with tap_status(url) as tap:
             await eventually(
-                "heartbeats flow again",
                 lambda: tap.count("host.h-1", resumed, broker="connected") >= 2,
                 DEADLINE,
+                what="heartbeats flow again",
             )
             # The publisher publishes the next commit; the heartbeat loop sends the presence
             # record that says the host changed group.
@@ -106,11 +108,11 @@ async def test_heartbeats_presence_and_publishing_go_on_after_the_broker_was_fro
                 {"g.yaml": group_yaml(hosts="['h-1']", releases=(), extra="  allow_empty: true\n")},
                 "h-1 joins web",
             )
-            await eventually("the commit reached the agent", on_seq(agents, 2), DEADLINE)
+            await eventually(on_seq(agents, 2), DEADLINE, what="the commit reached the agent")
             await eventually(
-                "presence record with the new group",
                 lambda: tap.count("presence.h-1", resumed, group="web", state="alive") >= 1,
                 DEADLINE,
+                what="presence record with the new group",
             )
         # Nothing had to be restarted: the dead connection's CancelledError no longer escapes.
         assert not [k for k in agent.counters if k.startswith("task_restarts.")], agent.counters
@@ -127,7 +129,7 @@ async def test_publisher_watcher_restarted_after_an_unexpected_error(
     repo = GitRepo(tmp_path / "config")
     repo.commit(FILES)
     async with daemons(tmp_path, vhost, repo, ("h-1",)) as (publisher, agents):
-        await eventually("first snapshot", on_seq(agents, 1))
+        await eventually(on_seq(agents, 1), what="first snapshot")
         # A commit whose file object is missing (a half-synced repository): reading it raises
         # an error of git's that the watcher does not handle.
         (repo.root / "g.yaml").write_text(group_yaml(hosts="['nobody-*', 'other']"))
@@ -139,12 +141,12 @@ async def test_publisher_watcher_restarted_after_an_unexpected_error(
         shutil.move(object_path(repo, blob), aside)
         repo.git("update-ref", "refs/heads/main", commit)
         await eventually(
-            "the watcher ended and was restarted",
             lambda: publisher.counters.extra.get("task_restarts.watch", 0) >= 1,
+            what="the watcher ended and was restarted",
         )
         assert publisher.seq == 1
         shutil.move(aside, object_path(repo, blob))  # the object arrives after all
-        await eventually("the commit is published after all", on_seq(agents, 2), DEADLINE)
+        await eventually(on_seq(agents, 2), DEADLINE, what="the commit is published after all")
         assert publisher.revision == commit
 
 
@@ -154,14 +156,14 @@ async def test_a_clean_stop_says_the_agent_left(vhost: str, tmp_path: Path) -> N
     repo = GitRepo(tmp_path / "config")
     repo.commit(FILES)
     async with daemons(tmp_path, vhost, repo, ()) as (publisher, _):
-        await eventually("the publisher is up", lambda: publisher.connected)
+        await eventually(lambda: publisher.connected, what="the publisher is up")
         async with tap_status(vhost) as tap:
             agent = new_agent(tmp_path, vhost, publisher, "h-1")
             async with running(agent):
-                await eventually("connected", lambda: agent.connected)
+                await eventually(lambda: agent.connected, what="connected")
             await eventually(
-                "presence `left`",
                 lambda: tap.count("presence.h-1", 0.0, state="left") == 1,
                 DEADLINE,
+                what="presence `left`",
             )
     assert not [k for k in agent.counters if k.startswith("task_restarts.")], agent.counters

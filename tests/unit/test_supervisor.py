@@ -17,15 +17,9 @@ from erel_sync.adapters.broker import errors as broker
 from erel_sync.adapters.broker.session import keep_session
 from erel_sync.adapters.supervisor import Supervisor, TaskFailed
 from erel_sync.cli.daemons import run_daemon
+from tests.waiting import eventually
 
 FAST = {"backoff": (0.01, 0.02)}
-
-
-async def until(check: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)  # poll the condition until the deadline
 
 
 def dead_connection_future() -> asyncio.Future[None]:
@@ -61,7 +55,7 @@ async def test_a_task_that_ends_is_logged_counted_and_restarted(
         await asyncio.Event().wait()  # healthy from the third run on
 
     sup.start("heartbeat", loop)
-    await until(lambda: runs == 3)
+    await eventually(lambda: runs == 3)
     assert counters["task_restarts.heartbeat"] == 2
     assert sup.running("heartbeat")
     assert "task heartbeat ended" in caplog.text
@@ -83,10 +77,10 @@ async def test_until_done_ends_quietly_on_return_but_not_on_error() -> None:
             raise OSError("disk full")
 
     sup.start("store-retry", retry, until_done=True)
-    await until(lambda: runs == 2 and not sup.running("store-retry"))
+    await eventually(lambda: runs == 2 and not sup.running("store-retry"))
     assert counters["task_restarts.store-retry"] == 1
     sup.start("store-retry", retry, until_done=True)  # started again when needed
-    await until(lambda: runs == 3 and not sup.running("store-retry"))
+    await eventually(lambda: runs == 3 and not sup.running("store-retry"))
     assert counters["task_restarts.store-retry"] == 1
     await sup.close()
 
