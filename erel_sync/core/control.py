@@ -2,7 +2,7 @@
 
 Pure (bytes in, bytes out). The CLI builds and signs a command; an agent parses it and checks,
 before anything runs, that it is for this host, not expired, not replayed and, when it changes
-something, signed by one of the operator keys in its settings (DESIGN.md §3).
+something, signed by one of the operator keys in its settings (docs/operating.md).
 
 Envelope (JSON): `{format: 1, kind: "command", id, command, release, target, issued, expires,
 key_id, signature}`. `target` is `host.<id>`, `group.<name>` or `all`; it is inside the signed

@@ -58,7 +58,7 @@ MESSAGE_LIMIT = 512
 
 # First retry delay per reason; `None` = stalled (do not retry the same input).
 RETRY_AFTER: dict[str, float | None] = {
-    ChecksumMismatch: 60.0,  # the artifact server may be mid-upload; RELIABILITY says retry
+    ChecksumMismatch: 60.0,  # the artifact server may be mid-upload; worth a retry
     ArtifactUnavailable: 10.0,
     ArtifactTooLarge: None,
     UnsafeArchive: None,

@@ -1,4 +1,4 @@
-"""Signed snapshot envelopes: build, sign, parse and verify (DESIGN.md §3).
+"""Signed snapshot envelopes: build, sign, parse and verify (docs/broker.md).
 
 Pure (bytes in, bytes out; Ed25519 from `cryptography`). The publisher builds and signs; agents
 verify before anything touches their disk, and peers answering a `state.request` forward the

@@ -1,4 +1,4 @@
-"""Broker faults (RELIABILITY.md) with the real publisher and agent on a private RabbitMQ node:
+"""Broker faults (a killed, restarted or wiped node) with the real publisher and agent on a private RabbitMQ node:
 daemons started while the broker is down, and a broker killed with a commit made during the
 outage. Nothing is lost: every host ends on the newest revision once the broker is back."""
 

@@ -1,4 +1,4 @@
-"""A new host's join does not trust the tail of the config stream (RELIABILITY.md, bad input):
+"""A new host's join does not trust the tail of the config stream (bad input on the stream):
 junk, or an older valid snapshot replayed at the tail by someone with write on `erel.config`,
 must not leave the host with nothing or with an old state. Real publisher, real agents, a real
 broker; the bad tail is written by the test as the broker's admin.

@@ -1,4 +1,4 @@
-"""Long-lived tasks survive faults (RELIABILITY.md: an exception escapes a long-lived task; a
+"""Long-lived tasks survive faults (an exception escapes a long-lived task; a
 connection silently dropped): real publisher and agent, a real broker frozen with SIGSTOP, a
 real git object missing under the publisher's ref watcher.
 

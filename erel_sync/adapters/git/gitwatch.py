@@ -2,8 +2,8 @@
 
 Adapter. The publisher calls `RefWatcher.start(on_change)`: any file event under `refs/` or on
 `packed-refs` schedules `on_change` on the event loop (a push shows up as a move of
-`refs/heads/<b>.lock`, FACTS.md). Events only say "look again": the truth is always read back
-from git with `head()`. A slow poll in the publisher covers missed events.
+`refs/heads/<b>.lock`, which git renames into place). Events only say "look again": the truth
+is always read back from git with `head()`. A slow poll in the publisher covers missed events.
 """
 
 from __future__ import annotations
