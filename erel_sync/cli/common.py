@@ -95,7 +95,7 @@ TimeoutOpt = Annotated[
     float, typer.Option("--timeout", help="Seconds to wait for hosts to answer.")
 ]
 
-OPERATOR_URL = "amqp://guest:guest@127.0.0.1:5672/"  # when neither --amqp-url nor the env says
+OPERATOR_URL = brokerurl.DEFAULT_URL  # when neither --amqp-url nor the env says
 
 
 def broker_urls(urls: Sequence[str], vhost: str | None) -> list[str]:

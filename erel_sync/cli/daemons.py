@@ -29,6 +29,7 @@ from erel_sync.adapters.supervisor import TaskFailed
 from erel_sync.cli.common import Exit, VhostOpt, broker_urls, fail
 from erel_sync.core import conditions
 from erel_sync.core.snapshot import generate_key
+from erel_sync.model import brokerurl
 from erel_sync.model.paths import DEFAULT_PUBLISHER_STATE_DIR
 from erel_sync.model.problems import ConfigError
 from erel_sync.model.settings import (
@@ -40,7 +41,7 @@ from erel_sync.model.settings import (
 if TYPE_CHECKING:
     from erel_sync.publisher.daemon import Publisher
 
-DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_AMQP = brokerurl.DEFAULT_URL
 
 
 def setup_logging(level: str) -> None:

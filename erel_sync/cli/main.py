@@ -15,7 +15,6 @@ import asyncio
 import importlib
 import logging
 import os
-import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from collections.abc import Sequence
 import typer
 
 from erel_sync import __version__
+from erel_sync.model.brokerurl import mask
 
 # command -> (module, attribute, kind): kind "command" registers a function, "group" a sub-app.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -76,7 +76,6 @@ def build(only: Sequence[str] | None = None) -> typer.Typer:
 
 
 DEBUG_ENV = "EREL_DEBUG"
-_URL_PASSWORD = re.compile(r"(amqps?://[^:/@\s]*):[^@\s]*@")
 
 
 def describe(error: BaseException) -> tuple[str, int]:
@@ -107,7 +106,7 @@ def describe(error: BaseException) -> tuple[str, int]:
     else:
         prefix = "internal error: "  # a bug: say so, and how to see more
         text = f"{kind}: {text} ({DEBUG_ENV}=1 shows the traceback)"
-    line = _URL_PASSWORD.sub(r"\1:***@", prefix + (text or kind))
+    line = mask(prefix + (text or kind))
     return line[:500], 4
 
 

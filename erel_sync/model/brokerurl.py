@@ -19,10 +19,13 @@ The URLs handed to aio-pika always carry the vhost as their path, percent-encode
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 DEFAULT_VHOST = "/"
+# The broker a fresh machine's defaults point at: RabbitMQ's own default user on localhost.
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 SCHEMES = ("amqp", "amqps")
 
 
@@ -35,14 +38,15 @@ class BrokerUrlError(ValueError):
         self.reason = reason
 
 
-def mask(url: str) -> str:
-    """`url` with its password replaced by `***` (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, _, _ = parts.netloc.rpartition("@")[0].partition(":")
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+# `user:password@` after an amqp(s) scheme, up to the last `@` of the word: a password with an
+# unencoded `/` or `@` (a broken URL) is still masked whole.
+_PASSWORD = re.compile(r"(amqps?://[^:/@\s]*):\S*@")
+
+
+def mask(text: str) -> str:
+    """`text` (a broker URL, or a message that contains some) with every password replaced by
+    `***`, for messages and logs."""
+    return _PASSWORD.sub(r"\1:***@", text)
 
 
 def url_vhost(url: str) -> str | None:

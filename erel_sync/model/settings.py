@@ -40,7 +40,7 @@ class TrustedKey:
 class AgentSettings:
     host_id: str
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    broker_urls: tuple[str, ...] = ("amqp://guest:guest@127.0.0.1:5672/",)
+    broker_urls: tuple[str, ...] = (brokerurl.DEFAULT_URL,)
     vhost: str | None = None  # for URLs naming none; None: the URLs' own, else "/"
     broker_heartbeat: float = 10.0
     trusted_keys: tuple[TrustedKey, ...] = ()

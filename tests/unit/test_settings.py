@@ -228,3 +228,23 @@ def test_sizes(text: str | int, size: int, canonical: str) -> None:
 def test_sizes_refused(text: str | int) -> None:
     with pytest.raises(ValueError, match="not a size"):
         parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("amqp://u:secret@h:5672/v", "amqp://u:***@h:5672/v"),
+        ("amqps://u:secret@h/", "amqps://u:***@h/"),
+        ("amqp://h:5672/", "amqp://h:5672/"),  # no user, nothing to hide
+        ("amqp://u@h/", "amqp://u@h/"),  # a user without a password
+        # Broken URLs (unencoded `/` or `@` in the password) still lose the whole password.
+        ("amqp://u:pa/ss@h/", "amqp://u:***@h/"),
+        ("amqp://u:p@ss@h/", "amqp://u:***@h/"),
+        (
+            "tried amqp://a:x@h1/ and amqp://b:y@h2/: refused",
+            "tried amqp://a:***@h1/ and amqp://b:***@h2/: refused",
+        ),
+    ],
+)
+def test_mask_hides_every_password(text: str, masked: str) -> None:
+    assert brokerurl.mask(text) == masked
