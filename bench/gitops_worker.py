@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import aio_pika
+from stubdriver import StubDriver
 
 from erel_sync.adapters import eventloop
 from erel_sync.adapters.broker import topology as topo
@@ -74,6 +75,37 @@ async def agents(spec: dict[str, object]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def rollout(spec: dict[str, object]) -> None:
+    """Agents whose releases are stood in for by `StubDriver` (bench/rollout.py): every upgrade
+    takes `step_time`; prints `start|done|config <host> 0 <time>` as steps begin and end."""
+    stop = asyncio.Event()
+    work = Path(str(spec["work"]))
+    key = TrustedKey(str(spec["key_id"]), str(spec["public_key"]))
+    tasks = []
+    for host in list(spec["hosts"]):  # type: ignore[call-overload]
+        d = work / host
+
+        def on_step(what: str, _release: str, host: str = host) -> None:
+            report(f"{what} {host} 0 {time.time():.6f}\n")
+
+        driver = StubDriver({"hello": "0.1.0"}, float(str(spec["step_time"])), on_step)
+        settings = AgentSettings(
+            host_id=host,
+            broker_urls=(str(spec["url"]),),
+            trusted_keys=(key,),
+            state_dir=str(d / "state"),
+            releases_dir=str(d / "releases"),
+            cache_dir=str(d / "cache"),
+            reconcile_interval=300.0,
+            heartbeat_interval=30.0,
+        )
+        tasks.append(asyncio.create_task(Agent(settings, driver=driver).run(stop)))
+    print("ready - 0 0", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def observe(spec: dict[str, object]) -> None:
     """One plain consumer of the config stream: when each snapshot was published."""
     conn = await aio_pika.connect(str(spec["url"]))
@@ -118,4 +150,5 @@ if __name__ == "__main__":
     mode, spec = sys.argv[1], json.loads(sys.argv[2])
     # The agents' event loop is the one `erel-sync agent` runs on; the floor consumers use the
     # same, so the comparison stays like for like.
-    eventloop.run({"agents": agents, "floor": floor, "observe": observe}[mode](spec))
+    modes = {"agents": agents, "floor": floor, "observe": observe, "rollout": rollout}
+    eventloop.run(modes[mode](spec))

@@ -6,8 +6,9 @@ down: it reconciles from the snapshot on disk and keeps retrying the broker with
 
 The `Agent` wires its parts and owns their lives: `agent.intake` (snapshots in: verify, store,
 retry, join), `agent.reporter` (status.json, heartbeats, presence), `agent.link` (the broker
-session), `agent.control` (operator commands, the local socket), the reconciler, and a
-scheduler for periodic reconciles. Long-lived tasks run under `adapters.supervisor`: one that
+session), `agent.control` (operator commands, the local socket), `agent.rollout` (the newest
+rollout document: the reconciler's gate), the reconciler, and a scheduler for periodic
+reconciles. Long-lived tasks run under `adapters.supervisor`: one that
 ends is logged, counted and restarted, and a task crashing in a loop makes `run` raise
 TaskFailed (the CLI exits 4). `once` is `erel-sync agent --once`: one join, one tick, one report.
 """
@@ -29,6 +30,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from erel_sync.adapters import store
+from erel_sync.adapters.broker.errors import BrokerError
 from erel_sync.adapters.releases.driver import DriverSettings, ReleaseDriver
 from erel_sync.adapters.store import SlotFile
 from erel_sync.adapters.supervisor import Supervisor
@@ -37,13 +39,16 @@ from erel_sync.agent.intake import Intake
 from erel_sync.agent.link import Link
 from erel_sync.agent.reconciler import Driver, Reconciler
 from erel_sync.agent.reporter import Reporter, read_status
+from erel_sync.agent.rollout import RolloutFollower, failure_of, restore_report
 from erel_sync.core.matching import HostIdentity
 from erel_sync.core.releasestatus import statuses_from_json
+from erel_sync.core.rollout import HostReport
 from erel_sync.core.snapshot import Refusal, Snapshot
 from erel_sync.model.settings import AgentSettings
 
 log = logging.getLogger("erel_sync.agent")
 
+ROLLOUT_SEND = 2.0  # how long a rollout event may delay the step it announces
 STOP_GRACE = 60.0  # SIGTERM: how long a running tick may take to finish
 LEAVE_GRACE = 2.0  # SIGTERM: how long the broker session may take to publish `left`
 ONCE_JOIN = 5.0  # `--once`: how long the one broker join may take, connection included
@@ -88,15 +93,28 @@ class Agent:
             )
         )
         saved = read_status(self.state_dir)
+        self._trigger = asyncio.Event()
+        self.rollout = RolloutFollower(
+            settings.host_id,
+            self.trusted,
+            self.counters,
+            group=lambda: self.reconciler.status.group if self.reconciler.status else None,
+            reconcile_now=self._trigger,
+        )
         self.reconciler = Reconciler(
             host=HostIdentity(settings.host_id, settings.labels),
             driver=self.driver,
             memory=statuses_from_json(saved.get("memory")),
             holds=dict(saved.get("holds", {})),
+            rollout=self.rollout.current,
+            on_report=self._send_rollout,
         )
         self.reconciler.applied = saved.get("applied")
         self.reconciler.attempted = saved.get("attempted")
-        self._trigger = asyncio.Event()
+        # Where the host stood in its rollout (`at`, a failure) survives a restart.
+        report = restore_report(saved.get("report"), settings.host_id)
+        self.reconciler.rollout_report = report
+        self.reconciler.rollout_failure = failure_of(report)
         report_now = asyncio.Event()
         self.intake = Intake(
             settings.host_id,
@@ -128,6 +146,7 @@ class Agent:
             on_snapshot=self.on_snapshot,
             on_command=self.control.handle_remote,
             joined=self._joined,
+            on_rollout=self.rollout.on_rollout,
         )
 
     # --- the parts' state, as the CLI, tests and benchmarks read it
@@ -177,6 +196,16 @@ class Agent:
 
     def request_heartbeat(self) -> None:
         self.reporter.now.set()
+
+    async def _send_rollout(self, report: HostReport) -> None:
+        """Publish a new rollout report at once; a broker that fails or is slow delays no step
+        for long, and the heartbeats carry the report all the same."""
+        self.reporter.now.set()
+        try:
+            async with asyncio.timeout(ROLLOUT_SEND):
+                await self.link.send_rollout(report)
+        except (BrokerError, TimeoutError) as e:
+            log.warning("%s: rollout event not sent (%s)", self.s.host_id, e)
 
     def _joined(self) -> None:
         release_free_memory()

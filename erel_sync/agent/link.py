@@ -3,10 +3,12 @@ loss, and what the agent does on it.
 
 Called by `agent.daemon` (the `Agent` owns one `Link`; `loop` runs as a supervised task, `once`
 serves `erel-sync agent --once`). On each session: consume the config stream from `last` on a
-channel of its own (passively: only the publisher creates it), answer peers' state requests,
-take operator commands, join (`agent.intake`), announce presence; then hold the session until
-stop or until any part of it is lost. The agent starts and reconciles without a broker: the
-link retries with backoff meanwhile and reports `BrokerDisconnected` in heartbeats.
+channel of its own (passively: only the publisher creates it), follow the rollout stream
+(`erel.rollout`, from `last`, passively; while it is absent the session goes on without it and
+tries it again every ROLLOUT_RETRY seconds), answer peers' state requests, take operator
+commands, join (`agent.intake`), announce presence and this host's rollout report; then hold the
+session until stop or until any part of it is lost. The agent starts and reconciles without a
+broker: the link retries with backoff meanwhile and reports `BrokerDisconnected` in heartbeats.
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ from typing import Any
 from erel_sync.adapters.broker import topology as topo
 from erel_sync.adapters.broker.errors import BrokerError
 from erel_sync.adapters.broker.session import Session, keep_session
+from erel_sync.adapters.clock import utc_now
 from erel_sync.agent.intake import Intake, SnapshotHandler
 from erel_sync.agent.reporter import Reporter
+from erel_sync.core.rollout import HostReport
 from erel_sync.model.settings import AgentSettings
 
 log = logging.getLogger("erel_sync.agent")
 
 CommandHandler = Callable[[bytes], Coroutine[Any, Any, bytes | None]]
+
+ROLLOUT_RETRY = 5.0  # seconds between two tries of a rollout stream that is absent
 
 
 class Link:
@@ -43,6 +49,7 @@ class Link:
         on_snapshot: SnapshotHandler,
         on_command: CommandHandler,
         joined: Callable[[], None],
+        on_rollout: SnapshotHandler | None = None,
     ) -> None:
         self.s = settings
         self.instance = instance
@@ -52,9 +59,11 @@ class Link:
         self.on_snapshot = on_snapshot  # the agent's (a benchmark's subclass times it)
         self.on_command = on_command
         self.joined = joined  # after each join: reconcile and report at once
+        self.on_rollout = on_rollout  # deliveries of the rollout stream (None: not followed)
         self.connected = False
         self.commands: set[asyncio.Task[bytes | None]] = set()  # running remote commands
         self._session: Session | None = None
+        self._rollout_ok = False
 
     # --- a Sink for the reporter
     async def send_heartbeat(self, doc: Mapping[str, Any]) -> None:
@@ -63,13 +72,20 @@ class Link:
     async def send_presence(self, doc: Mapping[str, Any]) -> None:
         await self._send(topo.presence_key(self.s.host_id), doc)
 
-    async def _send(self, key: str, doc: Mapping[str, Any]) -> None:
+    async def send_rollout(self, report: HostReport) -> None:
+        """A rollout event, at once and confirmed (observers rebuild who changed when from
+        these); raises BrokerError. Not connected: dropped, the heartbeats carry the report
+        and the next session sends it again."""
+        doc = report.to_json(time=utc_now())
+        await self._send(topo.rollout_key(self.s.host_id), doc, confirm=True)
+
+    async def _send(self, key: str, doc: Mapping[str, Any], *, confirm: bool = False) -> None:
         session = self._session
         if session is None or not self.connected:
             return
-        # Periodic and superseded by the next one: no confirm round trip.
+        # Heartbeats are periodic and superseded by the next one: no confirm round trip.
         body = json.dumps(doc).encode()
-        await session.publish(topo.STATUS_EXCHANGE, key, body, confirm=False, mandatory=False)
+        await session.publish(topo.STATUS_EXCHANGE, key, body, confirm=confirm, mandatory=False)
 
     # --- sessions
     async def loop(self, stop: asyncio.Event) -> None:
@@ -99,10 +115,16 @@ class Link:
         the broker cancels when the stream is deleted), so `loop` rebuilds it."""
         async with await self._open(stop) as session:
             self._session = session
+            follow: asyncio.Task[None] | None = None
             try:
                 stream_ok = await self._join(session)
+                if self.on_rollout is not None and not self._rollout_ok:
+                    follow = asyncio.create_task(self._retry_rollout(session, stop))
                 with contextlib.suppress(BrokerError):
                     await self.reporter.announce(self)
+                    report = self.reporter.reconciler.rollout_report
+                    if report is not None:  # one made while disconnected was not sent
+                        await self.send_rollout(report)
                 # Without the stream (down on the broker) the agent still joined through peers;
                 # the session is rebuilt after a while to pick the stream up again.
                 await session.hold(stop, stream_ok=stream_ok)
@@ -111,6 +133,10 @@ class Link:
                     with contextlib.suppress(BrokerError):
                         await self.reporter.announce(self, "left")
             finally:
+                if follow is not None:
+                    follow.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await follow
                 self.connected = False
                 self._session = None
 
@@ -118,6 +144,7 @@ class Link:
         """Consume the stream, serve peers and commands (`serve`), join. True when the config
         stream is consumed."""
         stream_ok = await self._consume_stream(session)
+        self._rollout_ok = await self._consume_rollout(session)
         if serve:
             await session.serve_state_requests(
                 self.intake.stored_envelope,
@@ -138,6 +165,31 @@ class Link:
             self.counters["stream_unavailable"] += 1
             return False
         return True
+
+    async def _consume_rollout(self, session: Session) -> bool:
+        """Follow the rollout stream from `last` (its tail is the newest document). Lost once
+        followed, the session is rebuilt like for the config stream; absent (no publisher has
+        declared it yet), the session goes on without it: gated actions wait meanwhile."""
+        if self.on_rollout is None:
+            return True
+        try:
+            await session.consume_config(
+                self.on_rollout, offset="last", passive=True, stream=topo.ROLLOUT_QUEUE
+            )
+        except BrokerError as e:
+            if self.counters["rollout_stream_unavailable"] == 0:
+                log.warning("%s: rollout stream unavailable (%s)", self.s.host_id, e)
+            self.counters["rollout_stream_unavailable"] += 1
+            return False
+        return True
+
+    async def _retry_rollout(self, session: Session, stop: asyncio.Event) -> None:
+        """Try the absent rollout stream again every ROLLOUT_RETRY seconds, for this session."""
+        while not await self._consume_rollout(session):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ROLLOUT_RETRY):
+                    await stop.wait()
+                    return
 
     async def once(self, within: float) -> bool:
         """One connection round and one join, within `within` seconds (`agent --once`): the

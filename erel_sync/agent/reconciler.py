@@ -6,6 +6,13 @@ reconciles never overlap and no trigger is lost. Execution is serial per release
 release per tick) and parallel across releases. Transient driver failures back off; stalled ones
 mark the snapshot's seq failed for that release so it is not retried in a loop.
 
+Rollouts (`rollout`, a source of the newest rollout document; None: not gated): an action that
+disturbs a running release (`core.reconcile.GATED`) runs only under a grant for the seq held;
+otherwise the planner leaves it as a `WaitingForRollout` skip. The tick reports where the host
+stands (`rollout_report`, `agent.rollout.next_report`) and hands every change of it to
+`on_report` at once (the agent publishes it as a rollout event); a `changing` report goes out
+before the first disruptive step.
+
 Quiet by construction: a tick observes every release once, health included (one erl_call per
 running release), and a release it acts on is reported as the driver's step left it
 (`StepResult.observed`); only a release whose step failed is observed again.
@@ -15,18 +22,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
 from erel_sync.adapters.clock import utc_now
+from erel_sync.agent import rollout as gating
 from erel_sync.core import reasons
 from erel_sync.core.desired import HostReleaseSpec, host_releases
 from erel_sync.core.matching import GroupMatch, HostIdentity, match_group
 from erel_sync.core.observed import ObservedRelease, StepResult
-from erel_sync.core.reconcile import Action, ActionKind, config_digest, plan, retry_backoff
+from erel_sync.core.reconcile import (
+    GATED,
+    Action,
+    ActionKind,
+    Plan,
+    config_digest,
+    plan,
+    retry_backoff,
+)
 from erel_sync.core.releasestatus import ReleaseStatus
+from erel_sync.core.rollout import HostReport, HostState
 from erel_sync.core.snapshot import Snapshot
 from erel_sync.core.status import HostStatus, host_status
 from erel_sync.core.upgrade import RecoveryStep
@@ -58,7 +76,9 @@ class Driver(Protocol):
 class Reconciler:
     """`memory`: each release's recorded status (status.json `memory`), updated in place;
     `holds`: operator holds by release (status.json `holds`); `clock`: wall-clock seconds, for
-    the plan's `now` and the next attempt after a transient failure (tests pass a fake)."""
+    the plan's `now`, the next attempt after a transient failure and the reports' `at` (tests
+    pass a fake); `rollout`: the newest rollout document (None: no gating); `on_report`: called
+    with each new rollout report (errors are its own to handle)."""
 
     def __init__(
         self,
@@ -68,12 +88,18 @@ class Reconciler:
         memory: dict[str, ReleaseStatus],
         holds: dict[str, dict[str, Any]],
         clock: Callable[[], float] = time.time,
+        rollout: gating.RolloutSource | None = None,
+        on_report: Callable[[HostReport], Awaitable[None]] | None = None,
     ) -> None:
         self.host = host
         self.driver = driver
         self.memory = memory
         self.holds = holds
         self.clock = clock
+        self.rollout = rollout
+        self.on_report = on_report
+        self.rollout_report: HostReport | None = None  # where this host stands (heartbeats)
+        self.rollout_failure: HostReport | None = None  # the last gated action that failed
         self.snapshot: Snapshot | None = None
         self.applied: dict[str, Any] | None = None
         self.attempted: dict[str, Any] | None = None
@@ -157,40 +183,45 @@ class Reconciler:
         # this tick never planned for (`wait` would count the host as converged on it).
         snap = self.snapshot
         seq = snap.seq if snap else 0
+        revision = snap.revision if snap else ""
         match, desired, suspended = self.desired(snap)
+        g = gating.gate(self.rollout, match.group if match else None, self.host.host_id, seq)
         observed = await self._observe()
         if act and await self._recover(observed):
             observed = await self._observe()
+        if act:
+            self._forget_retried(g, seq)
         holds = frozenset(self.holds)
-        first = plan(
-            desired,
-            observed,
-            self.memory,
-            seq=seq,
-            now=self.clock(),
-            suspended=suspended,
-            holds=holds,
-        )
-        if first.actions and act:
+
+        def planned(now: float, may_disturb: bool = g.may_disturb) -> Plan:
+            return plan(
+                desired,
+                observed,  # as the tick's steps left it
+                self.memory,
+                seq=seq,
+                now=now,
+                suspended=suspended,
+                holds=holds,
+                may_disturb=may_disturb,
+            )
+
+        first = planned(self.clock())
+        actions = tuple(gating.first_install(a, g) for a in first.actions)
+        if actions and act:
             log.info(
                 "%s: tick (%s) seq %d: %s",
                 self.host.host_id,
                 why,
                 seq,
-                "; ".join(a.describe() for a in first.actions),
+                "; ".join(a.describe() for a in actions),
             )
             self.attempted = {"seq": seq, "revision": snap.revision if snap else None}
-            results = await asyncio.gather(*(self._execute(a, seq) for a in first.actions))
-            await self._update(observed, first.actions, results)
-        after = plan(
-            desired,
-            observed,
-            self.memory,
-            seq=seq,
-            now=self.clock(),
-            suspended=suspended,
-            holds=holds,
-        )
+            if g.enabled and any(a.kind in GATED for a in actions):
+                before, host, now = self.rollout_report, self.host.host_id, self.clock()
+                await self._report(gating.changing(before, g, seq, revision, host=host, now=now))
+            results = await asyncio.gather(*(self._execute(a, seq, g) for a in actions))
+            await self._update(observed, actions, results)
+        after = planned(self.clock())
         if snap is not None and self.attempted is None:
             self.attempted = {"seq": seq, "revision": snap.revision}
         status = host_status(
@@ -209,7 +240,41 @@ class Reconciler:
         if status.converged and snap is not None:
             self.applied = {"seq": seq, "revision": snap.revision}
             status = replace(status, applied=dict(self.applied))
-        self.status = status
+        report = gating.next_report(
+            self.rollout_report,
+            host=self.host.host_id,
+            g=g,
+            seq=seq,
+            revision=revision,
+            status=status,
+            # Gated work left, backoff or not: without a grant, the host waits for one.
+            waiting=not g.may_disturb and gating.waits(planned(math.inf, may_disturb=False)),
+            failure=self.rollout_failure,
+            now=self.clock(),
+        )
+        self.status = replace(status, rollout=report)
+        await self._report(report)
+
+    async def _report(self, report: HostReport | None) -> None:
+        """Keep the new report, and hand it on at once when it changed."""
+        if report == self.rollout_report:
+            return
+        self.rollout_report = report
+        if self.status is not None:
+            self.status = replace(self.status, rollout=report)
+        if report is not None and self.on_report is not None:
+            await self.on_report(report)
+
+    def _forget_retried(self, g: gating.Gate, seq: int) -> None:
+        """An operator's `rollout retry` for this seq: forget its failure, try again when
+        granted. A failure of an older seq is forgotten too: a newer seq is a new rollout."""
+        failure = self.rollout_failure
+        if failure is not None and (failure.seq != seq or gating.retried(failure, g, seq)):
+            self.rollout_failure = None
+        for name in gating.forget_retried(self.memory, g, seq):
+            log.info(
+                "%s: %s: rollout retried; failure of seq %d forgotten", self.host.host_id, name, seq
+            )
 
     async def _recover(self, observed: Mapping[str, ObservedRelease]) -> bool:
         """A step left `pending` by an agent that died mid-way is finished or undone first
@@ -243,11 +308,12 @@ class Reconciler:
             else:
                 observed.pop(obs.name, None)
 
-    async def _execute(self, action: Action, seq: int) -> StepResult | None:
+    async def _execute(self, action: Action, seq: int, g: gating.Gate) -> StepResult | None:
         """Run one action; its final step's result, or None when it failed."""
         name = action.release
         mem = self.memory.get(name, ReleaseStatus())
         want = action.desired
+        e: reasons.DriverError
         try:
             if action.kind is ActionKind.DELETE:
                 result = await self.driver.delete(name)
@@ -260,24 +326,41 @@ class Reconciler:
             elif action.kind is ActionKind.UPGRADE:
                 result = await self.driver.upgrade(want.spec, action.version, want.config)
             elif action.kind is ActionKind.RECONFIGURE:
-                await self.driver.reconfigure(want.spec, want.config)
-                result = await self.driver.start(name)
+                result = await self._reconfigure(action, mem)
             else:
                 result = await self.driver.start(name)
+            # Recorded only now: a vm.args change counts as applied once its restart is done.
             self.memory[name] = ReleaseStatus(applied_config=config_digest(want.config))
             log.debug("%s: %s: %s", self.host.host_id, action.describe(), result.did)
             return result
-        except reasons.DriverError as e:
-            log.warning("%s: %s failed: %s", self.host.host_id, action.describe(), e)
-            self.memory[name] = self._failed(mem, action, e, seq)
-        except Exception as e:  # a bug must not kill the loop; it is reported like a failure
+        except reasons.DriverError as error:
+            log.warning("%s: %s failed: %s", self.host.host_id, action.describe(), error)
+            e = error
+        except Exception as error:  # a bug must not kill the loop; it is reported like a failure
             log.exception("%s: %s crashed", self.host.host_id, action.describe())
-            err = reasons.TransientError("InternalError", f"{type(e).__name__}: {e}")
-            self.memory[name] = self._failed(mem, action, err, seq)
+            e = reasons.TransientError("InternalError", f"{type(error).__name__}: {error}")
+        mem = self.memory.get(name, mem)  # `_reconfigure` may have marked a restart pending
+        self.memory[name] = self._failed(mem, action, e, seq, g.retry)
+        if g.enabled and action.kind in GATED:
+            reason = f"{e.reason}: {e.message}"
+            failure = HostReport(self.host.host_id, g.group, seq, HostState.FAILED, reason)
+            self.rollout_failure = replace(failure, at=self.clock(), grant=g.grant)
         return None
 
+    async def _reconfigure(self, action: Action, mem: ReleaseStatus) -> StepResult:
+        """Render the new config and apply it live; a vm.args change is applied by a restart
+        of the release, within the same (gated) action. A restart that failed is tried again
+        as one, though the files are rendered by then."""
+        want = action.desired
+        assert want is not None
+        restart = await self.driver.reconfigure(want.spec, want.config) or mem.restart_pending
+        if not restart:
+            return await self.driver.start(action.release)
+        self.memory[action.release] = replace(mem, restart_pending=True)
+        return await self.driver.restart(action.release)
+
     def _failed(
-        self, mem: ReleaseStatus, action: Action, e: reasons.DriverError, seq: int
+        self, mem: ReleaseStatus, action: Action, e: reasons.DriverError, seq: int, retry: int = 0
     ) -> ReleaseStatus:
         applied = mem.applied_config
         if action.kind is ActionKind.INSTALL:
@@ -289,6 +372,7 @@ class Reconciler:
                 applied_config=applied,
                 failed_seq=seq,
                 failed_version=action.version,
+                failed_retry=retry,
                 last_error=message,
                 last_reason=e.reason,
             )

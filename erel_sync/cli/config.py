@@ -94,14 +94,17 @@ def plan(
     hosts: Annotated[
         Path | None,
         typer.Option(
-            "--hosts", help="Host inventory (YAML: hosts: [{id, labels}]) for a per-host plan."
+            "--hosts",
+            help="Host inventory (YAML: hosts: [{id, labels}]) for a per-host plan and each "
+            "group's rollout waves.",
         ),
     ] = None,
     output: Annotated[
         PlanFormat, typer.Option("-o", "--output", help="Output format.")
     ] = PlanFormat.text,
 ) -> None:
-    """Show what HEAD changes against BASE, per group and (with --hosts) per host.
+    """Show what HEAD changes against BASE, per group and (with --hosts) per host, with the
+    rollout waves of each changed group (canaries, then batches of max_unavailable, by host id).
 
     Exit 0 no change, 1 changes, 2 head invalid (errors listed). Offline: reads git only.
 

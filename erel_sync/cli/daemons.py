@@ -13,6 +13,7 @@ its host's state; the publisher takes the current head and publishes it once.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import signal
@@ -116,6 +117,17 @@ def publisher(
     vhost: VhostOpt = None,
     republish: Annotated[float, typer.Option(help="Republish interval, seconds.")] = 60.0,
     poll: Annotated[float, typer.Option(help="Fallback poll of the branch, seconds.")] = 5.0,
+    operator_key: Annotated[
+        list[str] | None,
+        typer.Option("--operator-key", help="ID=BASE64 operator key for `rollout promote|retry`."),
+    ] = None,
+    rollout_warmup: Annotated[
+        float,
+        typer.Option(
+            help="Seconds the rollout controller listens after connecting before it decides "
+            "(at least the agents' heartbeat interval)."
+        ),
+    ] = 8.0,
     once: Annotated[
         bool, typer.Option("--once", help="Take the current head, publish it once, exit.")
     ] = False,
@@ -128,8 +140,13 @@ def publisher(
     problems are logged; the rejection is announced if the broker is reachable), 4 broker
     unreachable or another runtime error.
 
+    The publisher also runs the rollout controller: it grants each group's hosts their
+    turn (rollout policy of the group) and takes `erel-sync rollout promote|retry`, signed by
+    an --operator-key.
+
     Example: erel-sync publisher --repo /srv/config.git --key /etc/erel-sync/publisher.key
       --amqp-url amqps://erel-publisher@broker.example:5671 --vhost erel
+      --operator-key ops-alice=BASE64PUB
     """
     from erel_sync.publisher.daemon import Publisher, PublisherSettings  # noqa: PLC0415
 
@@ -137,6 +154,7 @@ def publisher(
     urls = tuple(broker_urls(amqp_url or [DEFAULT_AMQP], vhost))
     if not key.is_file():
         fail(f"{key}: no such key file (make one with `erel-sync keygen`)", Exit.INVALID)
+    operators = operator_keys(operator_key or [])
     settings = PublisherSettings(
         repo=repo,
         key_file=key,
@@ -147,6 +165,8 @@ def publisher(
         republish_interval=republish,
         poll_interval=poll,
         broker_user=URL(urls[0]).user,
+        operator_keys=operators,
+        rollout_warmup=rollout_warmup,
     )
     try:
         pub = Publisher(settings)
@@ -155,6 +175,21 @@ def publisher(
     if once:
         raise typer.Exit(publish_once(pub))
     run_daemon(pub.run)
+
+
+def operator_keys(values: list[str]) -> tuple[TrustedKey, ...]:
+    """`--operator-key ID=BASE64` values; a malformed one exits 2 naming it."""
+    out = []
+    for value in values:
+        key_id, sep, public = value.partition("=")
+        try:
+            raw = base64.b64decode(public, validate=True)
+        except ValueError:
+            raw = b""
+        if not (sep and key_id and len(raw) == 32):
+            fail(f"--operator-key {value[:60]!r}: expected ID=BASE64PUB (Ed25519)", Exit.INVALID)
+        out.append(TrustedKey(key_id, public))
+    return tuple(out)
 
 
 REJECTED = ("Rewind", "Unreadable", "Invalid", "NoBranch")  # `process_head` outcomes: exit 1

@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "delete": ("steer", "delete", "command"),
     "broker": ("broker", "app", "group"),
     "release": ("release", "app", "group"),
+    "rollout": ("rollout", "app", "group"),
 }
 
 

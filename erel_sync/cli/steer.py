@@ -78,6 +78,23 @@ def _command(
         fail("give at most one of --host, --group, --all", Exit.INVALID)
     if not (host or group or all_hosts):
         raise typer.Exit(_local(command, release, sock or Path(DEFAULT_CONTROL_SOCKET), output))
+    cmd, life = signed_command(command, release, control.target_for(host, group), key, key_id, ttl)
+    urls = urls_of(amqp_url, vhost)
+    code = run(_remote(cmd, life, host, group, timeout, output, urls), urls)
+    raise typer.Exit(code)
+
+
+def signed_command(
+    command: str,
+    release: str | None,
+    target: str,
+    key: Path | None,
+    key_id: str | None,
+    ttl: str,
+) -> tuple[control.Command, float]:
+    """A remote command signed with the operator's key (`--key`, `--key-id`: the key file's
+    stem by default), and its life in seconds; a missing or bad key or TTL exits 2. Also used
+    by `cli.rollout`."""
     if key is None:
         fail("remote commands are signed: give --key (or EREL_OPERATOR_KEY)", Exit.INVALID)
     from erel_sync.core.snapshot import load_private_key  # noqa: PLC0415
@@ -86,7 +103,6 @@ def _command(
         private = load_private_key(key.read_bytes())
     except (OSError, ValueError) as e:
         fail(f"{key}: {e}", Exit.INVALID)
-    target = control.target_for(host, group)
     life = seconds(ttl, "--ttl")
     try:
         cmd = control.new_command(
@@ -100,9 +116,7 @@ def _command(
         )
     except ValueError as e:
         fail(str(e), Exit.INVALID)
-    urls = urls_of(amqp_url, vhost)
-    code = run(_remote(cmd, life, host, group, timeout, output, urls), urls)
-    raise typer.Exit(code)
+    return cmd, life
 
 
 async def _remote(

@@ -1,6 +1,7 @@
 """Render a RevisionPlan as text (terminal), JSON (tools) or Markdown (a pull-request comment).
 
-Pure: returns strings. Called by `erel-sync plan`.
+Pure: returns strings. Called by `erel-sync plan`. With an inventory, each changed group's
+rollout waves are shown: canaries, then batches of max_unavailable, in host-id order.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import json
 from typing import Any
 
 from erel_sync.core.matching import GroupMatch
-from erel_sync.core.revdiff import Change, HostPlan, RevisionPlan
+from erel_sync.core.revdiff import Change, GroupWaves, HostPlan, RevisionPlan
 from erel_sync.model.problems import Problem
 
 
@@ -35,6 +36,21 @@ def _host_line(h: HostPlan) -> str:
     return f"{h.host_id}: {_group_cell(h)}"
 
 
+def waves_text(w: GroupWaves) -> str:
+    """`canary [web-1]; wave 1 [web-2, web-3]; wave 2 [web-4]`."""
+    parts = [f"canary [{', '.join(w.canaries)}]"] if w.canaries else []
+    if w.pause_after_canary:
+        parts.append("pause until `rollout promote`")
+    parts += [f"wave {i} [{', '.join(b)}]" for i, b in enumerate(w.batches, 1)]
+    return "; ".join(parts) + f" (max_unavailable {w.max_unavailable})"
+
+
+def _rolling(plan: RevisionPlan) -> dict[str, GroupWaves]:
+    """The groups whose hosts have something to change: those are rolled out."""
+    touched = {h.after.group for h in plan.hosts if h.changes}
+    return {g: w for g, w in plan.waves.items() if g in touched}
+
+
 def _short(rev: str) -> str:
     return rev[:12] if rev else "(none)"
 
@@ -55,6 +71,9 @@ def render_text(plan: RevisionPlan) -> str:
         for h in touched:
             lines.append(f"  {_host_line(h)}")
             lines += [f"    {c.describe()}" for c in h.changes]
+    if rolling := _rolling(plan):
+        lines.append("rollout:")
+        lines += [f"  {g}: {waves_text(w)}" for g, w in rolling.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -91,6 +110,18 @@ def plan_to_json(plan: RevisionPlan) -> dict[str, Any]:
         ]
         if plan.inventory_given
         else None,
+        "rollout": {
+            g: {
+                "canaries": list(w.canaries),
+                "waves": [list(b) for b in w.batches],
+                "max_unavailable": w.max_unavailable,
+                "pause_after_canary": w.pause_after_canary,
+                "changes": g in _rolling(plan),
+            }
+            for g, w in plan.waves.items()
+        }
+        if plan.inventory_given
+        else None,
     }
 
 
@@ -123,6 +154,9 @@ def render_markdown(plan: RevisionPlan) -> str:
             cells = "<br>".join(_md(c.describe()) for c in h.changes) or "—"
             out.append(f"| `{h.host_id}` | {group} | {cells} |")
         out += ["", "</details>"]
+    if rolling := _rolling(plan):
+        out += ["", "| group | rollout waves |", "|---|---|"]
+        out += [f"| `{g}` | {_md(waves_text(w))} |" for g, w in rolling.items()]
     return "\n".join(out) + "\n"
 
 

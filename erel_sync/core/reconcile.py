@@ -35,6 +35,13 @@ class SkipReason(StrEnum):
     FAILED_REVISION = "FailedRevision"
     BACKOFF = "Backoff"
     NOT_MANAGED = "NotManaged"
+    ROLLOUT = "WaitingForRollout"  # a disruptive action waits for a rollout grant
+
+
+# Actions that make a running release unavailable for a while: they wait for a place in the
+# group's rollout (`core.rollout`). A first Install disturbs nothing that runs, and Start heals
+# a release that is down already, so neither waits.
+GATED = frozenset({ActionKind.UPGRADE, ActionKind.RECONFIGURE, ActionKind.DELETE})
 
 
 @dataclass(frozen=True)
@@ -83,10 +90,12 @@ def plan(
     now: float,
     suspended: bool = False,
     holds: frozenset[str] = frozenset(),
+    may_disturb: bool = True,
 ) -> Plan:
     """`desired` is None while the host has no group: then nothing is touched. Of `observed`
     (observed right before planning), only `installed`, `managed`, `running` and `version`
-    count."""
+    count. `may_disturb`: whether this host holds a rollout grant for `seq`; without one, the
+    actions in `GATED` become `WaitingForRollout` skips."""
     names = sorted(set(desired or {}) | {n for n, o in observed.items() if o.managed})
     if desired is None:
         return Plan((), tuple(Skip(n, SkipReason.UNASSIGNED) for n in names))
@@ -102,7 +111,8 @@ def plan(
             skipped.append(Skip(name, SkipReason.HELD))
             continue
         if want is None:
-            actions.append(Action(ActionKind.DELETE, name, from_version=obs.version))
+            delete = Action(ActionKind.DELETE, name, from_version=obs.version)
+            _gate(delete, may_disturb, actions, skipped)
             continue
         target = want.version.version
         if obs.installed and not obs.managed:
@@ -127,5 +137,12 @@ def plan(
             detail = f"{action.describe()} in {wait:.0f}s ({mem.last_reason or 'retry'})"
             skipped.append(Skip(name, SkipReason.BACKOFF, detail))
         else:
-            actions.append(action)
+            _gate(action, may_disturb, actions, skipped)
     return Plan(tuple(actions), tuple(skipped))
+
+
+def _gate(action: Action, may_disturb: bool, actions: list[Action], skipped: list[Skip]) -> None:
+    if may_disturb or action.kind not in GATED:
+        actions.append(action)
+    else:
+        skipped.append(Skip(action.release, SkipReason.ROLLOUT, "WaitingForRollout"))

@@ -5,7 +5,9 @@ each step (the config it rendered, consecutive transient failures and when to tr
 snapshot seq whose change stalled, the last error); the planner (`core.reconcile.plan`) reads
 it to skip a failed revision or wait out a backoff, and the host status (`core.status`) shows
 its reason and error. The reporter keeps it in `state_dir/status.json` under `memory`, fsynced,
-so a restart neither retries a stalled change nor forgets a backoff.
+so a restart neither retries a stalled change nor forgets a backoff. `restart_pending` records
+a vm.args change rendered but not yet applied by a restart (the next attempt restarts even
+though the files are already rendered).
 """
 
 from __future__ import annotations
@@ -22,10 +24,20 @@ class ReleaseStatus:
     applied_config: str | None = None  # config_digest of the config last rendered
     failed_seq: int | None = None  # the snapshot seq whose change stalled here (not retried)
     failed_version: str | None = None
+    # The group rollout's `retry` count when the change stalled: an operator's `rollout retry`
+    # (a higher count in the rollout document) forgets the failure.
+    failed_retry: int = 0
     failures: int = 0  # consecutive transient failures (start, download, ...)
     next_attempt_at: float = 0.0  # wall-clock seconds; compared with the `now` passed in
     last_error: str = ""
     last_reason: str = ""
+    restart_pending: bool = False  # vm.args rendered, the restart that applies them not done
+
+    def forget_failure(self) -> ReleaseStatus:
+        """The same config applied, no failure and no backoff (after `rollout retry`)."""
+        return ReleaseStatus(
+            applied_config=self.applied_config, restart_pending=self.restart_pending
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -3,7 +3,8 @@
 Pure. Compares the per-host desired releases of each group (`core.desired.host_releases`:
 version, artifact, merged config, upgrade and health policy) so a change to a Release shows up
 in every group that uses it, and, given a host inventory, resolves each host's group before and
-after to show hosts that move or become unassigned. Rendering lives in `core.plan_render`.
+after to show hosts that move or become unassigned, and the waves each group's rollout takes
+over those hosts (`core.rollout.waves`). Rendering lives in `core.plan_render`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from enum import StrEnum
 
 from erel_sync.core.desired import HostReleaseSpec, host_releases
 from erel_sync.core.matching import GroupMatch, HostIdentity, match_group
-from erel_sync.model.names import compare_versions
-from erel_sync.model.specs import DesiredState, ReleaseConfig, thaw
+from erel_sync.core.rollout import resolve_count, waves
+from erel_sync.model.names import compare_versions, format_duration
+from erel_sync.model.specs import DesiredState, ReleaseConfig, RolloutSpec, thaw
 
 
 class ChangeKind(StrEnum):
@@ -53,6 +55,8 @@ class Change:
             return f"~ {r} {self.before} -> {self.after} ({k.value.lower()}{self.detail})"
         if k in (ChangeKind.GROUP_ADDED, ChangeKind.GROUP_REMOVED):
             return f"{'+' if k is ChangeKind.GROUP_ADDED else '-'} group {self.detail}".rstrip()
+        if k is ChangeKind.ROLLOUT_CHANGED:
+            return f"~ rollout {self.detail}: {self.before} -> {self.after}"
         subject = f"{r}: " if r else ""
         before_after = (
             f"{self.before} -> {self.after}" if self.before is not None or self.after else ""
@@ -88,6 +92,9 @@ def _diff_one(name: str, b: HostReleaseSpec, a: HostReleaseSpec) -> list[Change]
         a.config.vm_args
     ):
         keys = _changed_config_keys(b.config, a.config)
+        if dict(b.config.vm_args) != dict(a.config.vm_args):
+            # Emulator flags are read at boot: the node runs the old ones until it restarts.
+            keys += ": needs a restart"
         out.append(Change(ChangeKind.CONFIG_CHANGED, name, None, None, keys))
     policy = []
     if b.upgrade != a.upgrade:
@@ -126,16 +133,9 @@ def diff_group(base: DesiredState | None, head: DesiredState, name: str) -> list
     if bg.hosts != hg.hosts or bg.selector != hg.selector:
         changes.append(Change(ChangeKind.MEMBERSHIP_CHANGED, detail="(hosts or selector)"))
     changes += diff_releases(host_releases(base, bg), host_releases(head, hg))
-    if bg.rollout != hg.rollout:
-        changes.append(
-            Change(
-                ChangeKind.ROLLOUT_CHANGED,
-                None,
-                str(bg.rollout.max_unavailable),
-                str(hg.rollout.max_unavailable),
-                "max_unavailable",
-            )
-        )
+    for field_name, before, after in _rollout_fields(bg.rollout, hg.rollout):
+        if before != after:
+            changes.append(Change(ChangeKind.ROLLOUT_CHANGED, None, before, after, field_name))
     if bg.suspend != hg.suspend:
         what = "suspended: hosts are left as they are" if hg.suspend else "resumed"
         changes.append(
@@ -146,6 +146,44 @@ def diff_group(base: DesiredState | None, head: DesiredState, name: str) -> list
             Change(ChangeKind.ALLOW_EMPTY_CHANGED, None, str(bg.allow_empty), str(hg.allow_empty))
         )
     return changes
+
+
+def _rollout_fields(b: RolloutSpec, a: RolloutSpec) -> list[tuple[str, str, str]]:
+    def text(v: object) -> str:
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    return [
+        ("max_unavailable", text(b.max_unavailable), text(a.max_unavailable)),
+        ("canary", text(b.canary), text(a.canary)),
+        ("pause_after_canary", text(b.pause_after_canary), text(a.pause_after_canary)),
+        (
+            "progress_deadline",
+            format_duration(b.progress_deadline),
+            format_duration(a.progress_deadline),
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class GroupWaves:
+    """The order a group's rollout takes over the inventory's hosts (when all have work)."""
+
+    canaries: tuple[str, ...]
+    batches: tuple[tuple[str, ...], ...]  # after the canaries, max_unavailable at a time
+    max_unavailable: int
+    pause_after_canary: bool
+
+
+def group_waves(hosts: Sequence[str], policy: RolloutSpec) -> GroupWaves:
+    all_waves = waves(hosts, policy)
+    has_canaries = resolve_count(policy.canary, len(set(hosts)), round_up=True) > 0
+    canaries = all_waves[0] if has_canaries and all_waves else ()
+    return GroupWaves(
+        canaries,
+        tuple(all_waves[1:] if has_canaries else all_waves),
+        resolve_count(policy.max_unavailable, len(set(hosts)), round_up=False),
+        policy.pause_after_canary and bool(canaries),
+    )
 
 
 @dataclass(frozen=True)
@@ -168,6 +206,8 @@ class RevisionPlan:
     groups: Mapping[str, tuple[Change, ...]]
     hosts: tuple[HostPlan, ...] = field(default=())
     inventory_given: bool = False
+    # Per group of head with members in the inventory (suspended groups roll nothing out).
+    waves: Mapping[str, GroupWaves] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -194,6 +234,15 @@ def plan_revisions(
         changes = diff_releases(b_rel, a_rel) if after.group else []
         suspended = bool(after.group and head.groups[after.group].suspend)
         host_plans.append(HostPlan(host.host_id, before, after, tuple(changes), suspended))
+    members: dict[str, list[str]] = {}
+    for h in host_plans:
+        if h.after.group is not None and not h.suspended:
+            members.setdefault(h.after.group, []).append(h.host_id)
     return RevisionPlan(
-        base_revision, head_revision, groups, tuple(host_plans), inventory_given=hosts is not None
+        base_revision,
+        head_revision,
+        groups,
+        tuple(host_plans),
+        inventory_given=hosts is not None,
+        waves={g: group_waves(m, head.groups[g].rollout) for g, m in sorted(members.items())},
     )

@@ -20,6 +20,7 @@ from erel_sync.core.matching import GroupMatch, HostIdentity
 from erel_sync.core.observed import ObservedRelease
 from erel_sync.core.reconcile import Plan, SkipReason
 from erel_sync.core.releasestatus import ReleaseStatus
+from erel_sync.core.rollout import HostReport
 from erel_sync.core.snapshot import Refusal, Snapshot
 
 STATUS_FORMAT = 1
@@ -32,10 +33,15 @@ def release_state(
     *,
     skipped: Mapping[str, SkipReason],
     healthy: bool | None,
+    pending: frozenset[str] = frozenset(),
 ) -> str:
-    """One word per release: Ready, Progressing, Failed, Held, Suspended, Stopped, Orphaned …"""
+    """One word per release: Ready, Progressing, Waiting, Failed, Held, Suspended, Stopped,
+    Orphaned … `pending`: releases with an action left after the tick (a new config not yet
+    applied runs the old one: not Ready)."""
     if name in skipped and skipped[name] in (SkipReason.HELD, SkipReason.SUSPENDED):
         return skipped[name].value
+    if name in skipped and skipped[name] is SkipReason.ROLLOUT:
+        return "Waiting"
     if name in skipped and skipped[name] is SkipReason.FAILED_REVISION:
         return "Failed"
     if want is None:
@@ -44,8 +50,10 @@ def release_state(
         return "Backoff" if name in skipped else "Pending"
     if not obs.running:
         return "Backoff" if name in skipped else "Stopped"
-    if obs.version != want.version.version:
+    if obs.version != want.version.version or name in pending:
         return "Progressing"
+    if name in skipped and skipped[name] is SkipReason.BACKOFF:
+        return "Backoff"  # a config change that failed, retried later
     if healthy is False:
         return "Degraded"
     return "Ready"
@@ -60,7 +68,8 @@ def converged(
     if desired is None:
         return False
     if plan_after.actions or any(
-        s.reason in (SkipReason.FAILED_REVISION, SkipReason.BACKOFF) for s in plan_after.skipped
+        s.reason in (SkipReason.FAILED_REVISION, SkipReason.BACKOFF, SkipReason.ROLLOUT)
+        for s in plan_after.skipped
     ):
         return False
     return all(
@@ -117,6 +126,9 @@ class HostStatus:
     converged: bool
     releases: tuple[ReleaseReport, ...]
     time: str  # when it was built (the end of a tick)
+    # Where this host stands in its group's rollout (set by the agent's reconciler after the
+    # tick; None when it reports none: no group, or rollouts not gated here).
+    rollout: HostReport | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -133,7 +145,22 @@ class HostStatus:
             "converged": self.converged,
             "releases": [r.to_json() for r in self.releases],
             "time": self.time,
+            "rollout": _rollout_json(self.rollout),
         }
+
+
+def _rollout_json(report: HostReport | None) -> dict[str, Any] | None:
+    """The heartbeat's `rollout` key: the rollout event's fields that say where this host stands
+    (the rest, host and group, are the heartbeat's own)."""
+    if report is None:
+        return None
+    return {
+        "seq": report.seq,
+        "state": report.state.value,
+        "reason": report.reason,
+        "at": report.at,
+        "grant": report.grant,
+    }
 
 
 def _copy(doc: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -157,6 +184,7 @@ def host_status(
     """The host's status after a tick. `observed`: this tick's observations (health
     included); `plan_after`: planning again after the tick's steps, what is left to do."""
     skipped = {s.release: s.reason for s in plan_after.skipped}
+    pending = frozenset(a.release for a in plan_after.actions)
     health = _health(observed)
     releases = []
     for n in sorted(set(desired or {}) | set(observed) | set(holds)):
@@ -172,7 +200,9 @@ def host_status(
                 managed=bool(obs and obs.managed),
                 running=bool(obs and obs.running),
                 healthy=health.get(n),
-                state=release_state(n, want, obs, skipped=skipped, healthy=health.get(n)),
+                state=release_state(
+                    n, want, obs, skipped=skipped, healthy=health.get(n), pending=pending
+                ),
                 hold=dict(holds[n]) if n in holds else None,
                 reason=status.last_reason or (skipped[n].value if n in skipped else ""),
                 last_error=status.last_error,

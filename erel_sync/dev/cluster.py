@@ -219,6 +219,9 @@ spec:
                 "--state-dir", str(self.work / "publisher"),
                 "--amqp-url", self.url,
                 "--poll", "2",
+                # The demo's operator may `rollout promote|retry` (hints, e2e).
+                "--operator-key",
+                f"{self.operator_key_id}={self.public_key(self.operator_key_id)}",
             ],
         )  # fmt: skip
 

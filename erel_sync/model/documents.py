@@ -60,7 +60,11 @@ class Feature:
 
 # Append a Feature with every optional field (or value) added after BASELINE_VERSION; give the
 # version that ships it (a test checks none is newer than this code's own version).
-FEATURES: tuple[Feature, ...] = ()
+FEATURES: tuple[Feature, ...] = (
+    Feature("Group", ("spec", "rollout", "canary"), "0.2.0"),
+    Feature("Group", ("spec", "rollout", "pause_after_canary"), "0.2.0"),
+    Feature("Group", ("spec", "rollout", "progress_deadline"), "0.2.0"),
+)
 
 
 def required_version(
@@ -198,9 +202,7 @@ def group_from_document(doc: Mapping[str, Any]) -> GroupSpec:
             )
             for r in spec["releases"]
         ),
-        rollout=RolloutSpec(
-            max_unavailable=spec.get("rollout", {}).get("max_unavailable", 1),
-        ),
+        rollout=_rollout(spec.get("rollout", {})),
         suspend=bool(spec.get("suspend", False)),
         allow_empty=bool(spec.get("allow_empty", False)),
     )
@@ -217,8 +219,8 @@ def group_to_document(spec: GroupSpec) -> dict[str, Any]:
             for r in spec.releases
         ],
     }
-    if spec.rollout != RolloutSpec():
-        body["rollout"] = {"max_unavailable": spec.rollout.max_unavailable}
+    if rollout := _rollout_doc(spec.rollout):
+        body["rollout"] = rollout
     if spec.suspend:
         body["suspend"] = True
     if spec.allow_empty:
@@ -239,6 +241,33 @@ def group_to_document(spec: GroupSpec) -> dict[str, Any]:
         "metadata": {"name": spec.name},
         "spec": body,
     }
+
+
+def _rollout(raw: Mapping[str, Any]) -> RolloutSpec:
+    defaults = RolloutSpec()
+    return RolloutSpec(
+        max_unavailable=raw.get("max_unavailable", defaults.max_unavailable),
+        canary=raw.get("canary", defaults.canary),
+        pause_after_canary=bool(raw.get("pause_after_canary", defaults.pause_after_canary)),
+        progress_deadline=_dur(raw.get("progress_deadline"), defaults.progress_deadline),
+    )
+
+
+def _rollout_doc(spec: RolloutSpec) -> dict[str, Any]:
+    """Sparse: a field at its default is left out, so a body that keeps the new ones at their
+    defaults stays readable by agents older than 0.2.0."""
+    defaults = RolloutSpec()
+    deadline, default_deadline = _durs(spec.progress_deadline, defaults.progress_deadline)
+    doc: dict[str, Any] = {}
+    if spec.max_unavailable != defaults.max_unavailable:
+        doc["max_unavailable"] = spec.max_unavailable
+    if spec.canary != defaults.canary:
+        doc["canary"] = spec.canary
+    if spec.pause_after_canary:
+        doc["pause_after_canary"] = True
+    if deadline != default_deadline:
+        doc["progress_deadline"] = deadline
+    return doc
 
 
 def _dur(text: str | None, default: float) -> float:

@@ -128,3 +128,5 @@ def _check_group(
     mu = group.rollout.max_unavailable
     if isinstance(mu, str) and mu.rstrip("%") == "0":
         report("Group", g, ("spec", "rollout", "max_unavailable"), "0% would never roll out")
+    if group.rollout.progress_deadline <= 0:
+        report("Group", g, ("spec", "rollout", "progress_deadline"), "0s fails every host at once")

@@ -130,7 +130,12 @@ class GroupRelease:
 
 @dataclass(frozen=True)
 class RolloutSpec:
-    max_unavailable: int | str = 1  # a count, or a percentage such as "25%"
+    """How a group's hosts take a change (`core.rollout` enforces it; docs/configuration.md)."""
+
+    max_unavailable: int | str = 1  # a count, or a percentage such as "25%" (floor, at least 1)
+    canary: int | str = 0  # the first N hosts by host id take a change alone ("10%": ceil)
+    pause_after_canary: bool = False  # true: the rest waits for `erel-sync rollout promote`
+    progress_deadline: float = 600.0  # seconds a granted host may take before it counts failed
 
 
 @dataclass(frozen=True)

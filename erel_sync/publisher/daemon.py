@@ -10,6 +10,8 @@ signed, stored, and published with confirms until the broker confirms it, announ
 `erel.revisions` stream, where `erel-sync wait` finds them. The current snapshot is
 republished at start and on a slow timer (heals a wiped broker) and answers `state.request`.
 The broker side is one `adapters.broker.session.Session` at a time; `once` serves `--once`.
+Beside the snapshots runs the rollout controller (`publisher.rollout`), which the daemon feeds
+with each snapshot it takes and attaches to each session.
 """
 
 from __future__ import annotations
@@ -19,14 +21,12 @@ import contextlib
 import functools
 import json
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from erel_sync.adapters import store
 from erel_sync.adapters.backoff import Backoff
 from erel_sync.adapters.broker import topology as topo
-from erel_sync.adapters.broker.errors import BrokerError, NotFound
+from erel_sync.adapters.broker.errors import BrokerError
 from erel_sync.adapters.broker.session import Session, keep_session
 from erel_sync.adapters.clock import utc_now
 from erel_sync.adapters.git.configsource import SourceError, open_repo, read_revision
@@ -42,36 +42,18 @@ from erel_sync.core.snapshot import (
     verify_envelope,
 )
 from erel_sync.model.problems import Problem
+from erel_sync.model.specs import DesiredState
 from erel_sync.publisher.events import EVENT_KEYS, published_event, rejected_event
+from erel_sync.publisher.rollout import RolloutController
+from erel_sync.publisher.settings import Counters, PublisherSettings
+from erel_sync.publisher.streams import ensure_topology, stream_tail
+
+__all__ = ["Counters", "Publisher", "PublisherSettings"]
 
 log = logging.getLogger("erel_sync.publisher")
 
 ONCE_CONNECT = 5.0  # `--once`: how long connecting to the broker may take
 PUBLISH_RETRY = (0.05, 5.0)  # backoff of a failed publish: first and longest delay
-
-
-@dataclass(frozen=True)
-class PublisherSettings:
-    repo: Path
-    key_file: Path
-    key_id: str
-    state_dir: Path
-    amqp_urls: tuple[str, ...]
-    branch: str = "main"
-    republish_interval: float = 60.0
-    poll_interval: float = 5.0
-    debounce: float = 0.002
-    broker_user: str | None = None  # sets AMQP user_id, which the broker validates
-    broker_heartbeat: float = 10.0  # AMQP heartbeat: a silent broker is declared dead in ~3x
-
-
-@dataclass
-class Counters:
-    published: int = 0
-    rejected: int = 0
-    publish_failures: int = 0
-    answered_requests: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class Publisher:
@@ -87,6 +69,21 @@ class Publisher:
         self.revision: str | None = state.get("revision")
         self.rejected: str | None = state.get("rejected")
         self.envelope: bytes | None = store.read_bytes(self.envelope_file)
+        self.state: DesiredState | None = None  # of the envelope, once known
+        if self.envelope is not None:
+            with contextlib.suppress(SnapshotRejected):
+                self.state = verify_envelope(self.envelope, self.trusted).state
+        self.rollout = RolloutController(
+            state_dir=settings.state_dir,
+            key=self.key,
+            key_id=settings.key_id,
+            trusted=self.trusted,
+            operator_keys={k.key_id: k.public_key for k in settings.operator_keys},
+            warmup=settings.rollout_warmup,
+            counters=self.counters.extra,
+            broker_user=settings.broker_user,
+        )
+        self._retarget()
         self._kick = asyncio.Event()
         self._publish_needed = asyncio.Event()
         self._published = asyncio.Condition()
@@ -150,6 +147,7 @@ class Publisher:
         store.write_atomic(self.envelope_file, envelope)
         previous = self.revision
         self.revision, self.rejected, self.envelope = head, None, envelope
+        self.state = result.state
         self._persist()
         log.info("revision %s valid: snapshot seq %d", head[:12], self.seq)
         self._pending_events.append(published_event(self._repo, self.seq, head, previous))
@@ -176,28 +174,30 @@ class Publisher:
         self._publish_needed.set()
 
     # --- broker side
+    def _retarget(self) -> None:
+        """The rollout controller follows the snapshot taken last (on the event loop)."""
+        if self.envelope is not None and self.revision and self.state is not None:
+            self.rollout.set_target(self.seq, self.revision, self.state)
+
+    async def _take_head(self) -> str:
+        # Validation of a big revision takes a few hundred ms: keep the loop responsive.
+        outcome = await asyncio.to_thread(self.process_head)
+        self._retarget()
+        return outcome
+
     async def _recover_seq_from_stream(self, session: Session) -> None:
         """A publisher on a new machine learns the last seq from the stream tail; if it already
         took a head offline with a lower seq, that head is signed again above the tail."""
-        found: list[int] = []
-        arrived = asyncio.Event()
 
-        async def on_snapshot(raw: bytes) -> None:
+        def seq_of(raw: bytes) -> int | None:
             try:
-                found.append(verify_envelope(raw, self.trusted).seq)
+                return verify_envelope(raw, self.trusted).seq
             except SnapshotRejected as e:
                 # Signed by a trusted key but not loadable here (a newer publisher's body):
                 # its seq is genuine and taken all the same, or this one could sign it again.
-                if e.reason not in SIGNED_REFUSALS or e.seq is None:
-                    return
-                found.append(e.seq)
-            arrived.set()
+                return e.seq if e.reason in SIGNED_REFUSALS else None
 
-        consumer = await session.consume_config(on_snapshot, offset="last", watch=False)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.5):
-                await arrived.wait()
-        await consumer.cancel()
+        found = await stream_tail(session, topo.CONFIG_QUEUE, seq_of)
         if found and max(found) >= self.seq and max(found) > 0:
             tail = max(found)
             if tail > self.seq or (self.envelope and peek_seq(self.envelope) != tail):
@@ -205,39 +205,7 @@ class Publisher:
                 self.seq = tail
                 self.revision = self.rejected = None  # re-take the head with a fresh seq
                 self._persist()
-                await asyncio.to_thread(self.process_head)
-
-    async def _ensure_topology(self, session: Session) -> bool:
-        """Declare the topology (`adapters.broker.topology`); False when the config stream
-        cannot be had.
-
-        A stream the broker reports down (RabbitMQ 3.10 does not restart a single-node stream
-        after a crash) is deleted and declared again: it only holds whole snapshots, and the
-        current one is republished right after. If even that fails, the publisher keeps
-        answering `state.request` (agents join through it) and retries on the next session."""
-        await session.declare_exchanges()
-        # Without presence only `status` loses its memory of silent hosts, without revisions
-        # only `wait` its durable record of rejections: publishing goes on.
-        for spec in (topo.PRESENCE_QUEUE, topo.REVISIONS_QUEUE):
-            try:
-                await session.declare_queue(spec)
-            except BrokerError as e:
-                log.error("%s stream unavailable (%s)", spec.name, e)
-        try:
-            await session.declare_queue(topo.CONFIG_QUEUE)
-            return True
-        except NotFound as e:
-            log.error("config stream is down on the broker (%s): re-creating it", e)
-        extra = self.counters.extra
-        try:
-            await session.delete_queue(topo.CONFIG_STREAM)
-            await session.declare_queue(topo.CONFIG_QUEUE)
-        except BrokerError as e:
-            log.error("config stream cannot be re-created (%s); serving peers meanwhile", e)
-            extra["stream_unavailable"] = extra.get("stream_unavailable", 0) + 1
-            return False
-        extra["stream_recreated"] = extra.get("stream_recreated", 0) + 1
-        return True
+                await self._take_head()
 
     async def _publish_current(self, session: Session) -> None:
         while self._pending_events:
@@ -292,8 +260,7 @@ class Publisher:
                 await asyncio.sleep(self.s.debounce)  # debounce: coalesce a burst of ref events
                 self._kick.clear()
             try:
-                # Validation of a big revision takes a few hundred ms: keep the loop responsive.
-                await asyncio.to_thread(self.process_head)
+                await self._take_head()
             except store.StoreError as e:
                 log.error("cannot persist publisher state: %s", e)
 
@@ -303,6 +270,7 @@ class Publisher:
                 async with asyncio.timeout(self.s.republish_interval):
                     await stop.wait()
             self._publish_needed.set()
+            self.rollout.publish_needed.set()
 
     async def _open(self, stop: asyncio.Event, attempts: int | None = None) -> Session:
         return await Session.open(
@@ -315,11 +283,12 @@ class Publisher:
 
     async def _broker_session(self, stop: asyncio.Event) -> None:
         """One connection's life (the publisher owns it, as the agent does): topology, seq
-        recovery, state.request answers, publishing; raises when anything of it is lost."""
+        recovery, state.request answers, the rollout controller's inputs, publishing; raises
+        when anything of it is lost."""
         async with await self._open(stop) as session:
             self._session = session
             try:
-                stream_ok = await self._ensure_topology(session)
+                stream_ok = await ensure_topology(session, self.counters.extra)
                 if stream_ok:
                     await self._recover_seq_from_stream(session)
                 # `state.request.publisher` too: joining agents ask the publisher alone first.
@@ -328,14 +297,23 @@ class Publisher:
                     queue_name="erel.publisher.state",
                     keys=(topo.STATE_REQUEST_KEY, topo.PUBLISHER_STATE_KEY),
                 )
+                await self.rollout.attach(session)
                 self.connected = True
                 self._session_up.set()
                 self._publish_needed.set()  # (re)publish the current snapshot on every session
-                publishing = asyncio.create_task(self._publisher_loop(stop), name="publishing")
+                publishing = asyncio.create_task(self._publishing(session, stop), name="publishing")
                 await session.hold(stop, stream_ok=stream_ok, also=publishing)
             finally:
+                self.rollout.detach()
                 self.connected = False
                 self._session = None
+
+    async def _publishing(self, session: Session, stop: asyncio.Event) -> None:
+        """Snapshots and rollout documents, each with its own retries: a rollout stream that
+        is missing holds up no snapshot."""
+        async with asyncio.TaskGroup() as loops:
+            loops.create_task(self._publisher_loop(stop))
+            loops.create_task(self.rollout.publishing(session, stop))
 
     async def _broker_loop(self, stop: asyncio.Event) -> None:
         def failed(e: Exception, delay: float) -> None:
@@ -350,7 +328,7 @@ class Publisher:
         `connect_within` seconds. Returns (what `process_head` said, whether it was published);
         a broker error after connecting raises BrokerError."""
         self.s.state_dir.mkdir(parents=True, exist_ok=True)
-        outcome = await asyncio.to_thread(self.process_head)
+        outcome = await self._take_head()
         try:
             async with asyncio.timeout(connect_within):
                 session = await self._open(asyncio.Event(), attempts=1)
@@ -358,7 +336,7 @@ class Publisher:
             log.error("no broker reachable: %s", e)
             return outcome, False
         async with session:
-            if await self._ensure_topology(session):
+            if await ensure_topology(session, self.counters.extra):
                 await self._recover_seq_from_stream(session)
             await self._publish_current(session)
         return outcome, True
@@ -368,7 +346,7 @@ class Publisher:
         the broker session publishes them when it can."""
         self.s.state_dir.mkdir(parents=True, exist_ok=True)
         watcher = RefWatcher(self.s.repo)
-        await asyncio.to_thread(self.process_head)
+        await self._take_head()
         watcher.start(asyncio.get_running_loop(), self._kick.set)
         # The loops stop on `halt`: the caller's stop, or the supervisor giving up on a task
         # (then `run` raises TaskFailed and the CLI exits 4).
@@ -378,6 +356,7 @@ class Publisher:
             tasks.start("watch", functools.partial(self._watch_loop, halt))
             tasks.start("republish", functools.partial(self._republish_loop, halt))
             tasks.start("broker", functools.partial(self._broker_loop, halt))
+            tasks.start("rollout", functools.partial(self.rollout.run, halt))
             if ready is not None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(60):

@@ -13,7 +13,11 @@ is slow); each test uses its own routing keys and markers. What must hold (docs/
 - the operator can do what the CLI does (`adapters.broker.opsclient`: presence read with its marker,
   a status query and a signed command with their replies, heartbeats, the revisions stream) and
   nothing that writes config: not `erel.config`, not a stream queue, not `amq.default`, not the
-  routing keys of heartbeats, presence records or publisher events.
+  routing keys of heartbeats, presence records or publisher events;
+- rollouts: only the publisher writes `erel.rollout` (its own exchange, so rollout documents and
+  snapshots never mix), which agents and operators read; agents publish `rollout.<host>`
+  events, which reach the publisher and the `erel.rollout.events` stream operators read;
+  operators send `rollout.<group>` commands to the publisher, and write no rollout stream.
 """
 
 from __future__ import annotations
@@ -756,3 +760,178 @@ async def test_operator_cannot_read_config_nor_bind_foreign_keys(
         assert "topic" in error
     channel = await operator.channel()
     await expect_refused(channel, channel.declare_queue("erel.not-the-operator", exclusive=True))
+
+
+# -- rollouts (issue 12): the rollout stream, rollout events, `rollout.<group>` commands ----------
+
+
+async def read_stream(
+    connection: AbstractConnection, stream: str, last: bytes
+) -> list[AbstractIncomingMessage]:
+    """Every message of `stream` from `first` up to and including the one whose body is `last`."""
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=100)
+    queue = await channel.declare_queue(stream, passive=True)
+    got: list[AbstractIncomingMessage] = []
+    seen = asyncio.Event()
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        got.append(message)
+        await message.ack()
+        if message.body == last:
+            seen.set()
+
+    tag = await queue.consume(on_message, arguments={"x-stream-offset": "first"})
+    async with asyncio.timeout(DEADLINE):
+        await seen.wait()
+    await queue.cancel(tag)
+    await channel.close()
+    return got
+
+
+async def test_publisher_rollout_documents_reach_agents_and_operators_not_the_config_stream(
+    broker: Setup,
+    publisher: AbstractConnection,
+    agent: AbstractConnection,
+    operator: AbstractConnection,
+) -> None:
+    doc = marker("rollout-doc")
+    await amqp.publish(
+        await publisher.channel(publisher_confirms=True),
+        topo.ROLLOUT_EXCHANGE,
+        topo.ROLLOUT_ROUTING_KEY,
+        doc,
+        user_id=broker.spec.publisher_user,
+    )
+    for reader in (agent, operator):
+        got = await read_stream(reader, topo.ROLLOUT_STREAM, doc)
+        assert got[-1].user_id == broker.spec.publisher_user
+    # Its own exchange: a rollout document never lands in the config stream, nor a snapshot
+    # in the rollout stream.
+    snapshot = marker("after-rollout")
+    await publish_snapshot(publisher, snapshot, broker.spec.publisher_user)
+    assert doc not in [m.body for m in await read_stream_until(agent, snapshot)]
+    later = marker("rollout-doc-2")
+    await amqp.publish(
+        await publisher.channel(publisher_confirms=True),
+        topo.ROLLOUT_EXCHANGE,
+        topo.ROLLOUT_ROUTING_KEY,
+        later,
+    )
+    assert snapshot not in [m.body for m in await read_stream(agent, topo.ROLLOUT_STREAM, later)]
+
+
+@pytest.mark.parametrize(
+    ("exchange", "routing_key"),
+    [(topo.ROLLOUT_EXCHANGE, topo.ROLLOUT_ROUTING_KEY), ("", topo.ROLLOUT_STREAM)],
+    ids=["erel.rollout", "amq.default"],
+)
+async def test_agent_and_operator_cannot_write_the_rollout_stream(
+    agent: AbstractConnection, operator: AbstractConnection, exchange: str, routing_key: str
+) -> None:
+    for connection in (agent, operator):
+        channel = await connection.channel(publisher_confirms=True)
+        target = (
+            channel.default_exchange
+            if exchange == ""
+            else await channel.get_exchange(exchange, ensure=False)
+        )
+        error = await expect_refused(
+            channel, target.publish(aio_pika.Message(b"{}"), routing_key=routing_key)
+        )
+        assert f"exchange '{exchange or topo.DEFAULT_EXCHANGE_RESOURCE}'" in error
+
+
+async def test_agent_rollout_events_reach_the_publisher_and_the_events_stream(
+    broker: Setup,
+    publisher: AbstractConnection,
+    agent: AbstractConnection,
+    operator: AbstractConnection,
+) -> None:
+    host = unique_name("h")
+    events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+    async def on_status(key: str, body: bytes) -> None:
+        await events.put((key, body))
+
+    # The publisher's controller follows heartbeats, presence and rollout events.
+    patterns = (topo.host_key("*"), topo.presence_key("*"), topo.rollout_key("*"))
+    await amqp.consume_status(await publisher.channel(), on_status, pattern=patterns)
+    body = marker("rollout-event")
+    await amqp.publish(
+        await agent.channel(publisher_confirms=True),
+        topo.STATUS_EXCHANGE,
+        topo.rollout_key(host),
+        body,
+        user_id=broker.spec.agent_user,
+    )
+    async with asyncio.timeout(DEADLINE):
+        while (await events.get()) != (topo.rollout_key(host), body):
+            pass
+    got = await read_stream(operator, topo.ROLLOUT_EVENTS_STREAM, body)
+    assert got[-1].routing_key == topo.rollout_key(host)
+    # Operators may follow rollout events live too.
+    await amqp.consume_status(await operator.channel(), on_status, pattern=topo.rollout_key("*"))
+
+
+async def test_operator_rollout_command_reaches_the_publisher_and_its_reply_comes_back(
+    broker: Setup, publisher: AbstractConnection
+) -> None:
+    """`rollout promote` as the CLI sends it (OpsClient, mandatory `rollout.<group>`) to a
+    queue served as the publisher serves it (`serve_commands`, bound to `rollout.*`)."""
+    group = unique_name("g")
+    queue = f"{topo.PUBLISHER_QUEUE_PREFIX}{unique_name('rollout')}"
+
+    async def on_command(raw: bytes) -> bytes:
+        doc = json.loads(raw)
+        return commands.reply(
+            doc["id"], host_id=topo.PUBLISHER_REPLY_ID, instance="k", ok=True, result=doc
+        )
+
+    await amqp.serve_commands(
+        await publisher.channel(), queue, (topo.rollout_key("*"),), on_command
+    )
+    pem, _ = generate_key()
+    cmd = commands.new_command(
+        "promote",
+        None,
+        topo.rollout_key(group),
+        now=time.time(),
+        ttl=30,
+        key=load_private_key(pem),
+        key_id="ops",
+    )
+    async with OpsClient([broker.operator_url]) as client:
+        await client.send(cmd, 30)
+        replies = await client.collect(cmd.id, expected={topo.PUBLISHER_REPLY_ID}, within=DEADLINE)
+    [reply] = replies[topo.PUBLISHER_REPLY_ID]
+    assert reply["result"]["target"] == topo.rollout_key(group)
+    assert reply["result"]["command"] == "promote"
+
+
+async def test_agent_cannot_send_rollout_commands(agent: AbstractConnection) -> None:
+    channel = await agent.channel(publisher_confirms=True)
+    control = await channel.get_exchange(topo.CONTROL_EXCHANGE, ensure=False)
+    await expect_refused(
+        channel, control.publish(aio_pika.Message(b"{}"), routing_key=topo.rollout_key("web"))
+    )
+
+
+@pytest.mark.parametrize("stream", [topo.ROLLOUT_STREAM, topo.ROLLOUT_EVENTS_STREAM])
+async def test_operator_cannot_route_into_a_rollout_stream(
+    operator: AbstractConnection, stream: str
+) -> None:
+    channel = await operator.channel()
+    queue = await channel.declare_queue(stream, passive=True)
+    error = await expect_refused(channel, queue.bind(topo.CONTROL_EXCHANGE, routing_key="#"))
+    assert f"queue '{stream}'" in error
+
+
+async def test_operator_cannot_publish_rollout_events(operator: AbstractConnection) -> None:
+    channel = await operator.channel(publisher_confirms=True)
+    status = await channel.get_exchange(topo.STATUS_EXCHANGE, ensure=False)
+    error = await expect_refused(
+        channel,
+        status.publish(aio_pika.Message(b"{}"), routing_key=topo.rollout_key("h1")),
+    )
+    assert "topic 'rollout.h1'" in error

@@ -63,6 +63,7 @@ STATES: list[tuple[str, bool, ObservedRelease | None, SkipReason | None, bool | 
     ("start backing off", True, stopped(), SkipReason.BACKOFF, None, "Backoff"),
     ("stopped, nothing planned", True, stopped(), None, None, "Stopped"),
     ("another version runs", True, running("0.1.0"), None, True, "Progressing"),
+    ("upgrade waits for the rollout", True, running("0.1.0"), SkipReason.ROLLOUT, True, "Waiting"),
     ("health check fails", True, running(healthy=False), None, False, "Degraded"),
     ("healthy", True, running(), None, True, "Ready"),
     ("not probed", True, running(healthy=None), None, None, "Ready"),
@@ -186,6 +187,7 @@ def test_host_status_json_is_the_documented_report() -> None:
             },
         ],
         "time": "2026-11-24T17:00:00.000000Z",
+        "rollout": None,
     }  # fmt: skip
 
 

@@ -2,7 +2,8 @@
 
 Each call takes an open channel: the daemons reach them through their `session.Session`, which
 picks the channel; tests and the CLI's followers call them on channels of their own. The calls:
-the `erel.config` stream of signed snapshots (publish with confirms, consume from `last`), the
+the `erel.config` stream of signed snapshots and the `erel.rollout` stream of signed rollout
+documents (publish with confirms, consume from `last`), the
 `erel.sync` state.request/reply exchange, operator commands on `erel.control`, and `erel.status`
 heartbeats (docs/broker.md). Library errors leave as the adapter's own (`errors`, re-exported
 here: `BrokerError`, `PublishFailed`). Names and arguments of the topology live in `topology`.
@@ -144,26 +145,28 @@ async def consume_snapshots(
     *,
     offset: str | int = "last",
     passive: bool = False,
+    stream: topo.QueueSpec = topo.CONFIG_QUEUE,
 ) -> tuple[AbstractQueue, str]:
-    """Consume the config stream from `offset`; a delivery is acked only after `handler`
-    returned (it stores the snapshot first), in batches (`StreamAcks`). A handler error is
-    logged and the delivery not acked on its own.
+    """Consume the config stream (or another stream of whole signed documents: `erel.rollout`)
+    from `offset`; a delivery is acked only after `handler` returned (it stores the snapshot
+    first), in batches (`StreamAcks`). A handler error is logged and the delivery not acked on
+    its own.
 
     Agents consume `passive`ly: they may not (and must not race to) create the stream; until the
     publisher has declared it (or while the broker reports it down) this raises NotFound and
     the agent retries."""
     try:
-        with wrapped(f"consume {topo.CONFIG_STREAM}"):
+        with wrapped(f"consume {stream.name}"):
             await channel.set_qos(prefetch_count=SNAPSHOT_PREFETCH)  # streams require a prefetch
             queue = await channel.declare_queue(
-                topo.CONFIG_STREAM,
+                stream.name,
                 durable=True,
                 passive=passive,
-                arguments=None if passive else dict(topo.CONFIG_STREAM_ARGUMENTS),
+                arguments=None if passive else dict(stream.arguments),
             )
     except NotFound as e:
         raise NotFound(
-            f"{topo.CONFIG_STREAM} does not exist yet or is down (publisher not started?)"
+            f"{stream.name} does not exist yet or is down (publisher not started?)"
         ) from e
     acks = StreamAcks()
 
@@ -175,7 +178,7 @@ async def consume_snapshots(
             return
         acks.done(message)
 
-    with wrapped(f"consume {topo.CONFIG_STREAM}"):
+    with wrapped(f"consume {stream.name}"):
         tag = await queue.consume(on_message, arguments={"x-stream-offset": offset})
     return queue, tag
 
@@ -341,16 +344,26 @@ async def serve_control(
 
     The queue name carries the agent instance, so two agents wrongly sharing a host id both
     run (and `erel-sync members` shows both) instead of one failing on an exclusive queue."""
+    keys = (topo.host_key(host), topo.group_key("*"), topo.ALL_KEY)
+    return await serve_commands(
+        channel, topo.agent_queue(host, f"control.{instance}"), keys, handler
+    )
+
+
+async def serve_commands(
+    channel: AbstractChannel, queue_name: str, keys: Sequence[str], handler: CommandHandler
+) -> AbstractQueue:
+    """Take commands on `erel.control` for these binding keys through an exclusive queue of
+    that name (agents: `serve_control`; the publisher: `rollout.*`); replies go to `erel.sync`
+    under the command's `reply.<…>` reply-to, with its correlation id."""
 
     async def on_command(message: AbstractIncomingMessage) -> None:
         await answer(channel, message, await handler(message.body), expiration=60.0)
 
     with wrapped("serve commands"):
         exchange = await channel.get_exchange(topo.CONTROL_EXCHANGE)
-        queue = await channel.declare_queue(
-            topo.agent_queue(host, f"control.{instance}"), exclusive=True, auto_delete=True
-        )
-        for key in (topo.host_key(host), topo.group_key("*"), topo.ALL_KEY):
+        queue = await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
+        for key in keys:
             await queue.bind(exchange, routing_key=key)
         await queue.consume(on_command, no_ack=True)
     return queue
@@ -360,9 +373,10 @@ async def consume_status(
     channel: AbstractChannel,
     handler: Callable[[str, bytes], Awaitable[None]],
     *,
-    pattern: str = "#",
+    pattern: str | Sequence[str] = "#",
 ) -> AbstractQueue:
-    """Follow `erel.status` (heartbeats, rejections) through a private auto-delete queue."""
+    """Follow `erel.status` (heartbeats, rejections; one binding per pattern) through a private
+    auto-delete queue."""
 
     async def on_message(message: AbstractIncomingMessage) -> None:
         await handler(message.routing_key or "", message.body)
@@ -370,6 +384,7 @@ async def consume_status(
     with wrapped(f"follow {topo.STATUS_EXCHANGE}"):
         exchange = await channel.get_exchange(topo.STATUS_EXCHANGE)
         queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
-        await queue.bind(exchange, routing_key=pattern)
+        for key in (pattern,) if isinstance(pattern, str) else pattern:
+            await queue.bind(exchange, routing_key=key)
         await queue.consume(on_message, no_ack=True)
     return queue

@@ -1,5 +1,6 @@
 """The operator side of the control plane: commands out on `erel.control`, replies back, the
-presence stream read, heartbeats followed. Used by `erel-sync status|members|wait|start|…`.
+presence stream read, heartbeats followed. Used by `erel-sync status|members|wait|start|…`
+and `erel-sync rollout promote|retry` (commands to the publisher, `rollout.<group>`).
 
 Adapter (AMQP). Replies come to a private queue bound on `erel.sync` under `reply.op-<id>` (the
 same path peer agents use for state answers), matched by correlation id. The set of hosts that
@@ -119,8 +120,9 @@ class OpsClient:
 
     async def send(self, cmd: Command, ttl: float) -> None:
         """Publish a command; a `host.<id>` command nobody is bound for raises PublishFailed
-        (no live agent for that host), group and `all` commands may reach nobody. A vhost
-        without `erel.control` raises TopologyMissing."""
+        (no live agent for that host), as does a `rollout.<group>` one (no publisher takes
+        them); group and `all` commands may reach nobody. A vhost without `erel.control`
+        raises TopologyMissing."""
         with _translated(f"exchange {topo.CONTROL_EXCHANGE}"):
             await self.channel.get_exchange(topo.CONTROL_EXCHANGE)
         await broker.publish(
@@ -128,7 +130,7 @@ class OpsClient:
             topo.CONTROL_EXCHANGE,
             cmd.target,
             cmd.encode(),
-            mandatory=cmd.target.startswith("host."),
+            mandatory=cmd.target.startswith(("host.", "rollout.")),
             reply_to=self.reply_key,
             correlation_id=cmd.id,
             expiration=ttl,  # the broker drops it too once stale

@@ -153,15 +153,16 @@ class Session:
         offset: str | int = "last",
         passive: bool = False,
         watch: bool = True,
+        stream: topo.QueueSpec = topo.CONFIG_QUEUE,
     ) -> StreamConsumer:
-        """Consume the config stream on a channel of its own (`messages.consume_snapshots`).
-        `watch`: the session is broken when this consumer is lost (its channel closes, or the
-        broker cancels it because the stream was deleted)."""
+        """Consume the config stream (or `stream`: `erel.rollout`) on a channel of its own
+        (`messages.consume_snapshots`). `watch`: the session is broken when this consumer is
+        lost (its channel closes, or the broker cancels it because the stream was deleted)."""
         with wrapped("open stream channel"):
             channel = await self._connection.channel(publisher_confirms=False)
         try:
             queue, tag = await messages.consume_snapshots(
-                channel, handler, offset=offset, passive=passive
+                channel, handler, offset=offset, passive=passive, stream=stream
             )
             if watch:
                 channel.close_callbacks.add(self._lost)
@@ -189,6 +190,19 @@ class Session:
         self, host: str, instance: str, handler: messages.CommandHandler
     ) -> None:
         await messages.serve_control(await self._consuming(), host, instance, handler)
+
+    async def serve_commands(
+        self, queue_name: str, keys: Sequence[str], handler: messages.CommandHandler
+    ) -> None:
+        """`messages.serve_commands` (the publisher's `rollout.*` on erel.control)."""
+        await messages.serve_commands(await self._consuming(), queue_name, keys, handler)
+
+    async def follow_status(
+        self, handler: Callable[[str, bytes], Awaitable[None]], patterns: Sequence[str]
+    ) -> None:
+        """`messages.consume_status` on the consumers' channel (the rollout controller's
+        heartbeats, presence records and rollout events)."""
+        await messages.consume_status(await self._consuming(), handler, pattern=patterns)
 
     async def request_state(
         self, requester: str, *, key: str, have: int | None, window: float

@@ -46,23 +46,27 @@ class Permissions:
     read: str
 
 
-# Publisher: owns everything named erel.* (declares the topology, consumes erel.status and
-# state.request through its own queues, answers on erel.sync). No `amq.default`: nothing of
-# erel-sync publishes through the default exchange, which could route into any queue by name.
+# Publisher: owns everything named erel.* (declares the topology, writes erel.config and
+# erel.rollout, follows erel.status `host.*`/`presence.*`/`rollout.*` and erel.control
+# `rollout.*` and serves state.request through its own queues, answers on erel.sync). No
+# `amq.default`: nothing of erel-sync publishes through the default exchange, which could route
+# into any queue by name.
 PUBLISHER_PERMISSIONS = Permissions(
     configure=r"^(erel\..*|amq\.gen-.*)$",
     write=r"^(erel\..*|amq\.gen-.*)$",
     read=r"^(erel\..*|amq\.gen-.*)$",
 )
 
-# Agents: never `erel.config` nor `amq.default` in write (through the default exchange anyone
-# with that write could route into the erel.config stream by its queue name), no read on
-# `erel.status` (no eavesdropping on other hosts' reports). Their own queues, server-named or
+# Agents: never `erel.config`, `erel.rollout` nor `amq.default` in write (through the default
+# exchange anyone with that write could route into the erel.config stream by its queue name), no
+# read on `erel.status` (no eavesdropping on other hosts' reports); they read the config and
+# rollout streams. Their own queues, server-named or
 # `erel.agent.<host>.*`, need configure (declare), write (queue.bind) and read (consume).
 AGENT_PERMISSIONS = Permissions(
     configure=r"^(erel\.agent\..*|amq\.gen-.*)$",
     write=r"^(erel\.status|erel\.sync|erel\.agent\..*|amq\.gen-.*)$",
-    read=r"^(erel\.config|erel\.control|erel\.sync|erel\.agent\..*|amq\.gen-.*)$",
+    read=r"^(erel\.config|erel\.rollout|erel\.control|erel\.sync|erel\.agent\..*"
+    r"|amq\.gen-.*)$",
 )
 
 
@@ -78,33 +82,42 @@ class TopicPermission:
 
 NOTHING = "^$"
 
-# Agents publish only their heartbeats and presence records on erel.status: not the publisher's
-# `publisher.*` events, which feed the erel.revisions stream that `wait` trusts. (One agent can
-# still speak for another host while they share a user: docs/broker.md, optional hardening.)
+# Agents publish only their heartbeats, presence records and rollout events on erel.status: not
+# the publisher's `publisher.*` events, which feed the erel.revisions stream that `wait` trusts.
+# (One agent can still speak for another host while they share a user: docs/broker.md, optional
+# hardening.)
 AGENT_TOPIC_PERMISSIONS = (
     TopicPermission(
-        topo.STATUS_EXCHANGE, write=r"^(host|presence)\.[A-Za-z0-9][A-Za-z0-9._-]*$", read=NOTHING
+        topo.STATUS_EXCHANGE,
+        write=r"^(host|presence|rollout)\.[A-Za-z0-9][A-Za-z0-9._-]*$",
+        read=NOTHING,
     ),
 )
 
-# Operator (the CLI: `status`, `members`, `wait`, remote start/stop/restart/delete, as
-# `adapters.broker.opsclient` does them): publishes signed commands to erel.control; reads
-# heartbeats and publisher events from erel.status, command replies from erel.sync, through its own
-# server-named or `erel.operator.*` queues; reads the presence and revisions streams. No write
-# on erel.config (exchange or stream), on any stream queue, on erel.sync or on `amq.default`.
+# Operator (the CLI: `status`, `members`, `wait`, remote start/stop/restart/delete, `rollout
+# promote|retry`, as `adapters.broker.opsclient` does them): publishes signed commands to
+# erel.control (`rollout.<group>` for the publisher); reads heartbeats, rollout events and
+# publisher events from erel.status, command replies from erel.sync, through its own server-named
+# or `erel.operator.*` queues; reads the presence, revisions, rollout and rollout-events streams.
+# No write on erel.config or erel.rollout (exchanges or streams), on any stream queue, on
+# erel.sync or on `amq.default`.
 OPERATOR_PERMISSIONS = Permissions(
     configure=r"^(erel\.operator\..*|amq\.gen-.*)$",
     write=r"^(erel\.control|erel\.status|erel\.operator\..*|amq\.gen-.*)$",
-    read=r"^(erel\.status|erel\.sync|erel\.presence|erel\.revisions|erel\.operator\..*"
-    r"|amq\.gen-.*)$",
+    read=r"^(erel\.status|erel\.sync|erel\.presence|erel\.revisions|erel\.rollout"
+    r"|erel\.rollout\.events|erel\.operator\..*|amq\.gen-.*)$",
 )
 # Write on erel.status is for one key: the marker the presence read appends to know where the
 # stream ends (opsclient.read_presence); no heartbeats, presence records or publisher events.
 OPERATOR_TOPIC_PERMISSIONS = (
     TopicPermission(
-        topo.STATUS_EXCHANGE, write=r"^presence\.~marker$", read=r"^(host|publisher)\..+$"
+        topo.STATUS_EXCHANGE,
+        write=r"^presence\.~marker$",
+        read=r"^(host|publisher|rollout)\..+$",
     ),
-    TopicPermission(topo.CONTROL_EXCHANGE, write=r"^(host\..+|group\..+|all)$", read=NOTHING),
+    TopicPermission(
+        topo.CONTROL_EXCHANGE, write=r"^(host\..+|group\..+|rollout\..+|all)$", read=NOTHING
+    ),
     TopicPermission(topo.SYNC_EXCHANGE, write=NOTHING, read=r"^reply\.op-.+$"),
 )
 

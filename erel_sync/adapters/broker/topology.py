@@ -21,6 +21,13 @@ Topology (docs/broker.md has the why):
   wait` started later (even while the publisher is down) knows what became of a revision.
 - `erel.sync` (topic): `state.request` (reply-to `amq.rabbitmq.reply-to`, answered by a
   publisher) and peer replies `reply.<host>` (agents cannot publish to direct reply-to).
+- `erel.rollout` fanout exchange -> `erel.rollout` stream: the publisher's signed rollout
+  documents (grants), read by agents and the CLI from `last`. An exchange of its own, not
+  `erel.config`: a fanout ignores routing keys, so a shared one would put every rollout
+  document into the config stream and every snapshot into this one.
+- `erel.status` -> `erel.rollout.events` stream (binding `rollout.*`): each agent's rollout
+  events (`rollout.<host>`), from which observers reconstruct who changed when. Operator
+  commands `rollout.<group>` (promote, retry) go to `erel.control`, where the publisher binds.
 """
 
 from __future__ import annotations
@@ -59,6 +66,14 @@ REVISIONS_STREAM: Final = "erel.revisions"
 PRESENCE_PATTERN: Final = "presence.*"  # on erel.status, into the presence stream
 PRESENCE_STREAM: Final = "erel.presence"
 PRESENCE_INTERVAL: Final = 30.0  # seconds between two presence records of a live agent
+ROLLOUT_EXCHANGE: Final = "erel.rollout"
+ROLLOUT_EXCHANGE_TYPE: Final[ExchangeType] = "fanout"
+ROLLOUT_ROUTING_KEY: Final = "rollout"  # fanout ignores it; kept so every publish names one
+ROLLOUT_STREAM: Final = "erel.rollout"
+ROLLOUT_PATTERN: Final = "rollout.*"  # on erel.status (events), on erel.control (commands)
+ROLLOUT_EVENTS_STREAM: Final = "erel.rollout.events"
+PUBLISHER_QUEUE_PREFIX: Final = "erel.publisher."  # the publisher's own named queues
+PUBLISHER_REPLY_ID: Final = "publisher"  # `host_id` of the publisher's command replies
 
 # Stream retention. Snapshots are whole states, so only the tail matters; the publisher also
 # republishes the current snapshot on a timer, so age-based expiry never empties a live stream.
@@ -114,8 +129,26 @@ REVISIONS_STREAM_ARGUMENTS: Final[dict[str, str | int]] = {
     "x-max-age": "7D",
 }
 
+# Rollout documents: whole states like snapshots (only the tail matters, republished on a timer),
+# one per change of a group's rollout; small segments so that retention actually drops old ones.
+ROLLOUT_STREAM_ARGUMENTS: Final[dict[str, str | int]] = {
+    "x-queue-type": "stream",
+    "x-max-length-bytes": 64 * 1024 * 1024,
+    "x-stream-max-segment-size-bytes": 1024 * 1024,
+    "x-max-age": "7D",
+}
+
+# Rollout events: a few small records per host and rollout, the history observers replay.
+ROLLOUT_EVENTS_STREAM_ARGUMENTS: Final[dict[str, str | int]] = {
+    "x-queue-type": "stream",
+    "x-max-length-bytes": 64 * 1024 * 1024,
+    "x-stream-max-segment-size-bytes": 1024 * 1024,
+    "x-max-age": "7D",
+}
+
 EXCHANGES: Final = (
     ExchangeSpec(CONFIG_EXCHANGE, CONFIG_EXCHANGE_TYPE),
+    ExchangeSpec(ROLLOUT_EXCHANGE, ROLLOUT_EXCHANGE_TYPE),
     ExchangeSpec(STATUS_EXCHANGE, "topic"),
     ExchangeSpec(CONTROL_EXCHANGE, "topic"),
     ExchangeSpec(SYNC_EXCHANGE, "topic"),
@@ -123,11 +156,23 @@ EXCHANGES: Final = (
 CONFIG_QUEUE: Final = QueueSpec(CONFIG_STREAM, dict(CONFIG_STREAM_ARGUMENTS))
 PRESENCE_QUEUE: Final = QueueSpec(PRESENCE_STREAM, dict(PRESENCE_STREAM_ARGUMENTS))
 REVISIONS_QUEUE: Final = QueueSpec(REVISIONS_STREAM, dict(REVISIONS_STREAM_ARGUMENTS))
-QUEUES: Final = (CONFIG_QUEUE, PRESENCE_QUEUE, REVISIONS_QUEUE)
+ROLLOUT_QUEUE: Final = QueueSpec(ROLLOUT_STREAM, dict(ROLLOUT_STREAM_ARGUMENTS))
+ROLLOUT_EVENTS_QUEUE: Final = QueueSpec(
+    ROLLOUT_EVENTS_STREAM, dict(ROLLOUT_EVENTS_STREAM_ARGUMENTS)
+)
+QUEUES: Final = (
+    CONFIG_QUEUE,
+    PRESENCE_QUEUE,
+    REVISIONS_QUEUE,
+    ROLLOUT_QUEUE,
+    ROLLOUT_EVENTS_QUEUE,
+)
 BINDINGS: Final = (
     BindingSpec(CONFIG_EXCHANGE, CONFIG_STREAM, CONFIG_ROUTING_KEY),
     BindingSpec(STATUS_EXCHANGE, PRESENCE_STREAM, PRESENCE_PATTERN),
     BindingSpec(STATUS_EXCHANGE, REVISIONS_STREAM, REVISIONS_PATTERN),
+    BindingSpec(ROLLOUT_EXCHANGE, ROLLOUT_STREAM, ROLLOUT_ROUTING_KEY),
+    BindingSpec(STATUS_EXCHANGE, ROLLOUT_EVENTS_STREAM, ROLLOUT_PATTERN),
 )
 
 
@@ -142,6 +187,12 @@ def group_key(group: str) -> str:
 
 def presence_key(host: str) -> str:
     return f"presence.{host}"
+
+
+def rollout_key(name: str) -> str:
+    """A host's rollout events on erel.status (`rollout.<host>`), and operator rollout commands
+    for a group on erel.control (`rollout.<group>`)."""
+    return f"rollout.{name}"
 
 
 ALL_KEY: Final = "all"  # on erel.control: every agent

@@ -1,0 +1,394 @@
+"""The rollout controller: which hosts of each group may disturb their releases now (grants).
+
+Run by `publisher.daemon` beside the snapshots (docs/architecture.md, docs/broker.md). Inputs:
+the current snapshot (`set_target`), what agents report on `erel.status` (heartbeats `host.*`
+with their `rollout` key, rollout events `rollout.*`, presence records `presence.*`, followed
+through a private queue: `attach`), and signed operator commands `rollout.<group>` on
+`erel.control` (`promote`, `retry`: `handle_command`). The decisions are `core.rollout.step`,
+per group, on every input (a burst coalesced into one step) and on a 1 s timer (deadlines).
+
+Whenever the document changes its `version` goes up and it is written to
+`state_dir/rollout.json` BEFORE it is published (signed with the publisher's key) on the
+`erel.rollout` stream: a restarted publisher never forgets a place it gave. A state directory
+older than the stream (or a new machine) takes the newest document on the stream instead.
+After each session start the controller only listens for `warmup` seconds before it decides
+again: with no reports yet, every host would look gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from erel_sync.adapters import store
+from erel_sync.adapters.backoff import Backoff
+from erel_sync.adapters.broker import topology as topo
+from erel_sync.adapters.broker.errors import BrokerError
+from erel_sync.adapters.broker.session import Session
+from erel_sync.adapters.clock import utc_now
+from erel_sync.core import control
+from erel_sync.core.clusterview import parse_time
+from erel_sync.core.control import CommandRejected
+from erel_sync.core.liveness import HEARTBEAT_INTERVAL, MISSED_BEATS
+from erel_sync.core.rollout import (
+    GroupRollout,
+    HostReport,
+    HostState,
+    RolloutDoc,
+    RolloutRejected,
+    sign_rollout,
+    step,
+    verify_rollout,
+)
+from erel_sync.model.specs import DesiredState
+from erel_sync.publisher.streams import stream_tail
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+log = logging.getLogger("erel_sync.publisher")
+
+TIMER = 1.0  # seconds between two steps without input: progress deadlines
+COALESCE = 0.005  # a burst of reports within this is one step
+STATE_FORMAT = 1
+COMMAND_QUEUE = f"{topo.PUBLISHER_QUEUE_PREFIX}rollout"  # exclusive, bound to `rollout.*`
+STATUS_KEYS = (topo.host_key("*"), topo.rollout_key("*"), topo.presence_key("*"))
+PUBLISH_RETRY = (0.05, 5.0)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The snapshot every group rolls out to."""
+
+    seq: int
+    revision: str
+    state: DesiredState
+
+
+@dataclass
+class SeenHost:
+    """What the controller knows of one host: its group and liveness from heartbeats (on the
+    controller's clock: the queue is private, so a heartbeat arrives when it is sent, and the
+    agents' clocks do not matter), and its newest rollout report."""
+
+    group: str | None
+    interval: float
+    heard: float
+    left: bool = False
+    report: HostReport | None = None
+
+    def alive(self, now: float) -> bool:
+        return not self.left and now - self.heard <= MISSED_BEATS * self.interval + 1.0
+
+
+class RolloutController:
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        key: Ed25519PrivateKey,
+        key_id: str,
+        trusted: Mapping[str, str],
+        operator_keys: Mapping[str, str],
+        warmup: float,
+        counters: dict[str, int],
+        broker_user: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.state_file = state_dir / "rollout.json"
+        self.key, self.key_id, self.trusted = key, key_id, dict(trusted)
+        self.operator_keys = dict(operator_keys)
+        self.warmup, self.counters, self.broker_user, self.clock = (
+            warmup,
+            counters,
+            broker_user,
+            clock,
+        )
+        self.target: Target | None = None
+        self.hosts: dict[str, SeenHost] = {}
+        self.doc: RolloutDoc | None = None
+        self.signed: bytes | None = None
+        self.version = 0
+        self.commands: dict[str, float] = {}  # ids of applied commands -> expiry (replays)
+        self._flags: dict[str, set[str]] = {"promote": set(), "retry": set()}
+        self._warm_at: float | None = None  # no session: no decisions
+        self._kick = asyncio.Event()
+        self.publish_needed = asyncio.Event()
+        self._load()
+
+    # --- state
+    def _load(self) -> None:
+        state = store.read_json(self.state_file)
+        if not isinstance(state, dict):
+            return
+        commands = state.get("commands")
+        self.commands = {
+            str(k): float(v)
+            for k, v in (commands.items() if isinstance(commands, dict) else ())
+            if isinstance(v, int | float) and v > time.time()
+        }
+        raw = str(state.get("signed") or "").encode()
+        if not raw:
+            return
+        try:
+            self.doc, self.signed = verify_rollout(raw, self.trusted), raw
+            self.version = self.doc.version
+        except RolloutRejected as e:
+            # Signed by another key (rotated): its grants cannot be republished, but the
+            # version goes on above it, or agents would keep the old document.
+            log.error("%s refused (%s): rollouts start afresh", self.state_file, e)
+            with contextlib.suppress(ValueError, AttributeError):
+                self.version = int(json.loads(raw).get("version", 0))
+
+    def _persist(self, signed: bytes | None) -> None:
+        store.write_json(
+            self.state_file,
+            {
+                "format": STATE_FORMAT,
+                "kind": "rollout-state",
+                "signed": signed.decode() if signed else None,
+                "commands": self.commands,
+            },
+        )
+
+    def _count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    # --- inputs
+    def set_target(self, seq: int, revision: str, state: DesiredState) -> None:
+        if self.target is None or self.target.seq != seq:
+            self.target = Target(seq, revision, state)
+            self._kick.set()
+
+    async def on_status(self, key: str, body: bytes) -> None:
+        """A message of `erel.status`: counted only under its own host's routing key."""
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return
+        if not isinstance(doc, dict) or not isinstance(host := doc.get("host_id"), str):
+            return
+        kind, now = doc.get("kind"), self.clock()
+        if kind == "heartbeat" and key == topo.host_key(host):
+            self._heartbeat(host, doc, now)
+        elif kind == "rollout-event" and key == topo.rollout_key(host):
+            report = HostReport.from_json(doc)
+            if report is None:
+                self._count("rollout_reports_refused")
+                return
+            seen = self.hosts.setdefault(host, SeenHost(report.group, HEARTBEAT_INTERVAL, now))
+            seen.heard, seen.left = now, False
+            self._take(seen, report)
+        elif kind == "presence" and key == topo.presence_key(host) and host in self.hosts:
+            self.hosts[host].left = doc.get("state") == "left"
+            if self.hosts[host].left:
+                self.hosts[host].heard = 0.0  # gone at once, not after three missed beats
+        else:
+            return
+        self._kick.set()
+
+    def _heartbeat(self, host: str, doc: dict[str, Any], now: float) -> None:
+        group = doc.get("group") if isinstance(doc.get("group"), str) else None
+        interval = doc.get("heartbeat_interval")
+        if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
+            interval = HEARTBEAT_INTERVAL
+        seen = self.hosts.setdefault(host, SeenHost(group, float(interval), now))
+        seen.group, seen.interval, seen.heard, seen.left = group, float(interval), now, False
+        report: HostReport | None = None
+        if isinstance(doc.get("rollout"), dict):
+            report = HostReport.from_json({**doc["rollout"], "host_id": host, "group": group})
+        elif isinstance(doc.get("snapshot"), dict) and isinstance(doc["snapshot"].get("seq"), int):
+            # An agent that does not report rollouts (older): what its status says.
+            state = HostState.CONVERGED if doc.get("converged") is True else HostState.WAITING
+            at = parse_time(doc.get("sent")) or 0.0
+            report = HostReport(host, group, doc["snapshot"]["seq"], state, at=at)
+        if report is not None:
+            self._take(seen, report)
+
+    @staticmethod
+    def _take(seen: SeenHost, report: HostReport) -> None:
+        """The newest report by the agent's own clock (an event and the heartbeat after it
+        say the same; a late heartbeat must not undo a newer event)."""
+        if seen.report is None or report.at >= seen.report.at:
+            seen.report = report
+
+    # --- decisions
+    def _group_hosts(self, group: str, now: float) -> dict[str, HostReport]:
+        return {
+            h: s.report
+            for h, s in self.hosts.items()
+            if s.group == group and s.report is not None and s.alive(now)
+        }
+
+    def refresh(self) -> bool:
+        """Step every group of the target; on a change, persist then mark the new document
+        for publishing. False when no decision may be taken now."""
+        now = self.clock()
+        if self.target is None or self._warm_at is None or now < self._warm_at:
+            return False
+        t, previous = self.target, self.doc.groups if self.doc is not None else {}
+        groups: dict[str, GroupRollout] = {}
+        for name, spec in sorted(t.state.groups.items()):
+            groups[name] = step(
+                previous.get(name),
+                group=name,
+                seq=t.seq,
+                revision=t.revision,
+                policy=spec.rollout,
+                versions={r.name: r.version for r in spec.releases},
+                hosts=self._group_hosts(name, now),
+                now=now,
+                promote=name in self._flags["promote"],
+                retry=name in self._flags["retry"],
+            )
+        for flags in self._flags.values():
+            flags.clear()
+        old = {n: g.to_json() for n, g in previous.items()}
+        if self.doc is not None and old == {n: g.to_json() for n, g in groups.items()}:
+            return True
+        doc = RolloutDoc(self.version + 1, utc_now(), MappingProxyType(groups))
+        signed = sign_rollout(doc, self.key, self.key_id)
+        try:
+            self._persist(signed)  # write-ahead: on disk before any agent can see it
+        except store.StoreError as e:
+            self._count("rollout_persist_failures")
+            log.error("cannot persist the rollout (not published): %s", e)
+            return True
+        self.doc, self.signed, self.version = doc, signed, doc.version
+        self.publish_needed.set()
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Step on every input (coalesced) and every TIMER seconds, until `stop`."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TIMER):
+                    await self._kick.wait()
+            await asyncio.sleep(COALESCE)
+            self._kick.clear()
+            self.refresh()
+
+    # --- the broker session
+    async def attach(self, session: Session) -> None:
+        """On every new session: take the stream's newest document when it is newer than
+        ours, follow reports and commands, and (re)publish the current document."""
+        self._warm_at = None
+
+        def parse(raw: bytes) -> tuple[RolloutDoc, bytes] | None:
+            with contextlib.suppress(RolloutRejected):
+                return verify_rollout(raw, self.trusted), raw
+            return None
+
+        try:
+            tail = await stream_tail(session, topo.ROLLOUT_QUEUE, parse)
+        except BrokerError as e:  # its publishing loop keeps trying; snapshots go on
+            log.error("%s unreadable (%s)", topo.ROLLOUT_STREAM, e)
+            tail = []
+        if tail:
+            newest, raw = max(tail, key=lambda pair: pair[0].version)
+            if newest.version > self.version:
+                log.warning(
+                    "stream holds rollout version %d, local %d: taking it", newest.version,
+                    self.version,
+                )  # fmt: skip
+                try:
+                    self._persist(raw)
+                except store.StoreError as e:  # the stream keeps it meanwhile
+                    log.error("cannot persist the rollout taken from the stream: %s", e)
+                self.doc, self.signed, self.version = newest, raw, newest.version
+        await session.follow_status(self.on_status, STATUS_KEYS)
+        await session.serve_commands(COMMAND_QUEUE, (topo.rollout_key("*"),), self.handle_command)
+        self._warm_at = self.clock() + self.warmup
+        self.publish_needed.set()
+
+    def detach(self) -> None:
+        self._warm_at = None
+
+    async def publishing(self, session: Session, stop: asyncio.Event) -> None:
+        """Publish the current document (confirmed) whenever it changes or is due again."""
+        backoff = Backoff(*PUBLISH_RETRY)
+        while not stop.is_set():
+            await self.publish_needed.wait()
+            self.publish_needed.clear()
+            signed, version = self.signed, self.version
+            if signed is None:
+                continue
+            try:
+                await session.publish(
+                    topo.ROLLOUT_EXCHANGE,
+                    topo.ROLLOUT_ROUTING_KEY,
+                    signed,
+                    message_id=f"rollout-{version}",
+                    user_id=self.broker_user,
+                    headers={"version": version},
+                    persistent=True,
+                )
+                self._count("rollouts_published")
+                backoff.reset()
+            except BrokerError as e:
+                self._count("rollout_publish_failures")
+                delay = backoff.next()
+                log.warning("rollout publish failed, retrying in %.1fs: %s", delay, e)
+                self.publish_needed.set()
+                await asyncio.sleep(delay)
+
+    # --- operator commands
+    async def handle_command(self, raw: bytes) -> bytes | None:
+        """A signed `promote` or `retry` for `rollout.<group>`: the reply (None for junk)."""
+        try:
+            cmd = control.parse_command(raw)
+        except CommandRejected as e:
+            self._count(f"commands_refused.{e.reason}")
+            return None
+        prefix = topo.rollout_key("")
+        if not cmd.target.startswith(prefix):  # signed for an agent, routed here: not ours
+            self._count("commands_refused.NotForThisHost")
+            return None
+        group = cmd.target.removeprefix(prefix)
+        try:
+            if cmd.command not in control.ROLLOUT_COMMANDS:
+                raise CommandRejected("UnknownCommand", f"{cmd.command} is not for the publisher")
+            control.check_command(
+                cmd,
+                targets=frozenset({cmd.target}),
+                operator_keys=self.operator_keys,
+                now=time.time(),
+                require_signature=True,
+            )
+            if cmd.id in self.commands:
+                raise CommandRejected("Replayed", f"command {cmd.id} already ran")
+            if self.target is None or group not in self.target.state.groups:
+                raise CommandRejected("UnknownGroup", f"no group {group!r} in the snapshot")
+            now = time.time()
+            self.commands = {k: v for k, v in self.commands.items() if v >= now}
+            self.commands[cmd.id] = cmd.expires
+            self._persist(self.signed)  # the id before its effect: no replay after a restart
+        except CommandRejected as e:
+            self._count(f"commands_refused.{e.reason}")
+            log.warning("rollout command %s refused: %s", cmd.describe(), e)
+            return self._reply(cmd.id, ok=False, reason=e.reason, message=e.message)
+        except store.StoreError as e:
+            return self._reply(cmd.id, ok=False, reason="StoreError", message=str(e)[:300])
+        log.info("rollout command %s by key %s", cmd.describe(), cmd.key_id)
+        self._count(f"commands.{cmd.command}")
+        self._flags[cmd.command].add(group)
+        applied = self.refresh()
+        rollout = self.doc.groups.get(group) if self.doc is not None and applied else None
+        message = "" if applied else "applied at the controller's next step"
+        return self._reply(
+            cmd.id,
+            ok=True,
+            message=message,
+            result={"group": group, "rollout": rollout.to_json() if rollout else None},
+        )
+
+    def _reply(self, cmd_id: str, **kw: Any) -> bytes:
+        return control.reply(cmd_id, host_id=topo.PUBLISHER_REPLY_ID, instance=self.key_id, **kw)

@@ -1,0 +1,391 @@
+"""The agent's side of a rollout, against a fake driver and an injected clock: gated actions
+wait without a grant and run with one; a first install and a start are not gated; a first
+install while the group's rollout is Halted takes the group's stable version; `rollout retry`
+forgets the failure; a vm_args change is a reconfigure plus a restart; the host's reports go
+waiting, changing, converged (or failed) in that order, each handed on once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from erel_sync.agent.reconciler import Reconciler
+from erel_sync.agent.rollout import RolloutFollower, restore_report
+from erel_sync.core import reasons
+from erel_sync.core.matching import HostIdentity
+from erel_sync.core.observed import ObservedRelease, StepResult
+from erel_sync.core.reconcile import config_digest
+from erel_sync.core.releasestatus import ReleaseStatus
+from erel_sync.core.rollout import (
+    Grant,
+    GroupRollout,
+    HostReport,
+    HostState,
+    Phase,
+    RolloutDoc,
+    grant_id,
+    sign_rollout,
+)
+from erel_sync.core.snapshot import (
+    Snapshot,
+    build_envelope,
+    generate_key,
+    load_private_key,
+    verify_envelope,
+)
+from erel_sync.core.upgrade import RecoveryStep
+from erel_sync.model.specs import ReleaseConfig, ReleaseSpec, freeze
+from erel_sync.model.validate import SourceFile, validate_sources
+from tests.configrepo import group_yaml, release_yaml
+
+PEM, PUB = generate_key()
+T0 = 1_000_000.0
+HOST = "web-1"
+VM_ARGS = "  config: {vm_args: {'+K': 'true'}}\n"
+NEW_CONFIG = ReleaseConfig(vm_args=freeze({"+K": "true"}))
+
+
+def snapshot(seq: int, version: str, *, release_extra: str = "") -> Snapshot:
+    files = {
+        "r.yaml": release_yaml(versions=("0.1.0", "0.2.0"), extra=release_extra),
+        "g.yaml": group_yaml(releases=(("hello", version),)),
+    }
+    state = validate_sources([SourceFile(p, c.encode()) for p, c in files.items()]).require()
+    raw = build_envelope(
+        state, seq=seq, revision=f"{seq:040x}", created="2026-11-24T00:00:00Z",
+        key=load_private_key(PEM), key_id="k",
+    )  # fmt: skip
+    return verify_envelope(raw, {"k": PUB})
+
+
+def rollout(
+    seq: int,
+    *,
+    phase: Phase = Phase.PROGRESSING,
+    granted: bool = False,
+    retry: int = 0,
+    stable: Mapping[str, str] | None = None,
+    version: int = 1,
+) -> RolloutDoc:
+    grants = {HOST: Grant(HOST, seq, grant_id(seq, HOST, retry), T0)} if granted else {}
+    group = GroupRollout(
+        group="web", seq=seq, revision=f"{seq:040x}", phase=phase, max_unavailable=1,
+        canaries=(), order=(HOST,), granted=MappingProxyType(grants), done=frozenset(),
+        failed=MappingProxyType({}), waiting=() if granted else (HOST,), retry=retry,
+        stable=MappingProxyType(dict(stable or {})),
+    )  # fmt: skip
+    return RolloutDoc(version, "2026-11-24T00:00:00Z", MappingProxyType({"web": group}))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def running(version: str) -> ObservedRelease:
+    return ObservedRelease(
+        "hello", installed=True, running=True, reachable=True, current=version,
+        permanent=version, healthy=True, reason=reasons.Healthy,
+    )  # fmt: skip
+
+
+class FakeDriver:
+    """One release, `hello`. `fail` maps a step name to the error it raises next time;
+    `calls` lists the steps run; `vm_changed` is what `reconfigure` answers."""
+
+    def __init__(self, hello: ObservedRelease | None = None) -> None:
+        self.hello = hello
+        self.fail: dict[str, reasons.DriverError] = {}
+        self.calls: list[str] = []
+        self.vm_changed = False
+
+    def _step(self, what: str) -> None:
+        self.calls.append(what)
+        error = self.fail.pop(what.split(maxsplit=1)[0], None)
+        if error is not None:
+            raise error
+
+    def _result(self, did: str) -> StepResult:
+        assert self.hello is not None
+        return StepResult("hello", did, self.hello)
+
+    async def observe(self, name: str, *, health: bool = False) -> ObservedRelease:
+        return self.hello or ObservedRelease(name, installed=False)
+
+    async def observe_all(self, *, health: bool = False) -> Mapping[str, ObservedRelease]:
+        return {"hello": self.hello} if self.hello else {}
+
+    async def install(
+        self, spec: ReleaseSpec, version: str, config: ReleaseConfig | None = None
+    ) -> StepResult:
+        self._step(f"install {version}")
+        self.hello = ObservedRelease("hello", installed=True, permanent=version)
+        return self._result("installed")
+
+    async def start(self, name: str) -> StepResult:
+        self._step("start")
+        assert self.hello is not None and self.hello.version is not None
+        self.hello = running(self.hello.version)
+        return self._result("started")
+
+    async def restart(self, name: str) -> StepResult:
+        self._step("restart")
+        assert self.hello is not None and self.hello.version is not None
+        self.hello = running(self.hello.version)
+        return self._result("restarted")
+
+    async def upgrade(
+        self, spec: ReleaseSpec, to_version: str, config: ReleaseConfig | None = None
+    ) -> StepResult:
+        self._step(f"upgrade {to_version}")
+        self.hello = running(to_version)
+        return self._result("upgraded")
+
+    async def reconfigure(self, spec: ReleaseSpec, config: ReleaseConfig | None = None) -> bool:
+        self._step("reconfigure")
+        return self.vm_changed
+
+    async def stop(self, name: str) -> StepResult:
+        raise AssertionError("not planned here")
+
+    async def delete(self, name: str) -> StepResult:
+        raise AssertionError("not planned here")
+
+    async def recover(self, name: str) -> RecoveryStep:
+        raise AssertionError("not planned here")
+
+
+class Gated:
+    """A reconciler of web-1 gated by `doc`, recording every report it hands on."""
+
+    def __init__(self, driver: FakeDriver, memory: dict[str, ReleaseStatus] | None = None) -> None:
+        self.doc: RolloutDoc | None = None
+        self.clock = Clock()
+        self.sent: list[HostReport] = []
+        self.r = Reconciler(
+            host=HostIdentity(HOST, {}),
+            driver=driver,
+            memory=memory if memory is not None else {},
+            holds={},
+            clock=self.clock,
+            rollout=lambda: self.doc,
+            on_report=self._sent,
+        )
+
+    async def _sent(self, report: HostReport) -> None:
+        self.sent.append(report)
+
+    def states(self) -> list[str]:
+        return [r.state.value for r in self.sent]
+
+    def hello(self) -> dict[str, Any]:
+        releases = self.r.report["releases"]
+        return dict(next(r for r in releases if r["name"] == "hello"))
+
+
+def applied() -> dict[str, ReleaseStatus]:
+    """hello's memory after its current (default) config was applied."""
+    return {"hello": ReleaseStatus(applied_config=config_digest(ReleaseConfig()))}
+
+
+async def test_a_gated_upgrade_waits_without_a_grant_and_runs_with_one() -> None:
+    driver = FakeDriver(running("0.1.0"))
+    g = Gated(driver, applied())
+    g.r.snapshot = snapshot(2, "0.2.0")
+    await g.r.tick()  # no rollout document at all: wait
+    g.doc = rollout(2)
+    g.clock.now += 1
+    await g.r.tick()  # a document, no grant for web-1: still wait
+    assert driver.calls == []
+    assert (g.hello()["state"], g.hello()["reason"]) == ("Waiting", "WaitingForRollout")
+    assert g.r.report["rollout"] == {
+        "seq": 2, "state": "waiting", "reason": "", "at": T0, "grant": None
+    }  # fmt: skip
+
+    g.doc = rollout(2, granted=True, version=2)
+    g.clock.now += 1
+    await g.r.tick()
+    assert driver.calls == ["upgrade 0.2.0"]
+    assert g.states() == ["waiting", "changing", "converged"]
+    changing = g.sent[1]
+    assert (changing.grant, changing.at, changing.group) == ("2:web-1:0", T0 + 2, "web")
+    assert g.r.report["rollout"]["state"] == "converged"
+    assert g.r.report["converged"] is True
+
+    await g.r.tick()  # nothing new: no new report
+    assert len(g.sent) == 3
+
+
+async def test_first_install_and_start_are_not_gated() -> None:
+    driver = FakeDriver()
+    g = Gated(driver)
+    g.r.snapshot = snapshot(1, "0.1.0")
+    await g.r.tick()
+    assert driver.calls == ["install 0.1.0", "start"]
+    assert g.states() == ["converged"]  # never waited, never held a place
+
+    driver.hello = ObservedRelease("hello", installed=True, permanent="0.1.0")  # it stopped
+    await g.r.tick()
+    assert driver.calls[-1] == "start"
+
+
+async def test_without_a_gate_nothing_waits_and_nothing_is_reported() -> None:
+    driver = FakeDriver(running("0.1.0"))
+    r = Reconciler(host=HostIdentity(HOST, {}), driver=driver, memory=applied(), holds={})
+    r.snapshot = snapshot(2, "0.2.0")
+    await r.tick()
+    assert driver.calls == ["upgrade 0.2.0"]
+    assert r.report["rollout"] is None
+
+
+async def test_a_first_install_while_halted_takes_the_stable_version() -> None:
+    driver = FakeDriver()
+    g = Gated(driver)
+    g.doc = rollout(2, phase=Phase.HALTED, stable={"hello": "0.1.0"})
+    g.r.snapshot = snapshot(2, "0.2.0")
+    await g.r.tick()
+    assert driver.calls == ["install 0.1.0", "start"]
+    assert g.hello()["version"] == "0.1.0"
+    assert g.states() == ["waiting"]  # its upgrade to 0.2.0 waits like everyone else's
+
+
+async def test_a_failed_upgrade_reports_failed_until_retry_forgets_it() -> None:
+    driver = FakeDriver(running("0.1.0"))
+    g = Gated(driver, applied())
+    g.r.snapshot = snapshot(2, "0.2.0")
+    g.doc = rollout(2, granted=True)
+    driver.fail["upgrade"] = reasons.StalledError(reasons.RolledBack, "health failed")
+    await g.r.tick()
+    assert g.states() == ["changing", "failed"]
+    failed = g.sent[-1]
+    assert (failed.reason, failed.grant) == ("RolledBack: health failed", "2:web-1:0")
+    assert g.r.memory["hello"].failed_seq == 2
+    assert g.hello()["state"] == "Failed"
+
+    g.doc = rollout(2, phase=Phase.HALTED, version=2)  # the controller halted the group
+    await g.r.tick()
+    assert g.states() == ["changing", "failed"]  # still failed, nothing tried
+    assert driver.calls == ["upgrade 0.2.0"]
+
+    g.doc = rollout(2, retry=1, version=3)  # `rollout retry web`: no grant yet
+    g.clock.now += 5
+    await g.r.tick()
+    assert g.r.memory["hello"].failed_seq is None
+    assert g.states() == ["changing", "failed", "waiting"]
+    assert driver.calls == ["upgrade 0.2.0"]
+
+    g.doc = rollout(2, retry=1, granted=True, version=4)
+    await g.r.tick()
+    assert driver.calls == ["upgrade 0.2.0", "upgrade 0.2.0"]
+    assert g.states() == ["changing", "failed", "waiting", "changing", "converged"]
+    assert g.sent[-2].grant == "2:web-1:1"
+
+
+async def test_a_transient_failure_of_a_gated_action_reports_failed_too() -> None:
+    driver = FakeDriver(running("0.1.0"))
+    g = Gated(driver, applied())
+    g.r.snapshot = snapshot(2, "0.2.0")
+    g.doc = rollout(2, granted=True)
+    driver.fail["upgrade"] = reasons.TransientError(reasons.ArtifactUnavailable, "404")
+    await g.r.tick()
+    assert g.states() == ["changing", "failed"]
+    assert g.sent[-1].reason == "ArtifactUnavailable: 404"
+
+    g.r.snapshot = snapshot(3, "0.2.0")  # a newer revision is a new rollout
+    g.doc = rollout(3, version=2)
+    await g.r.tick()
+    assert g.states()[-1] == "waiting" and g.sent[-1].seq == 3
+
+
+async def test_a_vm_args_change_is_a_reconfigure_and_a_restart_under_a_grant() -> None:
+    driver = FakeDriver(running("0.1.0"))
+    driver.vm_changed = True
+    g = Gated(driver, applied())
+    g.r.snapshot = snapshot(2, "0.1.0", release_extra=VM_ARGS)
+    await g.r.tick()
+    assert driver.calls == []
+    assert g.hello()["state"] == "Waiting"
+
+    g.doc = rollout(2, granted=True)
+    await g.r.tick()
+    assert driver.calls == ["reconfigure", "restart"]
+    assert g.r.memory["hello"] == ReleaseStatus(applied_config=config_digest(NEW_CONFIG))
+    assert g.states() == ["waiting", "changing", "converged"]
+
+
+async def test_a_failed_restart_leaves_the_config_unapplied_and_is_restarted_next_time() -> None:
+    driver = FakeDriver(running("0.1.0"))
+    driver.vm_changed = True
+    g = Gated(driver, applied())
+    g.r.snapshot = snapshot(2, "0.1.0", release_extra=VM_ARGS)
+    g.doc = rollout(2, granted=True)
+    driver.fail["restart"] = reasons.TransientError(reasons.StartTimeout, "slow")
+    await g.r.tick()
+    mem = g.r.memory["hello"]
+    assert mem.applied_config == config_digest(ReleaseConfig())  # the old one
+    assert mem.restart_pending
+    assert g.hello()["state"] != "Ready"
+
+    driver.vm_changed = False  # rendered already: only the pending restart applies them
+    g.clock.now = mem.next_attempt_at
+    await g.r.tick()
+    assert driver.calls == ["reconfigure", "restart", "reconfigure", "restart"]
+    assert g.r.memory["hello"] == ReleaseStatus(applied_config=config_digest(NEW_CONFIG))
+
+
+async def test_a_config_change_without_vm_args_is_applied_live_without_a_restart() -> None:
+    driver = FakeDriver(running("0.1.0"))
+    g = Gated(driver, {"hello": ReleaseStatus(applied_config="old")})
+    g.r.snapshot = snapshot(2, "0.1.0")
+    g.doc = rollout(2, granted=True)
+    await g.r.tick()
+    assert driver.calls == ["reconfigure", "start"]
+
+
+def test_a_saved_report_is_restored_with_its_time() -> None:
+    saved = {
+        "group": "web",
+        "rollout": {"seq": 4, "state": "failed", "reason": "RolledBack: x", "at": 5.0,
+                    "grant": "4:web-1:0"},
+    }  # fmt: skip
+    report = restore_report(saved, HOST)
+    assert report == HostReport(HOST, "web", 4, HostState.FAILED, "RolledBack: x", 5.0, "4:web-1:0")
+    assert restore_report({"rollout": None}, HOST) is None
+    assert restore_report({"rollout": {"state": "bogus"}}, HOST) is None
+
+
+async def test_the_follower_keeps_the_newest_verified_document_and_wakes_on_what_matters() -> None:
+    key = load_private_key(PEM)
+    wake = asyncio.Event()
+    counters: Counter[str] = Counter()
+    follower = RolloutFollower(HOST, {"k": PUB}, counters, group=lambda: "web", reconcile_now=wake)
+    await follower.on_rollout(sign_rollout(rollout(2, version=5), key, "k"))
+    assert follower.current() is not None and wake.is_set()
+
+    wake.clear()
+    await follower.on_rollout(sign_rollout(rollout(2, granted=True, version=4), key, "k"))
+    current = follower.current()
+    assert current is not None and current.version == 5  # an older one is ignored
+    assert not wake.is_set()
+
+    other = rollout(2, version=6)
+    await follower.on_rollout(sign_rollout(other, key, "k"))  # same for web-1: no reconcile
+    assert not wake.is_set()
+
+    await follower.on_rollout(sign_rollout(rollout(2, granted=True, version=7), key, "k"))
+    assert wake.is_set()
+
+    wake.clear()
+    bad_pem, _ = generate_key()
+    forged = sign_rollout(rollout(2, version=8), load_private_key(bad_pem), "k")
+    await follower.on_rollout(forged)
+    current = follower.current()
+    assert current is not None and current.version == 7 and not wake.is_set()
+    assert counters["rollout_rejected.BadSignature"] == 1
