@@ -2,7 +2,8 @@
 
 Starts (unless `--amqp-url`/`EREL_AMQP_URL` is given) a private RabbitMQ node, builds the example
 releases, copies `sample-repo/` into a work git repository pointing at them, starts the publisher
-and three agents, and shows a live table of the hosts from their heartbeats. Ctrl-C stops
+and five agents (three of them in group web, which rolls out host by host), and shows a
+live table of the hosts from their heartbeats and rollout events. Ctrl-C stops
 everything it started.
 """
 
@@ -68,6 +69,9 @@ async def watch(cluster: DevCluster, stop: asyncio.Event, *, exit_when_converged
                 doc = json.loads(body)
                 if key.startswith("host.") and isinstance(doc, dict):
                     beats[doc.get("host_id", key[5:])] = doc
+                elif doc.get("kind") == "rollout-event":  # at once, not at the next heartbeat
+                    beat = beats.setdefault(str(doc.get("host_id")), {})
+                    beat["rollout"] = {k: doc.get(k) for k in ("seq", "state", "reason", "at")}
                 elif doc.get("kind") == "published":  # a new rollout: converging again
                     progress.published(doc.get("seq"), time.monotonic())
                 elif doc.get("kind") == "rejected":
@@ -112,7 +116,7 @@ def dev(
     ] = False,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600.0,
 ) -> None:
-    """Run a local cluster: private RabbitMQ, the publisher and three agents on sample-repo.
+    """Run a local cluster: private RabbitMQ, the publisher and five agents on sample-repo.
 
     Example: erel-sync dev        (then edit .work/dev/config and `git commit -am ...`)
     """

@@ -157,3 +157,44 @@ def retry(
       erel-sync rollout retry web --key ops.key
     """
     _steer("retry", group, key, key_id, ttl, timeout, output, amqp_url, vhost)
+
+
+@app.command("status")
+def show(
+    group: Annotated[str | None, typer.Argument(help="Only this group.")] = None,
+    output: OutputOpt = Output.table,
+    amqp_url: AmqpUrl = None,
+    vhost: VhostOpt = None,
+) -> None:
+    """Each group's rollout, from the publisher's newest rollout document: revision, phase
+    (Canary, Paused, Progressing, Halted, Complete), hosts done / in progress / waiting, and
+    the failed ones with their reason.
+
+    JSON/YAML: the group's rollout object with GROUP, else {group: rollout}.
+    Exit 0; 1 when a rollout shown is Halted; 3 when there is no rollout document yet.
+
+    Example:
+      erel-sync rollout status web -o json | jq .phase
+    """
+    urls = urls_of(amqp_url, vhost)
+    raise typer.Exit(run(_show(group, output, urls), urls))
+
+
+async def _show(group: str | None, output: Output, urls: list[str]) -> int:
+    from erel_sync.adapters.broker.opsclient import OpsClient  # noqa: PLC0415
+    from erel_sync.cli.common import render_table  # noqa: PLC0415
+    from erel_sync.core import rolloutview  # noqa: PLC0415
+
+    docs: list[dict[str, Any]] = []
+    async with OpsClient(urls) as client:
+        await client.follow_rollouts(docs.append, max_wait=1.0)
+    shown = rolloutview.groups(rolloutview.newest(docs), group)
+    if not shown:
+        sys.stderr.write(f"erel-sync: no rollout{f' of group {group}' if group else ''} yet\n")
+        return int(Exit.PARTIAL)
+    if output in (Output.json, Output.yaml):
+        print(dump(shown[group] if group else shown, output))
+    else:
+        print(render_table(rolloutview.ROLLOUT_HEADERS, rolloutview.rows({"groups": shown})))
+    halted = any(g.get("phase") == "Halted" for g in shown.values())
+    return int(Exit.CHANGES if halted else Exit.OK)

@@ -36,7 +36,7 @@ from erel_sync.cli.common import (
     urls_of,
 )
 from erel_sync.core import clusterview as view
-from erel_sync.core import control, liveness
+from erel_sync.core import control, liveness, rolloutview
 
 
 async def gather_entries(
@@ -75,14 +75,24 @@ def notify(outcome: liveness.Outcome) -> int:
     return outcome.code
 
 
-def _render_status(entries: list[dict[str, Any]], output: Output, now: float) -> str:
+def _render_status(
+    entries: list[dict[str, Any]],
+    output: Output,
+    now: float,
+    rollouts: dict[str, Any] | None = None,
+) -> str:
     if output in (Output.json, Output.yaml):
         return dump(entries, output)
     wide = output is Output.wide
     headers = view.STATUS_WIDE_HEADERS if wide else view.STATUS_HEADERS
     if not entries:
-        return "no hosts (no agent answered and none was seen within --since)"
-    return render_table(headers, view.status_rows(entries, now=now, wide=wide))
+        text = "no hosts (no agent answered and none was seen within --since)"
+    else:
+        text = render_table(headers, view.status_rows(entries, now=now, wide=wide))
+    rows = rolloutview.rows(rollouts)
+    if rows:  # each group's rollout under the hosts (JSON keeps its list of hosts)
+        text += "\n\n" + render_table(rolloutview.ROLLOUT_HEADERS, rows)
+    return text
 
 
 def status(
@@ -123,20 +133,30 @@ async def _status(
     within: float,
     urls: list[str],
 ) -> int:
+    from erel_sync.adapters.broker.messages import BrokerError  # noqa: PLC0415
     from erel_sync.adapters.broker.opsclient import OpsClient  # noqa: PLC0415
 
     async with OpsClient(urls) as client:
+        docs: list[dict[str, Any]] = []
+        with contextlib.suppress(BrokerError):  # a user set up before rollouts
+            await client.follow_rollouts(docs.append, max_wait=0.3)
         entries = await gather_entries(client, group=group, host=host, since=since, within=within)
         now = time.time()
         if not watch:
-            print(_render_status(entries, output, now))
+            shown = {"groups": rolloutview.groups(rolloutview.newest(docs), group)}
+            print(_render_status(entries, output, now, shown))
             return notify(liveness.status_outcome(entries, now, host=host))
-        await _watch(client, entries, group, host, output)
+        await _watch(client, entries, group, host, output, docs)
     return int(Exit.OK)
 
 
 async def _watch(
-    client: Any, entries: list[dict[str, Any]], group: str | None, host: str | None, output: Output
+    client: Any,
+    entries: list[dict[str, Any]],
+    group: str | None,
+    host: str | None,
+    output: Output,
+    rollouts: list[dict[str, Any]],
 ) -> None:
     """Follow heartbeats and redraw when the table changes; who still counts is
     `liveness.watch_replies` (a host not heard for 3 heartbeat intervals turns Unreachable; two
@@ -165,7 +185,8 @@ async def _watch(
         current = view.host_entries(known_now, replies, now=now, group=group, host=host)
         for e in current:
             known[e["host_id"]] = e
-        text = _render_status(current, output, now)
+        shown = {"groups": rolloutview.groups(rolloutview.newest(rollouts[-20:]), group)}
+        text = _render_status(current, output, now, shown)
         if text != last:
             if tty:
                 sys.stdout.write("\x1b[H\x1b[2J")

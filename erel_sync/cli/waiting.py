@@ -4,13 +4,15 @@ Adapter glue: `adapters.broker.opsclient` follows the `erel.revisions` stream (w
 made of each commit: published as seq N with the commits it brings, or rejected with its problems),
 the heartbeats (to re-check at once when something changes) and asks every host for its status;
 `core.revisions` and `core.clusterview.wait_verdict` decide. Exit codes (docs/operating.md): 0
-converged, 1 a host failed or the publisher rejected the revision (problems printed), 2
+converged, 1 a host failed, the revision's rollout halted (failed hosts and reasons) or the
+publisher rejected the revision (problems printed), 2
 invalid input, 3 timed out (the hosts still pending are listed), 4 runtime error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from typing import Annotated, Any
@@ -30,7 +32,7 @@ from erel_sync.cli.common import (
 )
 from erel_sync.cli.status import gather_entries
 from erel_sync.core import clusterview as view
-from erel_sync.core import revisions
+from erel_sync.core import revisions, rolloutview
 
 FAIL_GRACE = 30.0  # after a first failure, how long `wait` lets hosts still at work finish
 
@@ -122,7 +124,15 @@ async def _wait(
             records.append(doc)
             woken.set()
 
+        rollouts: list[dict[str, Any]] = []
+
+        def on_rollout(doc: dict[str, Any]) -> None:
+            rollouts.append(doc)
+            woken.set()
+
         await client.follow_heartbeats(lambda _doc: woken.set())
+        with contextlib.suppress(BrokerError):  # a user set up before rollouts: no halts seen
+            await client.follow_rollouts(on_rollout, max_wait=0.5)
         try:
             announced = await client.follow_revisions(on_record)  # False: no erel.revisions
         except BrokerError as e:
@@ -134,6 +144,13 @@ async def _wait(
             found = revisions.locate(records, revision)
             if found.state == "Rejected":
                 return _rejected(tty, revision, found.record)
+            stopped = rolloutview.halted(rolloutview.newest(rollouts), seq=found.seq, group=group)
+            if stopped:
+                # A halted rollout waits for an operator (retry) or a new commit: say so now.
+                names = ", ".join(sorted(stopped))
+                head = f"halted: the rollout of {revision[:12]} stopped in group {names}"
+                failed = {h: r for hosts in stopped.values() for h, r in hosts.items()}
+                return _verdict(tty, head, failed, Exit.CHANGES)
             left = deadline - time.monotonic()
             # Every host is asked, not only the group's: the revision may move hosts into it.
             entries = await gather_entries(

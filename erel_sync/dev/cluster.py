@@ -53,6 +53,8 @@ class DevHost:
 
 DEFAULT_HOSTS = (
     DevHost("web-1", {"role": "web"}),
+    DevHost("web-2", {"role": "web"}),
+    DevHost("web-3", {"role": "web"}),
     DevHost("edge-1", {"role": "edge"}),
     DevHost("batch-1", {"role": "batch", "region": "us-east"}),
 )

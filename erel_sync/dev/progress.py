@@ -14,7 +14,7 @@ from typing import Any
 
 from erel_sync.core.conditions import clip, host_condition, host_problems, release_error
 
-COLUMNS = ("host", "group", "seq", "applied", "releases", "broker", "error")
+COLUMNS = ("host", "group", "seq", "applied", "rollout", "releases", "broker", "error")
 ERROR_WIDTH = 80
 
 
@@ -35,10 +35,19 @@ def host_row(beat: Mapping[str, Any]) -> list[str]:
         str(beat.get("group") or beat.get("match") or "-"),
         str((beat.get("snapshot") or {}).get("seq", "-")),
         str((beat.get("applied") or {}).get("seq", "-")),
+        rollout_cell(beat.get("rollout")),
         releases or "-",
         str(beat.get("broker") or "-"),
         clip("; ".join(errors), ERROR_WIDTH) or "-",
     ]
+
+
+def rollout_cell(report: Any) -> str:
+    """Where the host stands in its group's rollout: `waiting`, `changing`, `converged` or
+    `failed`, for the seq it holds (from its heartbeat or its newest rollout event)."""
+    if not isinstance(report, Mapping) or not report.get("state"):
+        return "-"
+    return f"{report.get('state')} @{report.get('seq', '?')}"
 
 
 def _seq(doc: Any) -> int:

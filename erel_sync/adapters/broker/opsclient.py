@@ -298,3 +298,31 @@ class OpsClient:
             await queue.consume(on_message, arguments={"x-stream-offset": "first"})
             await self._until_silent(arrived, max_wait)
         return True
+
+    async def follow_rollouts(
+        self, handler: Callable[[dict[str, Any]], None], *, max_wait: float = 2.0
+    ) -> bool:
+        """The newest rollout documents of the `erel.rollout` stream (from its last chunk), then
+        each new one, to `handler` until the client closes. Returns once the tail is in; False
+        when the stream does not exist (a publisher older than rollouts). Not verified: the
+        CLI holds no publisher key, and only the publisher may write the stream."""
+        with _translated(f"read {topo.ROLLOUT_STREAM}"):
+            channel = await self._conn.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=100)
+            try:
+                queue = await channel.declare_queue(topo.ROLLOUT_STREAM, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return False
+            arrived = asyncio.Event()
+
+            async def on_message(message: AbstractIncomingMessage) -> None:
+                with contextlib.suppress(ValueError, UnicodeDecodeError):
+                    doc = json.loads(message.body)
+                    if isinstance(doc, dict) and doc.get("kind") == "rollout":
+                        handler(doc)
+                arrived.set()
+                await message.ack()
+
+            await queue.consume(on_message, arguments={"x-stream-offset": "last"})
+            await self._until_silent(arrived, max_wait)
+        return True
