@@ -48,7 +48,7 @@ from erel_sync.model.settings import AgentSettings
 
 log = logging.getLogger("erel_sync.agent")
 
-ROLLOUT_SEND = 2.0  # how long a rollout event may delay the step it announces
+ROLLOUT_SEND = 2.0  # how long one rollout event may take to be confirmed
 STOP_GRACE = 60.0  # SIGTERM: how long a running tick may take to finish
 LEAVE_GRACE = 2.0  # SIGTERM: how long the broker session may take to publish `left`
 ONCE_JOIN = 5.0  # `--once`: how long the one broker join may take, connection included
@@ -94,6 +94,7 @@ class Agent:
         )
         saved = read_status(self.state_dir)
         self._trigger = asyncio.Event()
+        self._sending: asyncio.Task[None] | None = None  # the newest rollout event on its way
         self.rollout = RolloutFollower(
             settings.host_id,
             self.trusted,
@@ -198,14 +199,29 @@ class Agent:
         self.reporter.now.set()
 
     async def _send_rollout(self, report: HostReport) -> None:
-        """Publish a new rollout report at once; a broker that fails or is slow delays no step
-        for long, and the heartbeats carry the report all the same."""
+        """Publish a new rollout report at once, without holding up the step it announces:
+        the report carries the time the state began (`at`), so an observer orders events by
+        it, not by arrival. Sends are chained, so events leave in the order they happened; a
+        broker that fails or is slow costs the event (the heartbeats carry the report)."""
         self.reporter.now.set()
-        try:
-            async with asyncio.timeout(ROLLOUT_SEND):
-                await self.link.send_rollout(report)
-        except (BrokerError, TimeoutError) as e:
-            log.warning("%s: rollout event not sent (%s)", self.s.host_id, e)
+        previous = self._sending
+
+        async def send() -> None:
+            if previous is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await previous
+            try:
+                async with asyncio.timeout(ROLLOUT_SEND):
+                    await self.link.send_rollout(report)
+            except (BrokerError, TimeoutError) as e:
+                log.warning("%s: rollout event not sent (%s)", self.s.host_id, e)
+
+        self._sending = asyncio.create_task(send(), name="rollout-event")
+
+    async def _events_sent(self) -> None:
+        """Wait for the rollout events on their way (each is bounded by ROLLOUT_SEND)."""
+        if self._sending is not None:
+            await asyncio.wait({self._sending})
 
     def _joined(self) -> None:
         release_free_memory()
@@ -257,6 +273,7 @@ class Agent:
         try:
             await self.link.once(join_within)
             await self.reconciler.tick("once")
+            await self._events_sent()
             await self.persist()
             return self.heartbeat()
         finally:
@@ -302,6 +319,7 @@ class Agent:
             self._trigger.set()
             await tasks.close(finish={"reconcile": STOP_GRACE, "broker": LEAVE_GRACE})
             self.intake.schedule_retry = None
+            await self._events_sent()
             if self.link.commands:  # operator commands finish their driver step, like a tick
                 await asyncio.wait(self.link.commands, timeout=STOP_GRACE)
             with contextlib.suppress(store.StoreError):

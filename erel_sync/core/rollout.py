@@ -108,6 +108,11 @@ def _failure_counts(report: HostReport, retry: int) -> bool:
     return given is None or given >= retry
 
 
+# How long a host that has not reported on a new seq keeps its turn in the order before the
+# hosts after it may go first (a live host reports within a second of its snapshot).
+TURN_GRACE = 10.0
+
+
 def step(
     previous: GroupRollout | None,
     *,
@@ -193,17 +198,20 @@ def step(
         busy &= set(granted) | {h for h, r in mine.items() if r.state is HostState.CHANGING}
     elif phase in (Phase.CANARY, Phase.PROGRESSING):
         allowed = set(pending) if phase is Phase.CANARY else set(order)
+        started = previous.started if previous is not None and same else now
         for host in order:
             if len(busy) >= limit:
                 break
+            if host not in allowed or host in busy or host in done or host in failed:
+                continue
             report = mine.get(host)
-            if (
-                host in allowed
-                and host not in busy
-                and host not in done
-                and report is not None
-                and report.state is HostState.WAITING
-            ):
+            if report is None:
+                # Not heard on this seq yet (the snapshot is on its way): the host keeps its
+                # turn for a while, so the order is the one `plan --hosts` shows.
+                if now < started + TURN_GRACE:
+                    break
+                continue
+            if report.state is HostState.WAITING:
                 granted[host] = Grant(host, seq, grant_id(seq, host, retries), now)
                 busy.add(host)
 

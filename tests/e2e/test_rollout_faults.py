@@ -93,7 +93,11 @@ def test_04_an_agent_killed_mid_change_frees_its_place_by_the_deadline(
     cluster.start_agent(next(h for h in HOSTS if h.host_id == victim))
     out = cli(cluster, "rollout", "retry", "web")
     assert out.returncode == 0, (out.stdout, out.stderr)
-    cluster.wait_converged(WEB, seq, timeout=240)
+    try:
+        cluster.wait_converged(WEB, seq, timeout=240)
+    except AssertionError as e:  # say where each host and the rollout stand
+        where = {h: (cluster.report(h).get("rollout"), cluster.releases(h)) for h in WEB}
+        raise AssertionError(f"{e}\nrollout: {rollout_doc(cluster)}\nhosts: {where}") from e
     assert set(versions(cluster).values()) == {"0.2.0"}
     assert most_at_once(change_intervals(rollout_events(cluster, seq))) <= 2
 

@@ -417,3 +417,21 @@ def test_host_report_json() -> None:
         None,
     ):
         assert HostReport.from_json(junk) is None, junk
+
+
+def test_a_host_not_heard_on_the_new_seq_keeps_its_turn_for_a_while() -> None:
+    """The order `plan --hosts` shows is the order hosts go in: web-1 has not reported on this
+    seq yet (its snapshot is on its way), so web-2 and web-3 wait for it; after TURN_GRACE a
+    silent host no longer holds the others back."""
+    from erel_sync.core.rollout import TURN_GRACE
+
+    policy = RolloutSpec(max_unavailable=1)
+    heard = {**reports({"web-2": W, "web-3": W}), **reports({"web-1": W}, seq=SEQ - 1)}
+    first = run(None, heard, policy, now=100.0)
+    assert dict(first.granted) == {}
+    assert run(first, heard, policy, now=100.0 + TURN_GRACE / 2).granted == {}
+    later = run(first, heard, policy, now=100.0 + TURN_GRACE + 1)
+    assert list(later.granted) == ["web-2"]
+    # Once web-1 says it waits, it goes first.
+    on_time = run(None, reports({"web-1": W, "web-2": W, "web-3": W}), policy, now=100.0)
+    assert list(on_time.granted) == ["web-1"]

@@ -389,3 +389,29 @@ async def test_the_follower_keeps_the_newest_verified_document_and_wakes_on_what
     current = follower.current()
     assert current is not None and current.version == 7 and not wake.is_set()
     assert counters["rollout_rejected.BadSignature"] == 1
+
+
+async def test_a_document_that_changes_nothing_here_is_dropped_unverified_never_trusted() -> None:
+    """Most documents of a rollout are about other hosts: an agent drops them before checking
+    their signature (the cost of a wave, times a hundred agents). Such a document never becomes
+    the one the agent acts on, so a forged one gains nothing; one that would change this host's
+    grant is verified first, and a forged one is refused."""
+    key = load_private_key(PEM)
+    wake = asyncio.Event()
+    counters: Counter[str] = Counter()
+    follower = RolloutFollower(HOST, {"k": PUB}, counters, group=lambda: "web", reconcile_now=wake)
+    await follower.on_rollout(sign_rollout(rollout(2, version=5), key, "k"))
+    wake.clear()
+    bad_pem, _ = generate_key()
+    forger = load_private_key(bad_pem)
+    await follower.on_rollout(sign_rollout(rollout(2, version=6), forger, "k"))  # same view
+    assert counters["rollout_documents_unchanged"] == 1
+    current = follower.current()
+    assert current is not None and current.version == 5 and not wake.is_set()
+    await follower.on_rollout(sign_rollout(rollout(2, granted=True, version=9), forger, "k"))
+    assert counters["rollout_rejected.BadSignature"] == 1
+    current = follower.current()
+    assert current is not None and current.version == 5 and not wake.is_set()
+    await follower.on_rollout(sign_rollout(rollout(2, granted=True, version=7), key, "k"))
+    current = follower.current()
+    assert current is not None and current.version == 7 and wake.is_set()
