@@ -234,6 +234,7 @@ class RolloutController:
         now = self.clock()
         if self.target is None or self._warm_at is None or now < self._warm_at:
             return False
+        self._count("rollout_steps")  # decisions taken (a new document or not)
         t, previous = self.target, self.doc.groups if self.doc is not None else {}
         groups: dict[str, GroupRollout] = {}
         for name, spec in sorted(t.state.groups.items()):

@@ -15,18 +15,18 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import aio_pika
 import pytest
 
+from erel_sync.adapters.broker import topology as topo
 from erel_sync.core.erlterm import Atom
 from erel_sync.dev.cluster import DevHost
 from tests.e2e.harness import E2ECluster, cli, reset_cluster, running_cluster, wait_for
 from tests.e2e.test_gitops import release
+from tests.streams import read_stream
 
 pytestmark = pytest.mark.e2e
 
 WEB = [f"web-{i}" for i in range(1, 7)]
-ROLLOUT_EVENTS = "erel.rollout.events"
 HOSTS = tuple(DevHost(h, {"role": "web"}) for h in WEB)
 
 
@@ -65,31 +65,11 @@ def rollout_events(c: E2ECluster, seq: int) -> list[dict[str, Any]]:
     """Every rollout event of `seq` the agents published, read back from the durable
     `erel.rollout.events` stream (what an outside observer has, even across a broker restart:
     agents send their current state again on every reconnect)."""
-    return [e for e in asyncio.run(read_stream(c.url, ROLLOUT_EVENTS)) if e.get("seq") == seq]
-
-
-async def read_stream(url: str, queue: str, idle: float = 0.5) -> list[dict[str, Any]]:
-    """The whole stream, from its first record until nothing came for `idle` seconds."""
-    out: list[dict[str, Any]] = []
-    got = asyncio.Event()
-    connection = await aio_pika.connect(url)
-    async with connection:
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=500)
-        stream = await channel.declare_queue(queue, passive=True)
-
-        async def on(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            out.append(json.loads(message.body))
-            got.set()
-            await message.ack()
-
-        await stream.consume(on, arguments={"x-stream-offset": "first"})
-        while True:  # until the stream has been idle for `idle` seconds
-            got.clear()
-            try:
-                await asyncio.wait_for(got.wait(), idle)
-            except TimeoutError:
-                return out
+    marker_key = topo.rollout_key("~marker")
+    events = asyncio.run(
+        read_stream(c.url, topo.ROLLOUT_EVENTS_STREAM, topo.STATUS_EXCHANGE, marker_key)
+    )
+    return [e for e in events if e.get("seq") == seq]
 
 
 def change_intervals(events: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:

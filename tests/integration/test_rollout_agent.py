@@ -15,7 +15,6 @@ two hosts changing at once.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,12 +43,12 @@ from erel_sync.publisher.daemon import Publisher, PublisherSettings
 from tests.configrepo import GitRepo
 from tests.integration.conftest import kill_release_processes
 from tests.integration.test_broker_faults import new_agent, running
+from tests.streams import read_stream
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
 QUIET = 3600.0  # a controller warm-up that outlasts the test: it never decides
-SETTLE = 1.5  # how long hosts without a grant are watched not to move
 
 
 def release_yaml(examples: ExampleManifest) -> str:
@@ -164,28 +163,11 @@ def grant_doc(c: Cluster, seq: int, revision: str, host: str) -> RolloutDoc:
     return RolloutDoc(1, "2026-11-24T00:00:00Z", MappingProxyType({"web": group}))
 
 
-async def rollout_events(url: str, until: float = 1.0) -> list[dict[str, Any]]:
-    """Every rollout event on `erel.rollout.events` so far (read from the first offset until
-    the stream stays quiet for `until` seconds)."""
-    events: list[dict[str, Any]] = []
-    quiet = asyncio.Event()
-    async with await aio_pika.connect(url) as connection:
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=100)
-        queue = await channel.declare_queue(topo.ROLLOUT_EVENTS_STREAM, passive=True)
-
-        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            events.append(json.loads(message.body))
-            await message.ack()
-            quiet.clear()
-
-        await queue.consume(on_message, arguments={"x-stream-offset": "first"})
-        while True:
-            quiet.set()
-            await asyncio.sleep(until)
-            if quiet.is_set():
-                break
-    return events
+async def rollout_events(url: str) -> list[dict[str, Any]]:
+    """Every rollout event on `erel.rollout.events` so far."""
+    return await read_stream(
+        url, topo.ROLLOUT_EVENTS_STREAM, topo.STATUS_EXCHANGE, topo.rollout_key("~marker")
+    )
 
 
 def states_by_host(events: list[dict[str, Any]], seq: int) -> dict[str, list[str]]:
@@ -214,7 +196,8 @@ async def test_a_grant_lets_exactly_the_granted_host_upgrade(
             lambda: all(state(a, 2) is HostState.WAITING for a in agents),
             30, what="every host waits for a grant",
         )  # fmt: skip
-        await asyncio.sleep(SETTLE)
+        # No document grants anything: a tick of each changes nothing.
+        await asyncio.gather(*(a.reconciler.tick("test") for a in agents))
         assert [version(a) for a in agents] == ["0.1.0"] * 3
         assert all(a.heartbeat()["rollout"]["state"] == "waiting" for a in agents)
         assert all(r["state"] == "Waiting" for a in agents for r in a.heartbeat()["releases"])
@@ -227,7 +210,12 @@ async def test_a_grant_lets_exactly_the_granted_host_upgrade(
             lambda: version(granted) == "0.2.0" and state(granted, 2) is HostState.CONVERGED,
             60, what="the granted host upgraded",
         )  # fmt: skip
-        await asyncio.sleep(SETTLE)
+        # The others hold the same document, and a tick of theirs still changes nothing.
+        await eventually(
+            lambda: all((d := a.rollout.current()) is not None and d.version == 1 for a in others),
+            30, what="every host holds the document",
+        )  # fmt: skip
+        await asyncio.gather(*(a.reconciler.tick("test") for a in others))
         assert [version(a) for a in others] == ["0.1.0", "0.1.0"]
         assert all(state(a, 2) is HostState.WAITING for a in others)
         report = granted.heartbeat()["rollout"]

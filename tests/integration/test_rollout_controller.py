@@ -44,7 +44,6 @@ GROUP = "web"
 LIMIT = 2
 BEAT = 0.25  # seconds between two heartbeats of a fake host
 WARMUP = 1.0
-QUIET = 1.5  # long enough for a step on the 1 s timer: a grant that must not come did not
 
 
 def files(rollout: str) -> dict[str, str]:
@@ -71,6 +70,7 @@ class Cluster:
         self.publisher: Publisher | None = None
         self._connection: Any = None
         self._status: Any = None
+        self._stop = asyncio.Event()
 
     def new_publisher(self) -> Publisher:
         self.publisher = Publisher(
@@ -145,7 +145,11 @@ class Cluster:
                         self._status, topo.STATUS_EXCHANGE, topo.host_key(host),
                         json.dumps(beat).encode(), mandatory=False,
                     )  # fmt: skip
-            await asyncio.sleep(BEAT)  # the heartbeat period of these fake agents
+            with contextlib.suppress(TimeoutError):  # the heartbeat period of these fake agents
+                async with asyncio.timeout(BEAT):
+                    await self._stop.wait()
+            if self._stop.is_set():
+                return
 
     async def _on_doc(self, message: AbstractIncomingMessage) -> None:
         assert self.publisher is not None
@@ -166,6 +170,7 @@ class Cluster:
             await reader.set_qos(prefetch_count=100)
             stream = await reader.declare_queue(topo.ROLLOUT_STREAM, passive=True)
             await stream.consume(self._on_doc, arguments={"x-stream-offset": "first"})
+            self._stop.clear()
             for host in HOSTS:
                 if host not in self.reports:  # after a publisher restart: where they stood
                     await self.report(host, HostState.WAITING)
@@ -173,9 +178,18 @@ class Cluster:
             try:
                 yield
             finally:
-                beats.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beats
+                self._stop.set()
+                await beats
+
+    async def decided_again(self, times: int = 2) -> None:
+        """Wait until the controller took `times` more decisions (its 1 s timer steps too),
+        each with every host's newest report: a grant that must not come did not."""
+        assert self.publisher is not None
+        steps = self.publisher.counters.extra
+        start = steps.get("rollout_steps", 0)
+        await eventually(
+            lambda: steps.get("rollout_steps", 0) >= start + times, 10, what="more decisions"
+        )
 
     # --- what the documents say
     def in_flight(self) -> set[str]:
@@ -226,7 +240,7 @@ async def test_limit_holds_grants_advance_and_survive_a_publisher_restart(
             ),
             what="both changing",
         )
-        await asyncio.sleep(QUIET)  # the timer steps meanwhile: nobody else may go
+        await c.decided_again()  # nobody else may go
         assert c.in_flight() == {"r-1", "r-2"}
         c.check_limit()
         await c.report("r-1", HostState.CONVERGED)
@@ -242,7 +256,7 @@ async def test_limit_holds_grants_advance_and_survive_a_publisher_restart(
     assert verify_rollout(saved["signed"].encode(), c.publisher.trusted).version == version
     async with running(c.new_publisher()), c.hosts():
         await eventually(lambda: c.newest is not None and c.newest.version >= version)
-        await asyncio.sleep(WARMUP + QUIET)  # past the warm-up: it decides again
+        await c.decided_again()  # past the warm-up: it decides again
         after = c.rollout()
         assert dict(after.granted) == dict(before.granted)
         assert c.newest is not None and c.newest.version >= version
@@ -271,7 +285,7 @@ async def test_canary_pause_promote_halt_and_retry_through_the_cli(
         assert c.rollout().phase is Phase.CANARY
         await c.report("r-1", HostState.CONVERGED)
         await eventually(lambda: c.rollout().phase is Phase.PAUSED, what="paused after canary")
-        await asyncio.sleep(QUIET)
+        await c.decided_again()
         assert c.in_flight() == set()
 
         # Refused: a key the publisher does not trust, a group it does not know.
@@ -292,7 +306,7 @@ async def test_canary_pause_promote_halt_and_retry_through_the_cli(
         await eventually(lambda: c.rollout().phase is Phase.HALTED, what="halted")
         assert dict(c.rollout().failed) == {"r-2": "RolledBack: health check failed"}
         await c.report("r-3", HostState.CONVERGED)  # it was changing: it finishes
-        await asyncio.sleep(QUIET)
+        await c.decided_again()
         assert "r-4" not in c.in_flight()  # a halted rollout grants nobody
         assert c.reports["r-4"].state is HostState.WAITING
         c.check_limit()
