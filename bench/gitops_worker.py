@@ -50,25 +50,27 @@ class TimedAgent(Agent):
             report(f"disk {self.s.host_id} {self.snapshot.seq} {time.time():.6f}\n")
 
 
+def settings_for(spec: dict[str, object], host: str) -> AgentSettings:
+    """An agent of the benchmark: its own directories under `work`, quiet timers."""
+    d = Path(str(spec["work"])) / host
+    return AgentSettings(
+        host_id=host,
+        broker_urls=(str(spec["url"]),),
+        trusted_keys=(TrustedKey(str(spec["key_id"]), str(spec["public_key"])),),
+        state_dir=str(d / "state"),
+        releases_dir=str(d / "releases"),
+        cache_dir=str(d / "cache"),
+        reconcile_interval=300.0,
+        heartbeat_interval=30.0,
+    )
+
+
 async def agents(spec: dict[str, object]) -> None:
     stop = asyncio.Event()
     hosts = list(spec["hosts"])  # type: ignore[call-overload]
-    work = Path(str(spec["work"]))
-    key = TrustedKey(str(spec["key_id"]), str(spec["public_key"]))
     tasks = []
     for host in hosts:
-        d = work / host
-        settings = AgentSettings(
-            host_id=host,
-            broker_urls=(str(spec["url"]),),
-            trusted_keys=(key,),
-            state_dir=str(d / "state"),
-            releases_dir=str(d / "releases"),
-            cache_dir=str(d / "cache"),
-            reconcile_interval=300.0,
-            heartbeat_interval=30.0,
-        )
-        tasks.append(asyncio.create_task(TimedAgent(settings).run(stop)))
+        tasks.append(asyncio.create_task(TimedAgent(settings_for(spec, host)).run(stop)))
     print("ready - 0 0", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     stop.set()
@@ -79,27 +81,15 @@ async def rollout(spec: dict[str, object]) -> None:
     """Agents whose releases are stood in for by `StubDriver` (bench/rollout.py): every upgrade
     takes `step_time`; prints `start|done|config <host> 0 <time>` as steps begin and end."""
     stop = asyncio.Event()
-    work = Path(str(spec["work"]))
-    key = TrustedKey(str(spec["key_id"]), str(spec["public_key"]))
     tasks = []
     for host in list(spec["hosts"]):  # type: ignore[call-overload]
-        d = work / host
 
         def on_step(what: str, _release: str, host: str = host) -> None:
             report(f"{what} {host} 0 {time.time():.6f}\n")
 
         driver = StubDriver({"hello": "0.1.0"}, float(str(spec["step_time"])), on_step)
-        settings = AgentSettings(
-            host_id=host,
-            broker_urls=(str(spec["url"]),),
-            trusted_keys=(key,),
-            state_dir=str(d / "state"),
-            releases_dir=str(d / "releases"),
-            cache_dir=str(d / "cache"),
-            reconcile_interval=300.0,
-            heartbeat_interval=30.0,
-        )
-        tasks.append(asyncio.create_task(Agent(settings, driver=driver).run(stop)))
+        agent = Agent(settings_for(spec, host), driver=driver)
+        tasks.append(asyncio.create_task(agent.run(stop)))
     print("ready - 0 0", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     stop.set()

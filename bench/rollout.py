@@ -21,18 +21,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gitops
 from gitops import Workers, bench_cluster, git
 
-RELEASE = """apiVersion: erel/v1
-kind: Release
-metadata: {name: hello}
-spec:
-  versions:
-    - version: "0.1.0"
-      artifact: {url: "https://artifacts.example.com/hello-0.1.0.tar.gz", sha256: %s}
-    - version: "0.2.0"
+# gitops' release, with a second version to upgrade to.
+RELEASE = (
+    gitops.RELEASE
+    + """    - version: "0.2.0"
       artifact: {url: "https://artifacts.example.com/hello-0.2.0.tar.gz", sha256: %s}
 """
+)
 GROUP = """apiVersion: erel/v1
 kind: Group
 metadata: {name: web}

@@ -211,24 +211,37 @@ class RolloutFollower:
         self.group = group  # this host's group as of the last tick
         self.reconcile_now = reconcile_now
         self.doc: RolloutDoc | None = None
+        self._held_key: tuple[int, str | None] | None = None
+        self._held: tuple[Any, ...] | None = None
 
     def current(self) -> RolloutDoc | None:
         return self.doc
 
-    def _view(self, doc: RolloutDoc | None) -> tuple[Any, ...] | None:
-        """What of a document changes what this host may do."""
+    def _view(self, groups: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
+        """What of a document (its groups, as JSON) changes what this host may do."""
         group = self.group()
-        rollout = doc.groups.get(group) if doc is not None and group is not None else None
+        rollout = groups.get(group) if groups is not None and group is not None else None
         if rollout is None:
             return None
-        grant = rollout.granted.get(self.host_id)
+        grant = rollout["granted"].get(self.host_id)
         return (
-            rollout.seq,
-            rollout.phase,
-            rollout.retry,
-            (grant.id, grant.seq) if grant is not None else None,
-            tuple(sorted(rollout.stable.items())),
+            rollout["seq"],
+            rollout["phase"],
+            rollout["retry"],
+            (grant["id"], grant["seq"]) if grant is not None else None,
+            tuple(sorted(rollout["stable"].items())),
         )
+
+    def _held_view(self) -> tuple[Any, ...] | None:
+        """The held document's view, computed once per document and group (every delivery
+        compares against it)."""
+        held, group = self.doc, self.group()
+        if held is None:
+            return None
+        key = (held.version, group)
+        if self._held_key != key:
+            self._held_key, self._held = key, self._view(held.to_json()["groups"])
+        return self._held
 
     def _unchanged(self, raw: bytes) -> bool:
         """Whether a newer document says the same as the held one about this host (most do:
@@ -236,27 +249,16 @@ class RolloutFollower:
         dropped before its signature is checked: it would change nothing, and a hundred agents
         verifying every document of a rollout was the cost of a wave. Anything that does
         change this host's view is verified first."""
-        held, group = self.doc, self.group()
-        if held is None or group is None:
+        held = self.doc
+        if held is None or self.group() is None:
             return False
         try:
             body = json.loads(raw)
-            rollout = body["groups"].get(group)
             if not isinstance(body["version"], int) or body["version"] <= held.version:
                 return False
-            if rollout is None:
-                return self._view(held) is None
-            grant = rollout["granted"].get(self.host_id)
-            view = (
-                rollout["seq"],
-                rollout["phase"],
-                rollout["retry"],
-                (grant["id"], grant["seq"]) if grant is not None else None,
-                tuple(sorted(rollout["stable"].items())),
-            )
+            return self._view(body["groups"]) == self._held_view()
         except (ValueError, KeyError, TypeError, AttributeError):
             return False  # not the shape we know: the verification says what is wrong
-        return view == self._view(held)
 
     async def on_rollout(self, raw: bytes) -> None:
         """A delivery of the rollout stream: verify, keep the newest `version`, and reconcile
@@ -270,10 +272,10 @@ class RolloutFollower:
             self.counters[f"rollout_rejected.{e.reason}"] += 1
             log.warning("%s: rollout document refused: %s", self.host_id, e)
             return
-        before = self.doc
-        if before is not None and doc.version <= before.version:
+        if self.doc is not None and doc.version <= self.doc.version:
             return
+        before = self._held_view()
         self.doc = doc
         self.counters["rollout_documents"] += 1
-        if self.group() is None or self._view(before) != self._view(doc):
+        if self.group() is None or before != self._held_view():
             self.reconcile_now.set()

@@ -115,48 +115,33 @@ def _describe(answer: dict[str, Any]) -> str:
     )
 
 
-@app.command()
-def promote(
-    group: GroupArg,
-    key: KeyOpt = None,
-    key_id: KeyIdOpt = None,
-    ttl: TtlOpt = "60s",
-    timeout: TimeoutOpt = 15.0,
-    output: OutputOpt = Output.table,
-    amqp_url: AmqpUrl = None,
-    vhost: VhostOpt = None,
-) -> None:
-    """Let GROUP's rollout go on past its canaries (`pause_after_canary: true`).
+def _make(command: str, summary: str) -> None:
+    """Register `erel-sync rollout COMMAND GROUP` (the two share everything but their word)."""
 
-    Signed with your operator key; the publisher must trust it (`--operator-key`).
-    Exit 0 ok, 1 refused, 3 no answer from the publisher, 4 broker error.
+    def cmd(
+        group: GroupArg,
+        key: KeyOpt = None,
+        key_id: KeyIdOpt = None,
+        ttl: TtlOpt = "60s",
+        timeout: TimeoutOpt = 15.0,
+        output: OutputOpt = Output.table,
+        amqp_url: AmqpUrl = None,
+        vhost: VhostOpt = None,
+    ) -> None:
+        _steer(command, group, key, key_id, ttl, timeout, output, amqp_url, vhost)
 
-    Example:
-      erel-sync rollout promote web --key ops.key
-    """
-    _steer("promote", group, key, key_id, ttl, timeout, output, amqp_url, vhost)
+    cmd.__name__ = command
+    cmd.__doc__ = (
+        f"{summary}\n\n"
+        "Signed with your operator key; the publisher must trust it (`--operator-key`).\n"
+        "Exit 0 ok, 1 refused, 3 no answer from the publisher, 4 broker error.\n\n"
+        f"Example:\n  erel-sync rollout {command} web --key ops.key"
+    )
+    app.command(command)(cmd)
 
 
-@app.command()
-def retry(
-    group: GroupArg,
-    key: KeyOpt = None,
-    key_id: KeyIdOpt = None,
-    ttl: TtlOpt = "60s",
-    timeout: TimeoutOpt = 15.0,
-    output: OutputOpt = Output.table,
-    amqp_url: AmqpUrl = None,
-    vhost: VhostOpt = None,
-) -> None:
-    """Resume GROUP's halted rollout: its failed hosts are forgotten and may try again.
-
-    Signed with your operator key; the publisher must trust it (`--operator-key`).
-    Exit 0 ok, 1 refused, 3 no answer from the publisher, 4 broker error.
-
-    Example:
-      erel-sync rollout retry web --key ops.key
-    """
-    _steer("retry", group, key, key_id, ttl, timeout, output, amqp_url, vhost)
+_make("promote", "Let GROUP's rollout go on past its canaries (`pause_after_canary: true`).")
+_make("retry", "Resume GROUP's halted rollout: its failed hosts are forgotten and may try again.")
 
 
 @app.command("status")
@@ -166,9 +151,10 @@ def show(
     amqp_url: AmqpUrl = None,
     vhost: VhostOpt = None,
 ) -> None:
-    """Each group's rollout, from the publisher's newest rollout document: revision, phase
-    (Canary, Paused, Progressing, Halted, Complete), hosts done / in progress / waiting, and
-    the failed ones with their reason.
+    """Each group's rollout, from the publisher's newest rollout document.
+
+    Revision, phase (Canary, Paused, Progressing, Halted, Complete), hosts done,
+    in progress and waiting, and the failed ones with their reason.
 
     JSON/YAML: the group's rollout object with GROUP, else {group: rollout}.
     Exit 0; 1 when a rollout shown is Halted; 3 when there is no rollout document yet.

@@ -138,9 +138,11 @@ async def _status(
 
     async with OpsClient(urls) as client:
         docs: list[dict[str, Any]] = []
-        with contextlib.suppress(BrokerError):  # a user set up before rollouts
-            await client.follow_rollouts(docs.append, max_wait=0.3)
+        # The rollout documents are read while the hosts answer, not before: no added wait.
+        rollouts = asyncio.create_task(client.follow_rollouts(docs.append, max_wait=0.3))
         entries = await gather_entries(client, group=group, host=host, since=since, within=within)
+        with contextlib.suppress(BrokerError):  # a user set up before rollouts
+            await rollouts
         now = time.time()
         if not watch:
             shown = {"groups": rolloutview.groups(rolloutview.newest(docs), group)}

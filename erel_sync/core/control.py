@@ -24,9 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
-
+from erel_sync.core.signing import signature_problem
 from erel_sync.model.names import NAME_RE
 from erel_sync.model.specs import canonical_json
 
@@ -208,12 +206,8 @@ def check_command(
     public = operator_keys.get(cmd.key_id or "")
     if public is None:
         raise CommandRejected("UnknownKey", f"operator key {cmd.key_id!r} is not trusted here")
-    try:
-        VerifyKey(base64.b64decode(public)).verify(
-            signed_bytes(cmd), base64.b64decode(cmd.signature, validate=True)
-        )
-    except (BadSignatureError, ValueError, TypeError):
-        raise CommandRejected("BadSignature", "signature does not verify") from None
+    if signature_problem(public, signed_bytes(cmd), cmd.signature) is not None:
+        raise CommandRejected("BadSignature", "signature does not verify")
 
 
 def reply(

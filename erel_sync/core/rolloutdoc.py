@@ -23,10 +23,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
-
 from erel_sync.core.reasons import MESSAGE_LIMIT
+from erel_sync.core.signing import signature_problem
 from erel_sync.model.specs import canonical_json
 
 if TYPE_CHECKING:
@@ -331,14 +329,9 @@ def verify_rollout(raw: bytes, trusted: Mapping[str, str]) -> RolloutDoc:
     public = trusted.get(key_id)
     if public is None:
         raise RolloutRejected("UnknownKey", f"key id {key_id[:64]!r} is not trusted")
-    try:
-        VerifyKey(base64.b64decode(public)).verify(
-            _signed_message(doc), base64.b64decode(signature, validate=True)
-        )
-    except (BadSignatureError, ValueError, TypeError) as e:
-        raise RolloutRejected(
-            "BadSignature", f"signature does not verify ({e or 'invalid'})"
-        ) from None
+    problem = signature_problem(public, _signed_message(doc), signature)
+    if problem is not None:
+        raise RolloutRejected("BadSignature", f"signature does not verify ({problem})")
     try:
         return RolloutDoc.from_json(doc)
     except (KeyError, ValueError) as e:

@@ -23,11 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
-
 from erel_sync import __version__
 from erel_sync.core.reasons import MESSAGE_LIMIT, AgentTooOld, InvalidState
+from erel_sync.core.signing import signature_problem
 from erel_sync.model.canonical import canonical_body
 from erel_sync.model.problems import ConfigError
 from erel_sync.model.specs import DesiredState, canonical_json
@@ -269,17 +267,11 @@ def verify_envelope(
         raise SnapshotRejected(
             "DigestMismatch", "body does not match its digest", seq=seq, revision=revision
         )
-    try:
-        VerifyKey(base64.b64decode(public)).verify(
-            signed_message(seq, revision, digest), base64.b64decode(signature, validate=True)
-        )
-    except (BadSignatureError, ValueError, TypeError) as e:
+    problem = signature_problem(public, signed_message(seq, revision, digest), signature)
+    if problem is not None:
         raise SnapshotRejected(
-            "BadSignature",
-            f"signature does not verify ({e or 'invalid'})",
-            seq=seq,
-            revision=revision,
-        ) from None
+            "BadSignature", f"signature does not verify ({problem})", seq=seq, revision=revision
+        )
     try:
         state, docs = state_from_body(body, known=previous.docs if previous else None)
     except BodyRefused as e:

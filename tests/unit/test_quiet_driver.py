@@ -25,20 +25,11 @@ from erel_sync.core.observed import ObservedRelease, StepResult
 from erel_sync.core.reconcile import config_digest
 from erel_sync.core.releasestatus import ReleaseStatus
 from erel_sync.core.rpccodec import RpcOutcome, decode_erl_call
-from erel_sync.core.snapshot import (
-    Snapshot,
-    build_envelope,
-    generate_key,
-    load_private_key,
-    verify_envelope,
-)
 from erel_sync.core.upgrade import RecoveryStep
 from erel_sync.model.specs import HealthSpec, ReleaseConfig, ReleaseSpec
-from erel_sync.model.validate import SourceFile, validate_sources
-from tests.configrepo import group_yaml, release_yaml
+from tests.unit.reconcilerkit import snapshot
 
 HOST = "web-1"
-PEM, PUB = generate_key()
 OLD_EREL = "{badrpc, {'EXIT', {undef, [{erel_rpc, observe, [], []}]}}}"
 
 
@@ -158,20 +149,6 @@ async def test_a_release_specific_check_goes_with_the_observe_call(tmp_path: Pat
     ]
 
 
-def snapshot(seq: int, releases: tuple[tuple[str, str], ...]) -> Snapshot:
-    files = {
-        "r.yaml": release_yaml(versions=("0.1.0", "0.2.0")),
-        "t.yaml": release_yaml(name="ticker"),
-        "g.yaml": group_yaml(releases=releases),
-    }
-    state = validate_sources([SourceFile(p, c.encode()) for p, c in files.items()]).require()
-    raw = build_envelope(
-        state, seq=seq, revision=f"{seq:040x}", created="2026-11-24T00:00:00Z",
-        key=load_private_key(PEM), key_id="k",
-    )  # fmt: skip
-    return verify_envelope(raw, {"k": PUB})
-
-
 def converged_memory(*names: str) -> dict[str, ReleaseStatus]:
     return {n: ReleaseStatus(applied_config=config_digest(ReleaseConfig())) for n in names}
 
@@ -185,7 +162,7 @@ async def test_a_steady_state_tick_costs_one_erl_call_per_running_release(tmp_pa
         memory=converged_memory("hello", "ticker"),
         holds={},
     )
-    r.snapshot = snapshot(1, (("hello", "0.1.0"), ("ticker", "0.1.0")))
+    r.snapshot = snapshot(1, releases=(("hello", "0.1.0"), ("ticker", "0.1.0")))
     report = await r.tick("timer")
     assert report["converged"] is True
     assert [(n["name"], n["state"], n["healthy"]) for n in report["releases"]] == [
@@ -267,7 +244,7 @@ def reconciler(driver: StepDriver) -> Reconciler:
         memory=converged_memory("hello", "ticker"),
         holds={},
     )
-    r.snapshot = snapshot(1, (("hello", "0.1.0"), ("ticker", "0.1.0")))
+    r.snapshot = snapshot(1, releases=(("hello", "0.1.0"), ("ticker", "0.1.0")))
     return r
 
 

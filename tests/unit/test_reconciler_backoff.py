@@ -10,121 +10,16 @@ from collections.abc import Mapping
 from erel_sync.agent.reconciler import Reconciler
 from erel_sync.core import reasons
 from erel_sync.core.matching import HostIdentity
-from erel_sync.core.observed import ObservedRelease, StepResult
 from erel_sync.core.reconcile import config_digest, retry_backoff
 from erel_sync.core.releasestatus import ReleaseStatus
-from erel_sync.core.snapshot import (
-    Snapshot,
-    build_envelope,
-    generate_key,
-    load_private_key,
-    verify_envelope,
-)
-from erel_sync.core.upgrade import RecoveryStep
-from erel_sync.model.specs import ReleaseConfig, ReleaseSpec
-from erel_sync.model.validate import SourceFile, validate_sources
-from tests.configrepo import group_yaml, release_yaml
+from erel_sync.model.specs import ReleaseConfig
+from tests.unit.reconcilerkit import T0, Clock, FakeDriver, running, snapshot, stopped
 
-PEM, PUB = generate_key()
-T0 = 1_000_000.0
 APPLIED = ReleaseStatus(applied_config=config_digest(ReleaseConfig()))
 
 
-def snapshot(seq: int, version: str) -> Snapshot:
-    files = {
-        "r.yaml": release_yaml(versions=("0.1.0", "0.2.0")),
-        "g.yaml": group_yaml(releases=(("hello", version),)),
-    }
-    state = validate_sources([SourceFile(p, c.encode()) for p, c in files.items()]).require()
-    raw = build_envelope(
-        state, seq=seq, revision=f"{seq:040x}", created="2026-11-24T00:00:00Z",
-        key=load_private_key(PEM), key_id="k",
-    )  # fmt: skip
-    return verify_envelope(raw, {"k": PUB})
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def running(version: str) -> ObservedRelease:
-    return ObservedRelease(
-        "hello", installed=True, running=True, reachable=True, current=version,
-        permanent=version, healthy=True, reason=reasons.Healthy,
-    )  # fmt: skip
-
-
-def stopped(version: str) -> ObservedRelease:
-    return ObservedRelease("hello", installed=True, permanent=version, reason=reasons.Stopped)
-
-
-class ScriptedDriver:
-    """One release, `hello`. Each step takes the next scripted outcome: an error to raise, or
-    None to succeed (then the release is as the step leaves it). `calls` lists the steps run."""
-
-    def __init__(self, hello: ObservedRelease | None = None) -> None:
-        self.hello = hello
-        self.script: list[reasons.DriverError | None] = []
-        self.calls: list[str] = []
-
-    def _step(self, what: str) -> None:
-        self.calls.append(what)
-        outcome = self.script.pop(0) if self.script else None
-        if outcome is not None:
-            raise outcome
-
-    def _result(self, did: str) -> StepResult:
-        assert self.hello is not None
-        return StepResult("hello", did, self.hello)
-
-    async def observe(self, name: str, *, health: bool = False) -> ObservedRelease:
-        return self.hello or ObservedRelease(name, installed=False)
-
-    async def observe_all(self, *, health: bool = False) -> Mapping[str, ObservedRelease]:
-        return {"hello": self.hello} if self.hello else {}
-
-    async def install(
-        self, spec: ReleaseSpec, version: str, config: ReleaseConfig | None = None
-    ) -> StepResult:
-        self._step(f"install {version}")
-        self.hello = stopped(version)
-        return self._result(f"installed {version}")
-
-    async def start(self, name: str) -> StepResult:
-        self._step("start")
-        assert self.hello is not None and self.hello.version is not None
-        self.hello = running(self.hello.version)
-        return self._result("started")
-
-    async def upgrade(
-        self, spec: ReleaseSpec, to_version: str, config: ReleaseConfig | None = None
-    ) -> StepResult:
-        self._step(f"upgrade {to_version}")
-        self.hello = running(to_version)
-        return self._result(f"upgraded to {to_version}")
-
-    async def stop(self, name: str) -> StepResult:
-        raise AssertionError("not planned here")
-
-    async def restart(self, name: str) -> StepResult:
-        raise AssertionError("not planned here")
-
-    async def reconfigure(self, spec: ReleaseSpec, config: ReleaseConfig | None = None) -> bool:
-        raise AssertionError("not planned here")
-
-    async def delete(self, name: str) -> StepResult:
-        raise AssertionError("not planned here")
-
-    async def recover(self, name: str) -> RecoveryStep:
-        raise AssertionError("not planned here")
-
-
 def reconciler(
-    driver: ScriptedDriver, clock: Clock, memory: dict[str, ReleaseStatus] | None = None
+    driver: FakeDriver, clock: Clock, memory: dict[str, ReleaseStatus] | None = None
 ) -> Reconciler:
     return Reconciler(
         host=HostIdentity("web-1", {}),
@@ -144,7 +39,7 @@ def hello_state(report: Mapping[str, object]) -> tuple[object, object]:
 
 async def test_a_transient_failure_backs_off_and_is_retried_when_its_time_comes() -> None:
     clock = Clock()
-    driver = ScriptedDriver()
+    driver = FakeDriver()
     driver.script = [reasons.TransientError(reasons.RpcFailed, "boom")] * 2
     r = reconciler(driver, clock)
     r.snapshot = snapshot(1, "0.1.0")
@@ -186,7 +81,7 @@ async def test_a_transient_failure_backs_off_and_is_retried_when_its_time_comes(
 
 async def test_a_transient_failure_waits_at_least_its_retry_after_hint() -> None:
     clock = Clock()
-    driver = ScriptedDriver(stopped("0.1.0"))
+    driver = FakeDriver(stopped("0.1.0"))
     driver.script = [reasons.driver_error(reasons.StartTimeout, "slow")]
     r = reconciler(driver, clock, {"hello": APPLIED})
     r.snapshot = snapshot(1, "0.1.0")
@@ -208,7 +103,7 @@ async def test_a_transient_failure_waits_at_least_its_retry_after_hint() -> None
 
 async def test_a_stalled_change_is_not_retried_until_a_newer_snapshot() -> None:
     clock = Clock()
-    driver = ScriptedDriver(running("0.1.0"))
+    driver = FakeDriver(running("0.1.0"))
     driver.script = [reasons.driver_error(reasons.UpgradeFailed, "bad appup")]
     r = reconciler(driver, clock, {"hello": APPLIED})
     r.snapshot = snapshot(2, "0.2.0")
@@ -236,7 +131,7 @@ async def test_a_stalled_change_is_not_retried_until_a_newer_snapshot() -> None:
 
 async def test_a_stalled_start_is_transient() -> None:
     clock = Clock()
-    driver = ScriptedDriver(stopped("0.1.0"))
+    driver = FakeDriver(stopped("0.1.0"))
     driver.script = [reasons.StalledError(reasons.StartFailed, "crashed at boot")]
     r = reconciler(driver, clock, {"hello": APPLIED})
     r.snapshot = snapshot(1, "0.1.0")

@@ -15,31 +15,8 @@ from erel_sync.core.matching import HostIdentity
 from erel_sync.core.observed import ObservedRelease
 from erel_sync.core.reconcile import config_digest
 from erel_sync.core.releasestatus import ReleaseStatus
-from erel_sync.core.snapshot import (
-    Snapshot,
-    build_envelope,
-    generate_key,
-    load_private_key,
-    verify_envelope,
-)
 from erel_sync.model.specs import ReleaseConfig
-from erel_sync.model.validate import SourceFile, validate_sources
-from tests.configrepo import group_yaml, release_yaml
-
-PEM, PUB = generate_key()
-
-
-def snapshot(seq: int, version: str) -> Snapshot:
-    files = {
-        "r.yaml": release_yaml(versions=("0.1.0", "0.2.0")),
-        "g.yaml": group_yaml(releases=(("hello", version),)),
-    }
-    state = validate_sources([SourceFile(p, c.encode()) for p, c in files.items()]).require()
-    raw = build_envelope(
-        state, seq=seq, revision=f"{seq:040x}", created="2026-11-24T00:00:00Z",
-        key=load_private_key(PEM), key_id="k",
-    )  # fmt: skip
-    return verify_envelope(raw, {"k": PUB})
+from tests.unit.reconcilerkit import snapshot
 
 
 class PausingDriver:

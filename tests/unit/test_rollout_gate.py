@@ -17,7 +17,7 @@ from erel_sync.agent.reconciler import Reconciler
 from erel_sync.agent.rollout import RolloutFollower, restore_report
 from erel_sync.core import reasons
 from erel_sync.core.matching import HostIdentity
-from erel_sync.core.observed import ObservedRelease, StepResult
+from erel_sync.core.observed import ObservedRelease
 from erel_sync.core.reconcile import config_digest
 from erel_sync.core.releasestatus import ReleaseStatus
 from erel_sync.core.rollout import (
@@ -31,35 +31,15 @@ from erel_sync.core.rollout import (
     sign_rollout,
 )
 from erel_sync.core.snapshot import (
-    Snapshot,
-    build_envelope,
     generate_key,
     load_private_key,
-    verify_envelope,
 )
-from erel_sync.core.upgrade import RecoveryStep
-from erel_sync.model.specs import ReleaseConfig, ReleaseSpec, freeze
-from erel_sync.model.validate import SourceFile, validate_sources
-from tests.configrepo import group_yaml, release_yaml
+from erel_sync.model.specs import ReleaseConfig, freeze
+from tests.unit.reconcilerkit import PEM, PUB, T0, Clock, FakeDriver, running, snapshot
 
-PEM, PUB = generate_key()
-T0 = 1_000_000.0
 HOST = "web-1"
 VM_ARGS = "  config: {vm_args: {'+K': 'true'}}\n"
 NEW_CONFIG = ReleaseConfig(vm_args=freeze({"+K": "true"}))
-
-
-def snapshot(seq: int, version: str, *, release_extra: str = "") -> Snapshot:
-    files = {
-        "r.yaml": release_yaml(versions=("0.1.0", "0.2.0"), extra=release_extra),
-        "g.yaml": group_yaml(releases=(("hello", version),)),
-    }
-    state = validate_sources([SourceFile(p, c.encode()) for p, c in files.items()]).require()
-    raw = build_envelope(
-        state, seq=seq, revision=f"{seq:040x}", created="2026-11-24T00:00:00Z",
-        key=load_private_key(PEM), key_id="k",
-    )  # fmt: skip
-    return verify_envelope(raw, {"k": PUB})
 
 
 def rollout(
@@ -79,87 +59,6 @@ def rollout(
         stable=MappingProxyType(dict(stable or {})),
     )  # fmt: skip
     return RolloutDoc(version, "2026-11-24T00:00:00Z", MappingProxyType({"web": group}))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def running(version: str) -> ObservedRelease:
-    return ObservedRelease(
-        "hello", installed=True, running=True, reachable=True, current=version,
-        permanent=version, healthy=True, reason=reasons.Healthy,
-    )  # fmt: skip
-
-
-class FakeDriver:
-    """One release, `hello`. `fail` maps a step name to the error it raises next time;
-    `calls` lists the steps run; `vm_changed` is what `reconfigure` answers."""
-
-    def __init__(self, hello: ObservedRelease | None = None) -> None:
-        self.hello = hello
-        self.fail: dict[str, reasons.DriverError] = {}
-        self.calls: list[str] = []
-        self.vm_changed = False
-
-    def _step(self, what: str) -> None:
-        self.calls.append(what)
-        error = self.fail.pop(what.split(maxsplit=1)[0], None)
-        if error is not None:
-            raise error
-
-    def _result(self, did: str) -> StepResult:
-        assert self.hello is not None
-        return StepResult("hello", did, self.hello)
-
-    async def observe(self, name: str, *, health: bool = False) -> ObservedRelease:
-        return self.hello or ObservedRelease(name, installed=False)
-
-    async def observe_all(self, *, health: bool = False) -> Mapping[str, ObservedRelease]:
-        return {"hello": self.hello} if self.hello else {}
-
-    async def install(
-        self, spec: ReleaseSpec, version: str, config: ReleaseConfig | None = None
-    ) -> StepResult:
-        self._step(f"install {version}")
-        self.hello = ObservedRelease("hello", installed=True, permanent=version)
-        return self._result("installed")
-
-    async def start(self, name: str) -> StepResult:
-        self._step("start")
-        assert self.hello is not None and self.hello.version is not None
-        self.hello = running(self.hello.version)
-        return self._result("started")
-
-    async def restart(self, name: str) -> StepResult:
-        self._step("restart")
-        assert self.hello is not None and self.hello.version is not None
-        self.hello = running(self.hello.version)
-        return self._result("restarted")
-
-    async def upgrade(
-        self, spec: ReleaseSpec, to_version: str, config: ReleaseConfig | None = None
-    ) -> StepResult:
-        self._step(f"upgrade {to_version}")
-        self.hello = running(to_version)
-        return self._result("upgraded")
-
-    async def reconfigure(self, spec: ReleaseSpec, config: ReleaseConfig | None = None) -> bool:
-        self._step("reconfigure")
-        return self.vm_changed
-
-    async def stop(self, name: str) -> StepResult:
-        raise AssertionError("not planned here")
-
-    async def delete(self, name: str) -> StepResult:
-        raise AssertionError("not planned here")
-
-    async def recover(self, name: str) -> RecoveryStep:
-        raise AssertionError("not planned here")
 
 
 class Gated:

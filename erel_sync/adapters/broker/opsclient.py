@@ -278,26 +278,9 @@ class OpsClient:
 
         No marker is appended (unlike presence): the stream is the publisher's history, and
         reading it needs no write right. A record arriving late is simply handled later."""
-        with _translated(f"read {topo.REVISIONS_STREAM}"):
-            channel = await self._conn.channel(publisher_confirms=False)
-            await channel.set_qos(prefetch_count=1000)
-            try:
-                queue = await channel.declare_queue(topo.REVISIONS_STREAM, passive=True)
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                return False
-            arrived = asyncio.Event()
-
-            async def on_message(message: AbstractIncomingMessage) -> None:
-                with contextlib.suppress(ValueError, UnicodeDecodeError):
-                    doc = json.loads(message.body)
-                    if isinstance(doc, dict) and doc.get("kind") in REVISION_KINDS:
-                        handler(doc)
-                arrived.set()
-                await message.ack()
-
-            await queue.consume(on_message, arguments={"x-stream-offset": "first"})
-            await self._until_silent(arrived, max_wait)
-        return True
+        return await self._follow_stream(
+            topo.REVISIONS_STREAM, "first", REVISION_KINDS, handler, max_wait, prefetch=1000
+        )
 
     async def follow_rollouts(
         self, handler: Callable[[dict[str, Any]], None], *, max_wait: float = 2.0
@@ -306,11 +289,27 @@ class OpsClient:
         each new one, to `handler` until the client closes. Returns once the tail is in; False
         when the stream does not exist (a publisher older than rollouts). Not verified: the
         CLI holds no publisher key, and only the publisher may write the stream."""
-        with _translated(f"read {topo.ROLLOUT_STREAM}"):
+        return await self._follow_stream(
+            topo.ROLLOUT_STREAM, "last", ("rollout",), handler, max_wait, prefetch=100
+        )
+
+    async def _follow_stream(
+        self,
+        name: str,
+        offset: str,
+        kinds: Sequence[str],
+        handler: Callable[[dict[str, Any]], None],
+        max_wait: float,
+        *,
+        prefetch: int,
+    ) -> bool:
+        """Records of stream `name` from `offset` whose `kind` is one of `kinds`, to `handler`
+        until the client closes; returns once the backlog is in (or False: no such stream)."""
+        with _translated(f"read {name}"):
             channel = await self._conn.channel(publisher_confirms=False)
-            await channel.set_qos(prefetch_count=100)
+            await channel.set_qos(prefetch_count=prefetch)
             try:
-                queue = await channel.declare_queue(topo.ROLLOUT_STREAM, passive=True)
+                queue = await channel.declare_queue(name, passive=True)
             except aiormq.exceptions.ChannelNotFoundEntity:
                 return False
             arrived = asyncio.Event()
@@ -318,11 +317,11 @@ class OpsClient:
             async def on_message(message: AbstractIncomingMessage) -> None:
                 with contextlib.suppress(ValueError, UnicodeDecodeError):
                     doc = json.loads(message.body)
-                    if isinstance(doc, dict) and doc.get("kind") == "rollout":
+                    if isinstance(doc, dict) and doc.get("kind") in kinds:
                         handler(doc)
                 arrived.set()
                 await message.ack()
 
-            await queue.consume(on_message, arguments={"x-stream-offset": "last"})
+            await queue.consume(on_message, arguments={"x-stream-offset": offset})
             await self._until_silent(arrived, max_wait)
         return True
