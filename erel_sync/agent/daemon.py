@@ -42,7 +42,7 @@ from erel_sync.agent.reporter import Reporter, read_status
 from erel_sync.agent.rollout import RolloutFollower, failure_of, restore_report
 from erel_sync.core.matching import HostIdentity
 from erel_sync.core.releasestatus import statuses_from_json
-from erel_sync.core.rollout import HostReport
+from erel_sync.core.rollout import HostReport, HostState
 from erel_sync.core.snapshot import Refusal, Snapshot
 from erel_sync.model.settings import AgentSettings
 
@@ -113,7 +113,9 @@ class Agent:
         self.reconciler.applied = saved.get("applied")
         self.reconciler.attempted = saved.get("attempted")
         # Where the host stood in its rollout (`at`, a failure) survives a restart.
-        report = restore_report(saved.get("report"), settings.host_id)
+        report = restore_report(saved.get("rollout"), settings.host_id) or restore_report(
+            saved.get("report"), settings.host_id
+        )
         self.reconciler.rollout_report = report
         self.reconciler.rollout_failure = failure_of(report)
         report_now = asyncio.Event()
@@ -204,6 +206,11 @@ class Agent:
         it, not by arrival. Sends are chained, so events leave in the order they happened; a
         broker that fails or is slow costs the event (the heartbeats carry the report)."""
         self.reporter.now.set()
+        if report.state is HostState.CHANGING:
+            # On disk before the step it announces (fsync): a crash mid-step restarts as
+            # `changing`, and the next report, newer, frees the place.
+            with contextlib.suppress(store.StoreError):
+                await self.persist(lasting_only=True)
         previous = self._sending
 
         async def send() -> None:

@@ -84,18 +84,25 @@ class Reporter:
 
     async def persist(self, *, lasting_only: bool = False) -> None:
         """Write status.json when it changed; fsync only when what must survive a power loss
-        changed (failure memory, holds, the ids of mutating commands that ran). The report and
+        changed (failure memory, holds, the ids of mutating commands that ran, the rollout report).
+        The report and
         counters change on every tick, and losing the newest of them costs only freshness:
         they are written with the (coalesced) heartbeats as a plain tmp + rename.
         `lasting_only`: write only if what must survive changed (after each tick)."""
         r = self.reconciler
         memory = statuses_to_json(r.memory)
         seen = self.commands_seen()
-        lasting = json.dumps({"memory": memory, "holds": r.holds, "seen": seen}, sort_keys=True)
+        # Where the host stands in its rollout must survive a crash as it was: an agent killed
+        # while `changing` comes back saying so, not with the `waiting` of before the step.
+        rollout = r.rollout_report.to_json(time="") if r.rollout_report is not None else None
+        lasting = json.dumps(
+            {"memory": memory, "holds": r.holds, "seen": seen, "rollout": rollout}, sort_keys=True
+        )
         doc = {
             "memory": memory,
             "holds": r.holds,
             "commands_seen": seen,
+            "rollout": rollout,
             "applied": r.applied,
             "attempted": r.attempted,
             "report": r.report,

@@ -175,10 +175,13 @@ def waits(unhurried: Plan) -> bool:
 
 
 def restore_report(saved: Mapping[str, Any] | None, host: str) -> HostReport | None:
-    """The report status.json kept (`report.rollout`), so that `at` and a failure survive an
-    agent restart. None when absent or unreadable."""
+    """The report status.json kept (its durable `rollout`, or `report.rollout` of an older
+    agent), so that `at` and a failure survive an agent restart. None when absent or
+    unreadable."""
     if not isinstance(saved, Mapping):
         return None
+    if saved.get("kind") == "rollout-event":  # status.json's own record (`rollout`)
+        return HostReport.from_json({**saved, "host_id": host})
     rollout = saved.get("rollout")
     if not isinstance(rollout, Mapping):
         return None

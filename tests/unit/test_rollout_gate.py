@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -314,3 +315,11 @@ async def test_a_document_that_changes_nothing_here_is_dropped_unverified_never_
     await follower.on_rollout(sign_rollout(rollout(2, granted=True, version=7), key, "k"))
     current = follower.current()
     assert current is not None and current.version == 7 and wake.is_set()
+
+
+def test_the_durable_rollout_record_is_what_a_restart_restores() -> None:
+    """status.json keeps the host's rollout report durably (written before a gated step):
+    an agent killed mid-step comes back `changing`, with the time it began."""
+    changing = HostReport(HOST, "web", 4, HostState.CHANGING, "", 5.0, "4:web-1:0")
+    saved = changing.to_json(time="")
+    assert restore_report(saved, HOST) == replace(changing, revision="")
