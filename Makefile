@@ -11,7 +11,8 @@ TOOLS := $(BUILD)/tools/bin
 # What the project needs from Debian, nothing more (docs: README "What make setup installs").
 # rebar3 is NOT here: Debian's rebar3 package depends on common_test/observer/wx (GTK, WebKit,
 # LLVM: ~90 packages, ~270 MB); its escript alone builds releases with the packages below.
-APT_PACKAGES := git python3-venv rabbitmq-server erlang-base erlang-dev erlang-eunit erlang-syntax-tools erlang-tools erlang-parsetools
+# chromium + chromium-driver: the browser test of `erel-sync web` (tests/e2e/test_web.py).
+APT_PACKAGES := git python3-venv rabbitmq-server erlang-base erlang-dev erlang-eunit erlang-syntax-tools erlang-tools erlang-parsetools chromium chromium-driver
 # Scripts and tests find rebar3 here when it is not installed system-wide.
 export PATH := $(CURDIR)/$(TOOLS):$(PATH)
 
@@ -88,9 +89,11 @@ test: setup lint erlang-test examples
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 # The whole system on this machine: private RabbitMQ, publisher, three agents, real releases.
+# DEMO_ARGS: more `erel-sync dev` options, e.g. DEMO_ARGS="--brokers 3 --publishers 2" (a
+# 3-node RabbitMQ cluster, a publisher pair) or DEMO_ARGS=--private (no network namespaces).
 demo: setup examples
 	$(BIN)/erel-sync validate sample-repo
-	$(BIN)/erel-sync dev --work-dir .work/dev
+	$(BIN)/erel-sync dev --work-dir .work/dev $(DEMO_ARGS)
 
 # The review half only (validate + plan of a pull request), no broker needed.
 demo-plan: setup
@@ -101,6 +104,7 @@ bench: setup examples
 	$(BIN)/python bench/release_driver.py
 	$(BIN)/python bench/gitops.py
 	$(BIN)/python bench/status.py
+	$(BIN)/python bench/brokers.py
 
 clean:
 	rm -rf $(BUILD) .work .pytest_cache .mypy_cache .ruff_cache

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ import aio_pika
 from erel_sync.adapters import eventloop, store
 from erel_sync.agent.daemon import Agent
 from erel_sync.core.snapshot import generate_key
+from erel_sync.dev.probes import free_port
 from erel_sync.dev.rabbitnode import RabbitNode
 from erel_sync.model.settings import AgentSettings, TrustedKey
 
@@ -122,12 +124,21 @@ class Workers:
 
 
 def push_latencies(
-    work: Path, url: str, key_id: str, pub: str, n: int, commits: int, others: dict[str, int]
+    work: Path,
+    url: str,
+    key_id: str,
+    pub: str,
+    n: int,
+    commits: int,
+    others: dict[str, int],
+    urls: list[str] | None = None,
 ) -> tuple[list[float], list[float], dict[str, float], float]:
-    """Per commit: push -> all on disk, and push -> on the stream (seen by an observer)."""
+    """Per commit: push -> all on disk, and push -> on the stream (seen by an observer on
+    `url`). `urls`: every node of a cluster, for the agents (each its own order of them)."""
     hosts = [f"bench-{n}-{i:03d}" for i in range(n)]
-    workers = Workers("agents", hosts, {"url": url, "work": str(work / f"agents-{n}"),
-                                        "key_id": key_id, "public_key": pub})  # fmt: skip
+    workers = Workers("agents", hosts, {"url": url, "urls": urls, "key_id": key_id,
+                                        "work": str(work / f"agents-{n}"),
+                                        "public_key": pub})  # fmt: skip
     observer = Workers("observe", ["observer"], {"url": url})
     clone = work / "clone"
     state = store.read_json(work / "publisher" / "publisher.json") or {}
@@ -221,8 +232,12 @@ def join_times(work: Path, url: str, key_id: str, pub: str, runs: int = 5) -> li
     return out
 
 
-def idle_agent(work: Path, url: str, key_id: str, pub: str, seconds: float) -> tuple[float, float]:
-    d = work / "idle"
+def idle_agent(
+    work: Path, url: str, key_id: str, pub: str, seconds: float, metrics: str = ""
+) -> tuple[float, float]:
+    """RSS (MiB) and CPU (%) of one idle agent process; `metrics`: HOST:PORT to serve and
+    scrape Prometheus metrics on (once a second, as a busy Prometheus would not)."""
+    d = work / ("idle-metrics" if metrics else "idle")
     d.mkdir()
     cfg = d / "agent.yaml"
     cfg.write_text(
@@ -231,8 +246,9 @@ def idle_agent(work: Path, url: str, key_id: str, pub: str, seconds: float) -> t
         f"  trusted_keys: [{{id: {key_id}, public_key: '{pub}'}}]\n"
         f"  state_dir: {d}/state\n  releases_dir: {d}/rel\n  cache_dir: {d}/cache\n"
     )
+    served = ["--metrics-listen", metrics] if metrics else []
     p = subprocess.Popen([sys.executable, "-m", "erel_sync", "agent", "--config", str(cfg),
-                          "--log-level", "warning"])  # fmt: skip
+                          "--log-level", "warning", *served])  # fmt: skip
     try:
         deadline = time.monotonic() + 30
         while store.SlotFile(d / "state" / "snapshot").read() is None:
@@ -247,7 +263,12 @@ def idle_agent(work: Path, url: str, key_id: str, pub: str, seconds: float) -> t
             return (int(fields[11]) + int(fields[12])) / tick
 
         c0, t0 = cpu(), time.monotonic()
-        time.sleep(seconds)  # the idle interval being measured
+        if metrics:
+            while time.monotonic() < t0 + seconds:
+                urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5).read()
+                time.sleep(1)  # one scrape a second over the idle interval
+        else:
+            time.sleep(seconds)  # the idle interval being measured
         c1, t1 = cpu(), time.monotonic()
         rss_kb = next(
             int(line.split()[1])
@@ -270,11 +291,24 @@ class BenchCluster:
 
 @contextlib.contextmanager
 def bench_cluster(work: Path, node_name: str, group: str) -> Iterator[BenchCluster]:
-    """A private RabbitMQ node, a bare config repository (the release `hello` and `group`) with
-    a clone, and a publisher process serving it (under cProfile with BENCH_PROFILE), yielded
-    once its first snapshot is out; all stopped on exit."""
+    """A private RabbitMQ node and a publisher serving a bare config repository on it
+    (`serving`); all stopped on exit."""
     node = RabbitNode(work / "rabbit", name=node_name)
     node.start()
+    try:
+        with serving(work, [node.url], group) as (clone, publisher, pub):
+            yield BenchCluster(node, clone, publisher, pub)
+    finally:
+        node.stop()
+
+
+@contextlib.contextmanager
+def serving(
+    work: Path, urls: list[str], group: str
+) -> Iterator[tuple[Path, subprocess.Popen[bytes], str]]:
+    """A bare config repository (the release `hello` and `group`) with a clone, and a publisher
+    process serving it on the brokers `urls` (under cProfile with BENCH_PROFILE), yielded as
+    (clone, process, public key) once its first snapshot is out; stopped on exit."""
     publisher = None
     try:
         bare, clone = work / "config.git", work / "clone"
@@ -294,20 +328,19 @@ def bench_cluster(work: Path, node_name: str, group: str) -> Iterator[BenchClust
         publisher = subprocess.Popen(
             [sys.executable, *prof, "-m", "erel_sync", "publisher", "--repo", str(bare),
              "--key", str(work / "pub.key"), "--key-id", "bench",
-             "--state-dir", str(work / "publisher"), "--amqp-url", node.url,
-             "--log-level", "warning"],
+             "--state-dir", str(work / "publisher"), "--log-level", "warning",
+             *(arg for u in urls for arg in ("--amqp-url", u))],
         )  # fmt: skip
         deadline = time.monotonic() + 30
         while not (store.read_json(work / "publisher" / "publisher.json") or {}).get("seq"):
             if time.monotonic() > deadline:
                 raise TimeoutError("publisher did not publish")
             time.sleep(0.05)  # poll for the first snapshot
-        yield BenchCluster(node, clone, publisher, pub)
+        yield clone, publisher, pub
     finally:
         if publisher is not None:
             publisher.terminate()
             publisher.wait(30)
-        node.stop()
 
 
 def main() -> None:
@@ -358,6 +391,10 @@ def main() -> None:
         rss, idle_cpu = idle_agent(work, node.url, "bench", pub, args.idle_seconds)
         print(f"idle agent: RSS {rss:.1f} MiB, CPU {idle_cpu:.2f} % "
               f"over {args.idle_seconds:.0f} s")  # fmt: skip
+        listen = f"127.0.0.1:{free_port()}"
+        rss, idle_cpu = idle_agent(work, node.url, "bench", pub, args.idle_seconds, listen)
+        print(f"idle agent serving metrics (scraped every second): RSS {rss:.1f} MiB, "
+              f"CPU {idle_cpu:.2f} % over {args.idle_seconds:.0f} s")  # fmt: skip
 
 
 if __name__ == "__main__":

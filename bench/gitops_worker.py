@@ -55,7 +55,8 @@ def settings_for(spec: dict[str, object], host: str) -> AgentSettings:
     d = Path(str(spec["work"])) / host
     return AgentSettings(
         host_id=host,
-        broker_urls=(str(spec["url"]),),
+        # Every node of a cluster (bench/brokers.py), else the one URL.
+        broker_urls=tuple(map(str, spec.get("urls") or [spec["url"]])),  # type: ignore[call-overload]
         trusted_keys=(TrustedKey(str(spec["key_id"]), str(spec["public_key"])),),
         state_dir=str(d / "state"),
         releases_dir=str(d / "releases"),

@@ -80,8 +80,8 @@ def main() -> None:
         )
         t_dir, result = timed(lambda: read_directory(root).validate())
         assert result.ok, result.problems[:3]  # type: ignore[attr-defined]
-        repo = open_repo(root)
-        t_git, result = timed(lambda: read_revision(repo, "HEAD").validate())
+        with open_repo(root) as repo:
+            t_git, result = timed(lambda: read_revision(repo, "HEAD").validate())
         assert result.ok  # type: ignore[attr-defined]
         state = result.state  # type: ignore[attr-defined]
         t_digest, _ = timed(state.digest)

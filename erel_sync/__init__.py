@@ -4,4 +4,4 @@ A git repository holds the desired state (Release and Group documents); a publis
 it out over RabbitMQ; an agent on each host reconciles the real releases against it.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -86,3 +87,17 @@ class GitRepo:
         self.git("add", "-A")
         self.git("commit", "-q", "--allow-empty", "-m", message)
         return self.git("rev-parse", "HEAD")
+
+    def readers(self) -> list[int]:
+        """This test process's child processes working in the repository (GitPython's
+        `cat-file` readers): none may outlive the publisher that started them."""
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile, or not ours to read
+            if ppid == os.getpid() and cwd == self.root.resolve():
+                found.append(int(pid))
+        return found

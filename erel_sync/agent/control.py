@@ -65,6 +65,7 @@ class ControlledAgent(Protocol):
     async def persist(self, *, lasting_only: bool = False) -> None: ...
     def request_heartbeat(self) -> None: ...
     def heartbeat(self) -> dict[str, Any]: ...
+    def history(self) -> list[dict[str, Any]]: ...
 
 
 class ControlService:
@@ -174,7 +175,8 @@ class ControlService:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STATUS_BUDGET):
                     await r.refresh()
-            return a.heartbeat()
+            # The reply, not the periodic heartbeats, carries the history (`erel-sync history`).
+            return {**a.heartbeat(), "history": a.history()}
         name = cmd.release
         assert name is not None
         async with r.exclusive():

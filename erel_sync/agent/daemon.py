@@ -22,33 +22,41 @@ import functools
 import gc
 import logging
 import os
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from erel_sync.adapters import store
+from erel_sync.adapters.age import AgeError, HostKey
 from erel_sync.adapters.broker.errors import BrokerError
 from erel_sync.adapters.releases.driver import DriverSettings, ReleaseDriver
+from erel_sync.adapters.releases.rendering import fqdn
 from erel_sync.adapters.store import SlotFile
 from erel_sync.adapters.supervisor import Supervisor
 from erel_sync.agent.control import ControlService, serve_socket
+from erel_sync.agent.counting import CountingDriver
 from erel_sync.agent.intake import Intake
 from erel_sync.agent.link import Link
 from erel_sync.agent.reconciler import Driver, Reconciler
 from erel_sync.agent.reporter import Reporter, read_status
 from erel_sync.agent.rollout import RolloutFollower, failure_of, restore_report
 from erel_sync.core.matching import HostIdentity
+from erel_sync.core.metrics import agent_readings
 from erel_sync.core.releasestatus import statuses_from_json
 from erel_sync.core.rollout import HostReport, HostState
 from erel_sync.core.snapshot import Refusal, Snapshot
 from erel_sync.model.settings import AgentSettings
 
+if TYPE_CHECKING:
+    from erel_sync.adapters.metrics import Metrics
+
 log = logging.getLogger("erel_sync.agent")
 
-ROLLOUT_SEND = 2.0  # how long one rollout event may take to be confirmed
+ROLLOUT_SEND = 2.0  # how long one rollout event may take to be written
 STOP_GRACE = 60.0  # SIGTERM: how long a running tick may take to finish
 LEAVE_GRACE = 2.0  # SIGTERM: how long the broker session may take to publish `left`
 ONCE_JOIN = 5.0  # `--once`: how long the one broker join may take, connection included
@@ -76,25 +84,35 @@ def release_free_memory() -> None:
 
 class Agent:
     def __init__(self, settings: AgentSettings, *, driver: Driver | None = None) -> None:
+        # Where other hosts reach this one, resolved once (getfqdn() may ask the resolver):
+        # clustered nodes' names, and heartbeats that say so.
+        settings = settings.with_overrides(cluster_host=settings.cluster_host or fqdn())
         self.s = settings
         self.state_dir = Path(settings.state_dir)
         self.instance = uuid.uuid4().hex[:12]
         self.counters: Counter[str] = Counter()
+        self.metrics: Metrics | None = None  # with `metrics_listen`, once served
         self.trusted = {k.key_id: k.public_key for k in settings.trusted_keys}
         self.operator_keys = {k.key_id: k.public_key for k in settings.operator_keys}
-        self.driver: Driver = driver or ReleaseDriver(
-            DriverSettings(
-                releases_dir=Path(settings.releases_dir),
-                cache_dir=Path(settings.cache_dir),
-                host_id=settings.host_id,
-                node_host=settings.node_host,
-                max_unpacked_bytes=settings.max_unpacked_bytes,
-                max_archive_members=settings.max_archive_members,
-            )
+        self.host_key = HostKey(self.state_dir)  # age: secrets encrypted to this host
+        self.driver: Driver = CountingDriver(
+            driver
+            or ReleaseDriver(
+                DriverSettings(
+                    releases_dir=Path(settings.releases_dir),
+                    cache_dir=Path(settings.cache_dir),
+                    host_id=settings.host_id,
+                    node_host=settings.node_host,
+                    cluster_host=settings.cluster_host,
+                    max_unpacked_bytes=settings.max_unpacked_bytes,
+                    max_archive_members=settings.max_archive_members,
+                    decrypt=self.host_key,
+                )
+            ),
+            self.counters,
         )
         saved = read_status(self.state_dir)
         self._trigger = asyncio.Event()
-        self._sending: asyncio.Task[None] | None = None  # the newest rollout event on its way
         self.rollout = RolloutFollower(
             settings.host_id,
             self.trusted,
@@ -109,6 +127,7 @@ class Agent:
             holds=dict(saved.get("holds", {})),
             rollout=self.rollout.current,
             on_report=self._send_rollout,
+            decrypt=self.host_key,
         )
         self.reconciler.applied = saved.get("applied")
         self.reconciler.attempted = saved.get("attempted")
@@ -149,7 +168,7 @@ class Agent:
             on_snapshot=self.on_snapshot,
             on_command=self.control.handle_remote,
             joined=self._joined,
-            on_rollout=self.rollout.on_rollout,
+            rollout=self.rollout,
         )
 
     # --- the parts' state, as the CLI, tests and benchmarks read it
@@ -194,6 +213,9 @@ class Agent:
     def heartbeat(self) -> dict[str, Any]:
         return self.reporter.heartbeat().to_json()
 
+    def history(self) -> list[dict[str, Any]]:
+        return [e.to_json() for e in self.reporter.history]
+
     def presence(self, state: str = "alive") -> dict[str, Any]:
         return self.reporter.presence(state)
 
@@ -201,34 +223,30 @@ class Agent:
         self.reporter.now.set()
 
     async def _send_rollout(self, report: HostReport) -> None:
-        """Publish a new rollout report at once, without holding up the step it announces:
-        the report carries the time the state began (`at`), so an observer orders events by
-        it, not by arrival. Sends are chained, so events leave in the order they happened; a
-        broker that fails or is slow costs the event (the heartbeats carry the report)."""
+        """Publish a new rollout report at once, on the channel the heartbeats take and
+        without waiting for a confirm: the step it announces is not held up, and the report
+        carries the time the state began (`at`), so an observer orders events by it, not by
+        arrival. One channel keeps them in order; a broker that fails costs the event (the
+        heartbeats carry the report, and the next session sends it again)."""
         self.reporter.now.set()
         if report.state is HostState.CHANGING:
             # On disk before the step it announces (fsync): a crash mid-step restarts as
             # `changing`, and the next report, newer, frees the place.
             with contextlib.suppress(store.StoreError):
                 await self.persist(lasting_only=True)
-        previous = self._sending
+        try:
+            async with asyncio.timeout(ROLLOUT_SEND):
+                await self.link.send_rollout(report)
+        except (BrokerError, TimeoutError) as e:
+            log.warning("%s: rollout event not sent (%s)", self.s.host_id, e)
 
-        async def send() -> None:
-            if previous is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await previous
-            try:
-                async with asyncio.timeout(ROLLOUT_SEND):
-                    await self.link.send_rollout(report)
-            except (BrokerError, TimeoutError) as e:
-                log.warning("%s: rollout event not sent (%s)", self.s.host_id, e)
-
-        self._sending = asyncio.create_task(send(), name="rollout-event")
-
-    async def _events_sent(self) -> None:
-        """Wait for the rollout events on their way (each is bounded by ROLLOUT_SEND)."""
-        if self._sending is not None:
-            await asyncio.wait({self._sending})
+    def _announce_identity(self) -> None:
+        """Create the age identity at first start and say its recipient (operators put it
+        in git: docs/secrets.md). A damaged key file is logged; secrets are then unreadable."""
+        try:
+            log.info("%s: age recipient %s", self.s.host_id, self.host_key.recipient())
+        except AgeError as e:
+            log.error("%s: %s: secrets cannot be decrypted here", self.s.host_id, e)
 
     def _joined(self) -> None:
         release_free_memory()
@@ -243,13 +261,28 @@ class Agent:
             if stop.is_set():
                 return
             try:
+                started = time.perf_counter()
                 await self.reconciler.tick()
+                if self.metrics is not None:
+                    self.metrics.reconcile.observe(time.perf_counter() - started)
+                self.reporter.note_tick()
                 await self.persist(lasting_only=True)
             except store.StoreError as e:
                 log.error("%s: cannot persist status: %s", self.s.host_id, e)
             except Exception:
                 log.exception("%s: reconcile tick crashed", self.s.host_id)
             self.reporter.now.set()
+
+    async def _serve_metrics(self, stop: asyncio.Event) -> None:
+        # prometheus_client is imported only by an agent that serves metrics.
+        from erel_sync.adapters import metrics  # noqa: PLC0415
+
+        self.metrics = self.metrics or metrics.Metrics(
+            "agent",
+            lambda: self.counters,
+            lambda: agent_readings(self.reconciler.report, self.connected),
+        )
+        await metrics.serve(self.metrics, self.s.metrics_listen, stop)
 
     async def _serve_socket(self) -> asyncio.AbstractServer | None:
         path = Path(self.s.control_socket_path)
@@ -266,6 +299,7 @@ class Agent:
         tasks kept ending: the process should then exit non-zero and be restarted."""
         lock = store.lock_directory(self.state_dir)
         try:
+            self._announce_identity()
             await self._run(stop, ready)
         finally:
             self.snapshot_store.close()
@@ -280,7 +314,6 @@ class Agent:
         try:
             await self.link.once(join_within)
             await self.reconciler.tick("once")
-            await self._events_sent()
             await self.persist()
             return self.heartbeat()
         finally:
@@ -311,6 +344,8 @@ class Agent:
             tasks.start("heartbeat", functools.partial(self.reporter.loop, halt, self.link))
             tasks.start("broker", functools.partial(self.link.loop, halt))
             self._trigger.set()  # reconcile from what is on disk while the broker is away
+            if self.s.metrics_listen:
+                tasks.start("metrics", functools.partial(self._serve_metrics, halt))
             server = await self._serve_socket()
             if ready is not None:
                 ready.set()
@@ -326,7 +361,6 @@ class Agent:
             self._trigger.set()
             await tasks.close(finish={"reconcile": STOP_GRACE, "broker": LEAVE_GRACE})
             self.intake.schedule_retry = None
-            await self._events_sent()
             if self.link.commands:  # operator commands finish their driver step, like a tick
                 await asyncio.wait(self.link.commands, timeout=STOP_GRACE)
             with contextlib.suppress(store.StoreError):

@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from erel_sync.adapters import store
+from erel_sync.adapters import logs, store
 from erel_sync.adapters.backoff import Backoff
 from erel_sync.adapters.broker import topology as topo
 from erel_sync.agent.reconciler import Reconciler
@@ -77,6 +78,7 @@ class Intake:
         self.store_error: str | None = None  # why the newest snapshot could not be stored
         self.refused: Refusal | None = None  # heartbeats report it while in force
         self.unstored: Snapshot | None = None  # the newest snapshot not written yet
+        self.arrived: dict[int, float] = {}  # seq -> when it was stored (the newest few)
         # Starts `retry_store` as a supervised task (set by the daemon while it runs).
         self.schedule_retry: Callable[[], None] | None = None
 
@@ -101,11 +103,13 @@ class Intake:
 
     async def on_snapshot(self, raw: bytes) -> None:
         """Verify, refuse stale, store atomically; returns only after the write (then acked)."""
+        self.counters["received"] += 1  # from the stream or a join's answer
         try:
             snap = verify_envelope(raw, self.trusted, previous=self.snapshot)
         except SnapshotRejected as e:
             self.counters[f"rejected.{e.reason}"] += 1
-            log.warning("%s: snapshot refused: %s", self.host_id, e)
+            said = logs.fields("snapshot_refused", seq=peek_seq(raw), reason=e.reason)
+            log.warning("%s: snapshot refused: %s", self.host_id, e, extra=said)
             # The held snapshot stays in force; the refusal shows in `status` (e.g. AgentTooOld
             # with the version needed) until a newer snapshot is applied.
             verified = self.verified_count()
@@ -135,7 +139,10 @@ class Intake:
         except store.StoreError as e:
             self.counters["store_failures"] += 1
             if self.store_error is None:
-                log.error("%s: cannot store snapshot seq %d: %s", self.host_id, snap.seq, e)
+                said = logs.fields("snapshot_store_failed", seq=snap.seq, reason="StoreFailed")
+                log.error(
+                    "%s: cannot store snapshot seq %d: %s", self.host_id, snap.seq, e, extra=said
+                )
                 self.report_now.set()
             self.store_error = str(e)
             if self.unstored is None or snap.seq > self.unstored.seq:
@@ -147,10 +154,24 @@ class Intake:
             log.info("%s: snapshot store works again", self.host_id)
             self.report_now.set()
         self.store_error = None
-        self.unstored = None
+        # An older delivery that got through (redelivered once the disk had room) must not
+        # drop a newer one still waiting for its retry.
+        if self.unstored is not None and self.unstored.seq <= snap.seq:
+            self.unstored = None
         self.reconciler.snapshot = snap
         self.counters["applied_snapshots"] += 1
-        log.info("%s: snapshot seq %d (%s) stored", self.host_id, snap.seq, snap.revision[:12])
+        self.arrived = {
+            **{k: v for k, v in self.arrived.items() if k > snap.seq - 8},
+            snap.seq: time.time(),
+        }
+        said = logs.fields("snapshot_stored", seq=snap.seq, revision=snap.revision)
+        log.info(
+            "%s: snapshot seq %d (%s) stored",
+            self.host_id,
+            snap.seq,
+            snap.revision[:12],
+            extra=said,
+        )
         self.reconcile_now.set()
 
     async def retry_store(self) -> None:

@@ -28,8 +28,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
+from erel_sync.adapters import logs
 from erel_sync.adapters.clock import utc_now
 from erel_sync.agent import rollout as gating
+from erel_sync.agent.peering import keep_peers
+from erel_sync.agent.secretcheck import SecretCheck
 from erel_sync.core import reasons
 from erel_sync.core.desired import HostReleaseSpec, host_releases
 from erel_sync.core.matching import GroupMatch, HostIdentity, match_group
@@ -90,8 +93,10 @@ class Reconciler:
         clock: Callable[[], float] = time.time,
         rollout: gating.RolloutSource | None = None,
         on_report: Callable[[HostReport], Awaitable[None]] | None = None,
+        decrypt: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.host = host
+        self.secrets = SecretCheck(host.host_id, decrypt)
         self.driver = driver
         self.memory = memory
         self.holds = holds
@@ -132,7 +137,7 @@ class Reconciler:
         want = (desired or {}).get(name)
         if want is None:
             return None
-        return f"{want.version.version}:{config_digest(want.config)}"
+        return f"{want.version.version}:{config_digest(want.config, want.distribution)}"
 
     def _expire_holds(self) -> None:
         """A `delete` hold lasts until the desired state of that release changes (git wins
@@ -192,6 +197,7 @@ class Reconciler:
         if act:
             self._forget_retried(g, seq)
         holds = frozenset(self.holds)
+        locked = self.secrets.locked(desired)
 
         def planned(now: float, may_disturb: bool = g.may_disturb) -> Plan:
             return plan(
@@ -203,24 +209,22 @@ class Reconciler:
                 suspended=suspended,
                 holds=holds,
                 may_disturb=may_disturb,
+                locked=locked,
             )
 
         first = planned(self.clock())
         actions = tuple(gating.first_install(a, g) for a in first.actions)
         if actions and act:
-            log.info(
-                "%s: tick (%s) seq %d: %s",
-                self.host.host_id,
-                why,
-                seq,
-                "; ".join(a.describe() for a in actions),
-            )
+            steps = "; ".join(a.describe() for a in actions)
+            log.info("%s: tick (%s) seq %d: %s", self.host.host_id, why, seq, steps)
             self.attempted = {"seq": seq, "revision": snap.revision if snap else None}
             if g.enabled and any(a.kind in GATED for a in actions):
                 before, host, now = self.rollout_report, self.host.host_id, self.clock()
                 await self._report(gating.changing(before, g, seq, revision, host=host, now=now))
             results = await asyncio.gather(*(self._execute(a, seq, g) for a in actions))
             await self._update(observed, actions, results)
+        if act:
+            await keep_peers(self.driver, self.host.host_id, desired, observed, g)
         after = planned(self.clock())
         if snap is not None and self.attempted is None:
             self.attempted = {"seq": seq, "revision": snap.revision}
@@ -321,20 +325,25 @@ class Reconciler:
                 return result
             assert want is not None and action.version is not None
             if action.kind is ActionKind.INSTALL:
-                await self.driver.install(want.spec, action.version, want.config)
+                await self.driver.install(want.effective, action.version, want.config)
                 result = await self.driver.start(name)
             elif action.kind is ActionKind.UPGRADE:
-                result = await self.driver.upgrade(want.spec, action.version, want.config)
+                result = await self.driver.upgrade(want.effective, action.version, want.config)
             elif action.kind is ActionKind.RECONFIGURE:
                 result = await self._reconfigure(action, mem)
             else:
                 result = await self.driver.start(name)
             # Recorded only now: a vm.args change counts as applied once its restart is done.
-            self.memory[name] = ReleaseStatus(applied_config=config_digest(want.config))
+            self.memory[name] = ReleaseStatus(
+                applied_config=config_digest(want.config, want.distribution)
+            )
             log.debug("%s: %s: %s", self.host.host_id, action.describe(), result.did)
             return result
         except reasons.DriverError as error:
-            log.warning("%s: %s failed: %s", self.host.host_id, action.describe(), error)
+            said = logs.fields("action_failed", release=name, seq=seq, reason=error.reason)
+            log.warning(
+                "%s: %s failed: %s", self.host.host_id, action.describe(), error, extra=said
+            )
             e = error
         except Exception as error:  # a bug must not kill the loop; it is reported like a failure
             log.exception("%s: %s crashed", self.host.host_id, action.describe())
@@ -353,7 +362,7 @@ class Reconciler:
         as one, though the files are rendered by then."""
         want = action.desired
         assert want is not None
-        restart = await self.driver.reconfigure(want.spec, want.config) or mem.restart_pending
+        restart = await self.driver.reconfigure(want.effective, want.config) or mem.restart_pending
         if not restart:
             return await self.driver.start(action.release)
         self.memory[action.release] = replace(mem, restart_pending=True)

@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ from erel_sync.adapters.broker.errors import BrokerError
 from erel_sync.adapters.clock import utc_now
 from erel_sync.agent.intake import Intake
 from erel_sync.agent.reconciler import Reconciler
+from erel_sync.core import history
 from erel_sync.core.releasestatus import statuses_to_json
 from erel_sync.core.status import Heartbeat
 from erel_sync.model.settings import AgentSettings
@@ -80,7 +82,17 @@ class Reporter:
         self.status_file = Path(settings.state_dir) / STATUS_FILE
         self.now = now  # set: send a heartbeat soon (coalesced)
         self._persisted: tuple[str, bytes] = ("", b"")  # (failure memory + holds, whole file)
+        self._writing = asyncio.Lock()  # one write at a time, in the order they were asked
         self._presence_group: str | None = None
+        # The last revisions applied or failed (core.history), kept across restarts.
+        self.history = history.load(read_status(self.status_file.parent).get("history"))
+
+    def note_tick(self) -> None:
+        """After a reconcile tick: record its outcome in the history if it is news."""
+        report = self.reconciler.report
+        seq = (report.get("snapshot") or {}).get("seq")
+        arrived = self.intake.arrived.get(seq) if isinstance(seq, int) else None
+        self.history = history.after_tick(self.history, report, now=time.time(), arrived=arrived)
 
     async def persist(self, *, lasting_only: bool = False) -> None:
         """Write status.json when it changed; fsync only when what must survive a power loss
@@ -88,15 +100,24 @@ class Reporter:
         The report and
         counters change on every tick, and losing the newest of them costs only freshness:
         they are written with the (coalesced) heartbeats as a plain tmp + rename.
-        `lasting_only`: write only if what must survive changed (after each tick)."""
+        `lasting_only`: write only if what must survive changed (after each tick).
+
+        The write runs in a thread: an fsync takes milliseconds, and on the event loop it held
+        up every delivery and report of the process (a rollout's grants among them)."""
+        async with self._writing:
+            await self._persist(lasting_only)
+
+    async def _persist(self, lasting_only: bool) -> None:
         r = self.reconciler
         memory = statuses_to_json(r.memory)
         seen = self.commands_seen()
         # Where the host stands in its rollout must survive a crash as it was: an agent killed
         # while `changing` comes back saying so, not with the `waiting` of before the step.
         rollout = r.rollout_report.to_json(time="") if r.rollout_report is not None else None
+        past = [e.to_json() for e in self.history]
         lasting = json.dumps(
-            {"memory": memory, "holds": r.holds, "seen": seen, "rollout": rollout}, sort_keys=True
+            {"memory": memory, "holds": r.holds, "seen": seen, "rollout": rollout, "past": past},
+            sort_keys=True,
         )
         doc = {
             "memory": memory,
@@ -107,13 +128,15 @@ class Reporter:
             "attempted": r.attempted,
             "report": r.report,
             "counters": dict(self.counters),
+            "history": past,
         }
         if lasting_only and lasting == self._persisted[0]:
             return
         data = json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
         if data == self._persisted[1]:
             return
-        store.write_atomic(self.status_file, data, durable=lasting != self._persisted[0])
+        durable = lasting != self._persisted[0]
+        await asyncio.to_thread(store.write_atomic, self.status_file, data, durable=durable)
         self._persisted = (lasting, data)
 
     def heartbeat(self) -> Heartbeat:
@@ -125,6 +148,7 @@ class Reporter:
             instance=self.instance,
             pid=os.getpid(),
             hostname=socket.gethostname(),
+            cluster_host=self.s.cluster_host,
             broker="connected" if self.connected() else "BrokerDisconnected",
             store_error=self.intake.store_error,
             snapshot_refused=self.intake.refusal_in_force(),

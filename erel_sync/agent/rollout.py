@@ -34,6 +34,7 @@ from erel_sync.core.rollout import (
     RolloutDoc,
     RolloutRejected,
     grant_retry,
+    host_view,
     install_version,
     may_disturb,
     verify_rollout,
@@ -215,27 +216,30 @@ class RolloutFollower:
         self.reconcile_now = reconcile_now
         self.doc: RolloutDoc | None = None
         self._held_key: tuple[int, str | None] | None = None
-        self._held: tuple[Any, ...] | None = None
+        self._held: list[Any] | None = None
 
     def current(self) -> RolloutDoc | None:
         return self.doc
 
-    def _view(self, groups: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
-        """What of a document (its groups, as JSON) changes what this host may do."""
+    def _view(self, groups: Mapping[str, Any] | None) -> list[Any] | None:
+        """What of a document (its groups, as JSON) changes what this host may do: a new
+        seq or Canary -> Progressing changes nothing here (`core.rollout.host_view`), and a
+        hundred agents re-verifying and reconciling on each such document was what made a
+        rollout's first wave slow."""
         group = self.group()
-        rollout = groups.get(group) if groups is not None and group is not None else None
-        if rollout is None:
-            return None
-        grant = rollout["granted"].get(self.host_id)
-        return (
-            rollout["seq"],
-            rollout["phase"],
-            rollout["retry"],
-            (grant["id"], grant["seq"]) if grant is not None else None,
-            tuple(sorted(rollout["stable"].items())),
-        )
+        return host_view(groups.get(group) if groups is not None and group else None, self.host_id)
 
-    def _held_view(self) -> tuple[Any, ...] | None:
+    def held(self) -> dict[str, Any]:
+        """What this agent holds, for its heartbeats and rollout events: the publisher sends
+        the current document again to a host whose view differs (a copy lost, a new host)."""
+        return {"version": self.doc.version if self.doc else 0, "view": self._held_view()}
+
+    @property
+    def direct(self) -> bool:
+        """The publisher sends this host what concerns it: the stream need not be followed."""
+        return self.doc is not None and self.doc.direct
+
+    def _held_view(self) -> list[Any] | None:
         """The held document's view, computed once per document and group (every delivery
         compares against it)."""
         held, group = self.doc, self.group()
@@ -247,18 +251,20 @@ class RolloutFollower:
         return self._held
 
     def _unchanged(self, raw: bytes) -> bool:
-        """Whether a newer document says the same as the held one about this host (most do:
-        each host's progress makes a new document for every agent). Such a document is
-        dropped before its signature is checked: it would change nothing, and a hundred agents
-        verifying every document of a rollout was the cost of a wave. Anything that does
-        change this host's view is verified first."""
+        """Whether a document is not newer than the held one, or says the same about this
+        host (most do: each host's progress makes a new document for every agent). Such a
+        document is dropped before its signature is checked: it would change nothing, and a
+        hundred agents verifying every document of a rollout was the cost of a wave. Anything
+        that does change this host's view is verified first."""
         held = self.doc
         if held is None or self.group() is None:
             return False
         try:
             body = json.loads(raw)
-            if not isinstance(body["version"], int) or body["version"] <= held.version:
+            if not isinstance(body["version"], int):
                 return False
+            if body["version"] <= held.version:
+                return True  # held already (the publisher's direct copy came first), or older
             return self._view(body["groups"]) == self._held_view()
         except (ValueError, KeyError, TypeError, AttributeError):
             return False  # not the shape we know: the verification says what is wrong

@@ -8,6 +8,7 @@ errors to exit codes (2: bad input, 4: the broker or rabbitmqctl refused).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -95,6 +96,22 @@ def setup(
     ctl_path: Annotated[
         str, typer.Option("--rabbitmqctl", help="The rabbitmqctl executable.")
     ] = "rabbitmqctl",
+    hosts: Annotated[
+        Path | None,
+        typer.Option(
+            "--hosts",
+            help="A host inventory (as for `plan --hosts`): also one agent user per host, "
+            "AGENT_USER@HOST, allowed only that host's routing keys and queues.",
+        ),
+    ] = None,
+    host_passwords: Annotated[
+        Path | None,
+        typer.Option(
+            "--host-passwords",
+            help="With --hosts: the directory of HOST.password files (0600); a missing one is "
+            "made with a random password, an existing one is kept.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -138,6 +155,7 @@ def setup(
         agent_password=agent_password,
         operator_user=operator_user,
         operator_password=operator_password,
+        hosts=host_user_passwords(hosts, host_passwords, make=not dry_run),
     )
     if problems := spec.problems(passwords=not dry_run):
         fail("; ".join(problems), Exit.INVALID)
@@ -150,3 +168,36 @@ def setup(
         fail(str(e), Exit.RUNTIME)
     except ValueError as e:
         fail(str(e), Exit.INVALID)
+
+
+def host_user_passwords(
+    inventory: Path | None, where: Path | None, *, make: bool
+) -> dict[str, str]:
+    """Each inventory host's agent password, from `where/HOST.password` (made when missing
+    and `make`); {} without an inventory."""
+    import secrets  # noqa: PLC0415
+
+    from erel_sync.adapters import store  # noqa: PLC0415
+    from erel_sync.core.inventory import parse_inventory  # noqa: PLC0415
+    from erel_sync.model.problems import ConfigError  # noqa: PLC0415
+
+    if inventory is None:
+        return {}
+    if where is None and make:
+        fail("--hosts needs --host-passwords DIR (where each host's password is kept)")
+    try:
+        hosts = [h.host_id for h in parse_inventory(str(inventory), inventory.read_bytes())]
+    except OSError as e:
+        fail(f"{inventory}: {e.strerror or e}", Exit.INVALID)
+    except ConfigError as e:
+        fail("; ".join(map(str, e.problems)), Exit.INVALID)
+    out = {}
+    for host in hosts:
+        if where is None:
+            out[host] = ""
+            continue
+        file = where / f"{host}.password"
+        if not file.exists() and make:
+            store.write_atomic(file, secrets.token_urlsafe(24).encode(), mode=0o600)
+        out[host] = file.read_text().strip() if file.exists() else ""
+    return out

@@ -77,6 +77,24 @@ VhostOpt = Annotated[
         "A URL naming another vhost is an error.",
     ),
 ]
+LogFormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        envvar="EREL_LOG_FORMAT",
+        help="text, or json: one object per line with stable keys (time, level, event, "
+        "host_id, release, seq, revision, reason).",
+    ),
+]
+MetricsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics-listen",
+        envvar="EREL_METRICS_LISTEN",
+        metavar="HOST:PORT",
+        help="Serve Prometheus metrics on HOST:PORT (GET /metrics; off by default).",
+    ),
+]
 AmqpUrl = Annotated[
     list[str] | None,
     typer.Option("--amqp-url", envvar="EREL_AMQP_URL", help="Broker URL(s) (operator user)."),
@@ -97,11 +115,16 @@ TimeoutOpt = Annotated[
 
 OPERATOR_URL = brokerurl.DEFAULT_URL  # when neither --amqp-url nor the env says
 
+# `erel-sync --tls-ca … --tls-cert … --tls-key … COMMAND` (or EREL_TLS_*): set once by the
+# application's callback for whichever command runs (cli.main).
+TLS: brokerurl.TlsFiles | None = None
+
 
 def broker_urls(urls: Sequence[str], vhost: str | None) -> list[str]:
-    """`urls` under the vhost rule (`model.brokerurl`); a conflict exits 2 with one line."""
+    """`urls` under the vhost rule (`model.brokerurl`), with the TLS files of the command line;
+    a conflict exits 2 with one line."""
     try:
-        return list(brokerurl.broker_urls(urls, vhost))
+        return list(brokerurl.broker_urls(urls, vhost, TLS))
     except brokerurl.BrokerUrlError as e:
         fail(f"{e.reason}: {e}", Exit.INVALID)
 

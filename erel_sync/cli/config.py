@@ -55,7 +55,11 @@ def validate(
     )
 
     try:
-        revision = read_revision(open_repo(path), rev) if rev else read_directory(path)
+        if rev:
+            with open_repo(path) as r:
+                revision = read_revision(r, rev)
+        else:
+            revision = read_directory(path)
     except SourceError as e:
         fail(str(e), Exit.INVALID)
     result = revision.validate()
@@ -66,15 +70,21 @@ def validate(
             "digest": state_digest(result.state) if result.state else None,
             "files": result.files,
             "documents": result.documents,
+            "notifications": sorted(result.notifications),
             "problems": [p.to_json() for p in result.problems],
+            "warnings": [p.to_json() for p in result.warnings],
         }
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     elif result.ok:
         assert result.state is not None
         s = result.state
+        for w in result.warnings:
+            sys.stdout.write(f"warning: {w}\n")
+        notes = len(result.notifications)
+        also = f", {notes} notification{'s' if notes != 1 else ''}" if notes else ""
         sys.stdout.write(
-            f"valid: {len(s.releases)} releases, {len(s.groups)} groups in {result.files} files "
-            f"(digest {state_digest(s)[:16]})\n"
+            f"valid: {len(s.releases)} releases, {len(s.groups)} groups{also} in {result.files} "
+            f"files (digest {state_digest(s)[:16]})\n"
         )
     else:
         for p in result.problems:
@@ -119,9 +129,9 @@ def plan(
     )
 
     try:
-        r = open_repo(repo)
-        head_rev = read_revision(r, head)
-        base_rev = read_revision(r, base)
+        with open_repo(repo) as r:
+            head_rev = read_revision(r, head)
+            base_rev = read_revision(r, base)
     except SourceError as e:
         fail(str(e), Exit.INVALID)
     inventory = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import os
 import signal
 import sys
@@ -25,12 +24,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from yarl import URL
 
-from erel_sync.adapters import eventloop, store
+from erel_sync.adapters import age, eventloop, logs, store
 from erel_sync.adapters.supervisor import TaskFailed
-from erel_sync.cli.common import Exit, VhostOpt, broker_urls, fail
+from erel_sync.cli import common
+from erel_sync.cli.common import Exit, LogFormatOpt, MetricsOpt, VhostOpt, broker_urls, fail
 from erel_sync.core import conditions
 from erel_sync.core.snapshot import generate_key
 from erel_sync.model import brokerurl
+from erel_sync.model.names import listen_address
 from erel_sync.model.paths import DEFAULT_PUBLISHER_STATE_DIR
 from erel_sync.model.problems import ConfigError
 from erel_sync.model.settings import (
@@ -45,15 +46,11 @@ if TYPE_CHECKING:
 DEFAULT_AMQP = brokerurl.DEFAULT_URL
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aio_pika").setLevel(logging.WARNING)
-    logging.getLogger("aiormq").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+def setup_logging(level: str, fmt: str) -> None:
+    try:
+        logs.setup(level, fmt)
+    except ValueError as e:
+        fail(f"--log-format: {e}", Exit.INVALID)
 
 
 async def run_until_signalled(main: object) -> None:
@@ -78,6 +75,13 @@ def keygen(
     key_id: Annotated[
         str, typer.Option("--key-id", help="Key id agents will trust.")
     ] = "publisher",
+    host: Annotated[
+        bool,
+        typer.Option("--host", help="The host's age identity for secrets, in --state-dir."),
+    ] = False,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="The agent's state directory (--host).")
+    ] = None,
 ) -> None:
     """Make an Ed25519 signing key pair: the publisher's, or an operator's.
 
@@ -88,7 +92,19 @@ def keygen(
     Examples:
       erel-sync keygen --out /etc/erel-sync --key-id publisher-2026
       erel-sync keygen --out ~/.erel-sync --key-id ops-alice
+      erel-sync keygen --host --state-dir /var/lib/erel-sync   (prints the host's recipient)
+
+    With --host: the agent's age identity (STATE_DIR/host.age, 0600; the agent also makes it
+    at first start). Prints its recipient, for the `--to` of `erel-sync secret encrypt`.
     """
+    if host:
+        if state_dir is None:
+            fail("--host needs --state-dir (the agent's state directory)", Exit.INVALID)
+        try:
+            typer.echo(age.recipient_of(age.identity(state_dir)))
+        except (age.AgeError, OSError, store.StoreError) as e:
+            fail(str(e), Exit.INVALID)
+        return
     pem, pub = generate_key()
     key_file = out / f"{key_id}.key"
     if key_file.exists():
@@ -131,7 +147,25 @@ def publisher(
     once: Annotated[
         bool, typer.Option("--once", help="Take the current head, publish it once, exit.")
     ] = False,
+    ha: Annotated[
+        bool,
+        typer.Option(
+            "--ha",
+            help="Take turns with the other --ha publishers of this broker: active while "
+            "holding the broker's lock, standby (signing nothing) otherwise.",
+        ),
+    ] = False,
+    heartbeat: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat",
+            help="AMQP heartbeat, seconds: a publisher the broker stops hearing loses its "
+            "connection (and with --ha its turn) after about two of them.",
+        ),
+    ] = 10.0,
+    metrics_listen: MetricsOpt = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Watch a config repository and publish each valid commit as a signed snapshot.
 
@@ -150,11 +184,17 @@ def publisher(
     """
     from erel_sync.publisher.daemon import Publisher, PublisherSettings  # noqa: PLC0415
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     urls = tuple(broker_urls(amqp_url or [DEFAULT_AMQP], vhost))
     if not key.is_file():
         fail(f"{key}: no such key file (make one with `erel-sync keygen`)", Exit.INVALID)
     operators = operator_keys(operator_key or [])
+    if once and ha:
+        fail("--once cannot take turns with other publishers: run it without --ha", Exit.INVALID)
+    try:
+        listen_address(metrics_listen or ":1")
+    except ValueError as e:
+        fail(f"--metrics-listen: {e}", Exit.INVALID)
     settings = PublisherSettings(
         repo=repo,
         key_file=key,
@@ -167,6 +207,9 @@ def publisher(
         broker_user=URL(urls[0]).user,
         operator_keys=operators,
         rollout_warmup=rollout_warmup,
+        ha=ha,
+        broker_heartbeat=heartbeat,
+        metrics_listen=metrics_listen or "",
     )
     try:
         pub = Publisher(settings)
@@ -245,10 +288,20 @@ def agent(
     ] = None,
     state_dir: Annotated[str | None, typer.Option("--state-dir")] = None,
     releases_dir: Annotated[str | None, typer.Option("--releases-dir")] = None,
+    cluster_host: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster-host",
+            envvar="EREL_CLUSTER_HOST",
+            help="Host part of clustered nodes' names: what other hosts reach (default: FQDN).",
+        ),
+    ] = None,
     once: Annotated[
         bool, typer.Option("--once", help="Join once, reconcile once, exit with the state.")
     ] = False,
+    metrics_listen: MetricsOpt = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    log_format: LogFormatOpt = "text",
 ) -> None:
     """Run the sync agent of one host: store snapshots, match its group, reconcile releases.
 
@@ -261,7 +314,7 @@ def agent(
     """
     from erel_sync.agent.daemon import Agent  # noqa: PLC0415
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     keys = None
     if trusted_key:
         keys = tuple(TrustedKey(*k.split("=", 1)) for k in trusted_key if "=" in k)
@@ -270,10 +323,14 @@ def agent(
         host_id=host_id,
         broker_urls=tuple(amqp_url) if amqp_url else None,
         vhost=vhost,
+        broker_tls=common.TLS,  # erel-sync --tls-* agent …: over the file's
         trusted_keys=keys,
         state_dir=state_dir,
         releases_dir=releases_dir,
+        cluster_host=cluster_host,
+        metrics_listen=metrics_listen,
     )
+    logs.set_host(settings.host_id)
     if not settings.trusted_keys:
         fail("no trusted publisher keys: every snapshot would be refused", Exit.INVALID)
     eventloop.limit_malloc_arenas()

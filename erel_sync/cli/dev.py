@@ -58,7 +58,7 @@ async def watch(cluster: DevCluster, stop: asyncio.Event, *, exit_when_converged
     console = _console()
     hosts = [h.host_id for h in cluster.hosts]
     beats: dict[str, dict[str, Any]] = {}
-    connection = await broker.connect([cluster.url], name="erel-dev-watch", stop=stop)
+    connection = await broker.connect(cluster.urls, name="erel-dev-watch", stop=stop)
     progress = Progress(started=time.monotonic())
     ever_converged = False
     try:
@@ -115,16 +115,68 @@ def dev(
         bool, typer.Option("--exit-when-converged", help="Stop everything once converged.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 600.0,
+    brokers: Annotated[
+        int,
+        typer.Option(
+            "--brokers",
+            min=1,
+            max=5,
+            help="dev's own broker as a RabbitMQ cluster of this many nodes (joined with "
+            "rabbitmqctl join_cluster); every client gets every node's URL.",
+        ),
+    ] = 1,
+    publishers: Annotated[
+        int,
+        typer.Option(
+            "--publishers",
+            min=1,
+            max=3,
+            help="More than one: `publisher --ha` processes taking turns, one active and the "
+            "others standing by (logs/publisher*.log).",
+        ),
+    ] = 1,
+    log_format: Annotated[
+        str,
+        typer.Option("--log-format", help="Of the publisher's and agents' logs: text or json."),
+    ] = "text",
+    clustered: Annotated[
+        bool | None,
+        typer.Option(
+            "--clustered/--private",
+            help="hello as one Erlang cluster on the web hosts, each in a network namespace "
+            "(needs root and dev's own broker; default: when it can).",
+        ),
+    ] = None,
 ) -> None:
     """Run a local cluster: private RabbitMQ, the publisher and five agents on sample-repo.
 
     Example: erel-sync dev        (then edit .work/dev/config and `git commit -am ...`)
     """
+    from erel_sync.dev import netns  # noqa: PLC0415
     from erel_sync.dev.cluster import DevCluster  # noqa: PLC0415
 
     console = _console()
-    cluster = DevCluster(work_dir.resolve(), amqp_url=amqp_url)
+    why_not = "--amqp-url given: hosts in namespaces need dev's own broker" if amqp_url else None
+    why_not = why_not or netns.available()
+    if log_format not in ("text", "json"):
+        fail(f"--log-format {log_format!r}: use text or json", Exit.INVALID)
+    if clustered and why_not:
+        fail(f"--clustered: {why_not}", Exit.INVALID)
+    cluster = DevCluster(
+        work_dir.resolve(),
+        amqp_url=amqp_url,
+        clustered=why_not is None,
+        brokers=brokers,
+        publishers=publishers,
+        log_format=log_format,
+    )
+    if clustered is False:
+        cluster.clustered = False
     console.print(f"[bold]erel-sync dev[/bold] in {cluster.work}")
+    if cluster.clustered:
+        console.print("hello runs as one Erlang cluster on web-1..3, each in a network namespace")
+    elif clustered is None:
+        console.print(f"hello runs private on each host (not clustered: {why_not})")
     try:
         console.print("building example releases (cached) and the work repository …")
         cluster.prepare()

@@ -18,11 +18,13 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from erel_sync import __version__
-from erel_sync.model.brokerurl import mask
+from erel_sync.model.brokerurl import TlsFiles, mask
 
 # command -> (module, attribute, kind): kind "command" registers a function, "group" a sub-app.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -35,6 +37,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("status", "status", "command"),
     "members": ("members", "members", "command"),
     "wait": ("waiting", "wait", "command"),
+    "history": ("history", "history", "command"),
+    "web": ("web", "web", "command"),
+    "notify": ("notify", "notify", "command"),
     "start": ("steer", "start", "command"),
     "stop": ("steer", "stop", "command"),
     "restart": ("steer", "restart", "command"),
@@ -42,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "broker": ("broker", "app", "group"),
     "release": ("release", "app", "group"),
     "rollout": ("rollout", "app", "group"),
+    "secret": ("secret", "app", "group"),
 }
 
 
@@ -55,6 +61,33 @@ def build(only: Sequence[str] | None = None) -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
+
+    @app.callback()
+    def tls(
+        tls_ca: Annotated[
+            Path | None,
+            typer.Option(
+                "--tls-ca", envvar="EREL_TLS_CA", help="CA (PEM) of the brokers' certificates."
+            ),
+        ] = None,
+        tls_cert: Annotated[
+            Path | None,
+            typer.Option(
+                "--tls-cert", envvar="EREL_TLS_CERT", help="Client certificate (PEM) for amqps."
+            ),
+        ] = None,
+        tls_key: Annotated[
+            Path | None,
+            typer.Option("--tls-key", envvar="EREL_TLS_KEY", help="The client certificate's key."),
+        ] = None,
+    ) -> None:
+        """GitOps for Erlang/OTP releases. The --tls-* options apply to every amqps:// broker
+        URL of the command that follows (hostnames are always verified)."""
+        if tls_ca or tls_cert or tls_key:
+            from erel_sync.cli import common  # noqa: PLC0415
+
+            common.TLS = TlsFiles(*(str(p) if p else None for p in (tls_ca, tls_cert, tls_key)))
+
     for name, (module, attr, kind) in COMMANDS.items():
         if only is not None and name not in only:
             continue

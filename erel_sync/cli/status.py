@@ -48,6 +48,20 @@ async def gather_entries(
     within: float,
 ) -> list[dict[str, Any]]:
     """Ask every host in scope for its status and join the answers with presence."""
+    known, _, replies = await ask_hosts(client, group=group, host=host, since=since, within=within)
+    return view.host_entries(known, replies, now=time.time(), group=group, host=host)
+
+
+async def ask_hosts(
+    client: Any,
+    *,
+    group: str | None,
+    host: str | None,
+    since: float,
+    within: float,
+) -> tuple[dict[str, Any], set[str], dict[str, list[dict[str, Any]]]]:
+    """The `status` query: who is known (presence within `since`), who of them is in scope,
+    and every answer by host (`history` reads the answers' own fields)."""
     from erel_sync.adapters.broker.messages import PublishFailed  # noqa: PLC0415
 
     now = time.time()
@@ -65,7 +79,7 @@ async def gather_entries(
         if (group is None or k.last.get("group") == group) and (host is None or h == host)
     }
     replies = await client.collect(cmd.id, expected=expected, within=within)
-    return view.host_entries(known, replies, now=time.time(), group=group, host=host)
+    return known, expected, replies
 
 
 def notify(outcome: liveness.Outcome) -> int:

@@ -85,7 +85,23 @@ def _release_row(r: Mapping[str, Any]) -> dict[str, Any]:
         "hold": r.get("hold"),
         "reason": r.get("reason") or "",
         "last_error": r.get("last_error") or "",
+        "peers": r.get("peers") if isinstance(r.get("peers"), Mapping) else None,
     }
+
+
+def peers_cell(peers: Any) -> str:
+    """A clustered release's peers as ` (2/3 peers)`: connected of expected; '' otherwise."""
+    if not isinstance(peers, Mapping):
+        return ""
+    expected = peers.get("expected") or []
+    return f" ({len(peers.get('connected') or [])}/{len(expected)} peers)"
+
+
+def peers_formed(peers: Any) -> bool:
+    """Connected to every expected peer (True for a release that is not clustered)."""
+    if not isinstance(peers, Mapping):
+        return True
+    return set(map(str, peers.get("expected") or [])) <= set(map(str, peers.get("connected") or []))
 
 
 def _duplicate(answering: set[str]) -> bool:
@@ -201,7 +217,7 @@ def status_rows(entries: Iterable[Mapping[str, Any]], *, now: float, wide: bool)
             rows.append(
                 [
                     *common,
-                    r["name"],
+                    r["name"] + peers_cell(r.get("peers")),
                     r.get("desired_version") or "-",
                     r.get("version") or "-",
                     r.get("state") or "-",

@@ -35,6 +35,9 @@ def release_error(r: Mapping[str, Any]) -> str:
     reason = str(r.get("reason") or "")
     message = " ".join(str(r.get("last_error") or "").split())
     state = r.get("state")
+    partitioned = _partitioned(r.get("peers"))
+    if partitioned and not message and state not in PROBLEM_STATES:
+        return partitioned
     if not message:
         if state == "Degraded" or (r.get("healthy") is False and state not in INTENDED_STATES):
             return f"{reason or 'Unhealthy'}: health check failing"
@@ -42,6 +45,21 @@ def release_error(r: Mapping[str, Any]) -> str:
     if not reason:
         return message
     return f"{reason}: {message.replace(f'{reason}: ', '', 1)}"
+
+
+def _partitioned(peers: Any) -> str:
+    """A clustered node not connected to peers that are up (docs/clustering.md): the
+    `Partitioned` condition, naming them; '' otherwise."""
+    if not isinstance(peers, Mapping):
+        return ""
+    missing = [str(n) for n in peers.get("missing") or []]
+    if not missing:
+        return ""
+    expected = peers.get("expected") or []
+    return (
+        f"Partitioned: connected to {len(expected) - len(missing)} of {len(expected)} peers; "
+        f"not to {', '.join(missing)}"
+    )
 
 
 def shout(reason: str) -> str:

@@ -11,10 +11,11 @@ only reads it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from erel_sync.model.specs import (
     DesiredState,
+    DistributionSpec,
     GroupSpec,
     HealthSpec,
     ReleaseConfig,
@@ -34,6 +35,15 @@ class HostReleaseSpec:
     health: HealthSpec
     stop_timeout: float
     spec: ReleaseSpec  # the whole Release document (artifacts of every version, for the driver)
+    # the group's own, else the Release's
+    distribution: DistributionSpec = field(default_factory=DistributionSpec)
+
+    @property
+    def effective(self) -> ReleaseSpec:
+        """The Release as this host runs it: with the group's distribution (the driver's input)."""
+        if self.distribution == self.spec.distribution:
+            return self.spec
+        return replace(self.spec, distribution=self.distribution)
 
 
 def host_releases(state: DesiredState, group: GroupSpec) -> dict[str, HostReleaseSpec]:
@@ -50,5 +60,6 @@ def host_releases(state: DesiredState, group: GroupSpec) -> dict[str, HostReleas
             rel.health,
             rel.stop_timeout,
             rel,
+            ref.distribution_over(rel),
         )
     return out

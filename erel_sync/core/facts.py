@@ -45,6 +45,7 @@ class NodeAnswer:
     outcome: RpcOutcome
     status: Mapping[str, Any] | None = None
     health: HealthAnswer | None = None
+    peers: Mapping[str, Any] | None = None  # erel's peers (an older erel: None)
 
 
 def health_args(rpc: str) -> tuple[Atom, ...]:
@@ -86,9 +87,25 @@ def parse_observe(outcome: RpcOutcome) -> NodeAnswer:
         garbled = replace(outcome, status=RpcStatus.GARBAGE, error="observe answer without status")
         return NodeAnswer(garbled)
     health = value.get("health")
+    peers = peers_of(value.get("peers"))
     if not isinstance(health, dict):
-        return NodeAnswer(outcome, status, HealthAnswer(False, "health check gave no answer"))
-    return NodeAnswer(outcome, status, _health_value(health))
+        unanswered = HealthAnswer(False, "health check gave no answer")
+        return NodeAnswer(outcome, status, unanswered, peers)
+    return NodeAnswer(outcome, status, _health_value(health), peers)
+
+
+def peers_of(value: Any) -> dict[str, list[str]] | None:
+    """erel's peers `{expected, connected, missing}` (node names); None when absent or not that
+    shape (an older erel, garbage)."""
+    if not isinstance(value, dict):
+        return None
+    out: dict[str, list[str]] = {}
+    for key in ("expected", "connected", "missing"):
+        names = value.get(key)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            return None
+        out[key] = [n[:255] for n in names[:1000]]
+    return out
 
 
 def lacks_observe(outcome: RpcOutcome) -> bool:
@@ -157,7 +174,8 @@ def observed_release(
             message=message,
             node=node,
             pending=pending,
-            details={k: status.get(k) for k in DETAIL_KEYS},
+            details={k: status.get(k) for k in DETAIL_KEYS}
+            | ({"peers": answer.peers} if answer.peers is not None else {}),
         )
     if not alive:
         return stopped(name, node=node, pending=pending, permanent=permanent)

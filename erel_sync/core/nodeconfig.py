@@ -125,13 +125,28 @@ def render_sys_config(
     return f"%% coding: utf-8\n%% {HEADER}\n[\n " + ",\n ".join(entries) + "\n].\n"
 
 
-def render_vm_args(node: str, vm_args: Mapping[str, str], *, loopback_only: bool = True) -> str:
+def is_long_name(node: str) -> bool:
+    """`name@host` with a dotted host or an IP address: `-name`; otherwise `-sname`."""
+    host = node.partition("@")[2]
+    return "." in host or ":" in host
+
+
+def render_vm_args(
+    node: str,
+    vm_args: Mapping[str, str],
+    *,
+    loopback_only: bool = True,
+    ports: tuple[int, int] | None = None,
+) -> str:
     """`vm.args` text: the driver's node name (no cookie: the node reads it from `$HOME`), then
-    the Release's flags in a stable order."""
-    lines = [f"## {HEADER}", f"-sname {node}"]
+    the Release's flags in a stable order. A clustered node has a long name, listens on the
+    network (in `ports`, when given) and is not loopback-only."""
+    lines = [f"## {HEADER}", f"{'-name' if is_long_name(node) else '-sname'} {node}"]
     if loopback_only:
         # The agent talks to its nodes on this host only; keep distribution off the network.
         lines.append("-kernel inet_dist_use_interface {127,0,0,1}")
+    if ports is not None:
+        lines.append(f"-kernel inet_dist_listen_min {ports[0]} inet_dist_listen_max {ports[1]}")
     for flag in sorted(vm_args):
         value = vm_args[flag]
         if not isinstance(flag, str) or not VM_FLAG_RE.match(flag):
@@ -145,13 +160,26 @@ def render_vm_args(node: str, vm_args: Mapping[str, str], *, loopback_only: bool
 
 
 def render_config_files(
-    node: str, config: ReleaseConfig, *, loopback_only: bool = True
+    node: str,
+    config: ReleaseConfig,
+    *,
+    loopback_only: bool = True,
+    ports: tuple[int, int] | None = None,
 ) -> dict[str, str]:
     """Both files of one version, by file name (raises `RenderError` before anything is written)."""
     return {
-        "vm.args": render_vm_args(node, config.vm_args, loopback_only=loopback_only),
+        "vm.args": render_vm_args(node, config.vm_args, loopback_only=loopback_only, ports=ports),
         "sys.config": render_sys_config(config.sys_config),
     }
+
+
+def node_in_vm_args(text: str) -> str | None:
+    """The node name a rendered `vm.args` boots with (its `-name` or `-sname` line)."""
+    for line in text.splitlines():
+        flag, _, value = line.strip().partition(" ")
+        if flag in ("-name", "-sname") and value.strip():
+            return value.strip()
+    return None
 
 
 # relx's start script reads `<root>/vm.args` (and sys.config) before `releases/<vsn>/`'s, renders

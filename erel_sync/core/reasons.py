@@ -24,6 +24,7 @@ ArtifactUnavailable = "ArtifactUnavailable"
 ArtifactTooLarge = "ArtifactTooLarge"
 UnsafeArchive = "UnsafeArchive"
 # --- lifecycle
+SecretUnavailable = "SecretUnavailable"  # a secret of the config is not for this host
 InstallFailed = "InstallFailed"
 StartFailed = "StartFailed"
 StartTimeout = "StartTimeout"

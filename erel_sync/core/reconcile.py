@@ -13,11 +13,12 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from erel_sync.core.desired import HostReleaseSpec
 from erel_sync.core.observed import ObservedRelease
 from erel_sync.core.releasestatus import ReleaseStatus
-from erel_sync.model.specs import ReleaseConfig, canonical_json, thaw
+from erel_sync.model.specs import DistributionSpec, ReleaseConfig, canonical_json, thaw
 
 
 class ActionKind(StrEnum):
@@ -36,6 +37,7 @@ class SkipReason(StrEnum):
     BACKOFF = "Backoff"
     NOT_MANAGED = "NotManaged"
     ROLLOUT = "WaitingForRollout"  # a disruptive action waits for a rollout grant
+    SECRET = "SecretUnavailable"  # a secret of its config is not encrypted to this host
 
 
 # Actions that make a running release unavailable for a while: they wait for a place in the
@@ -71,8 +73,12 @@ class Plan:
     skipped: tuple[Skip, ...] = field(default=())
 
 
-def config_digest(config: ReleaseConfig) -> str:
-    doc = {"sys_config": thaw(config.sys_config), "vm_args": dict(config.vm_args)}
+def config_digest(config: ReleaseConfig, distribution: DistributionSpec | None = None) -> str:
+    """What the node was rendered from. A private release's digest is the config's alone, as
+    before clustering existed: an agent upgraded to this version re-applies nothing."""
+    doc: dict[str, Any] = {"sys_config": thaw(config.sys_config), "vm_args": dict(config.vm_args)}
+    if distribution is not None and distribution != DistributionSpec():
+        doc["distribution"] = distribution.to_json()
     return hashlib.sha256(canonical_json(doc)).hexdigest()
 
 
@@ -91,11 +97,13 @@ def plan(
     suspended: bool = False,
     holds: frozenset[str] = frozenset(),
     may_disturb: bool = True,
+    locked: Mapping[str, str] | None = None,
 ) -> Plan:
     """`desired` is None while the host has no group: then nothing is touched. Of `observed`
     (observed right before planning), only `installed`, `managed`, `running` and `version`
     count. `may_disturb`: whether this host holds a rollout grant for `seq`; without one, the
-    actions in `GATED` become `WaitingForRollout` skips."""
+    actions in `GATED` become `WaitingForRollout` skips. `locked`: desired releases whose
+    config holds a secret this host cannot decrypt (name -> where): nothing is done to them."""
     names = sorted(set(desired or {}) | {n for n, o in observed.items() if o.managed})
     if desired is None:
         return Plan((), tuple(Skip(n, SkipReason.UNASSIGNED) for n in names))
@@ -109,6 +117,9 @@ def plan(
         want = desired.get(name)
         if name in holds:
             skipped.append(Skip(name, SkipReason.HELD))
+            continue
+        if want is not None and locked and name in locked:
+            skipped.append(Skip(name, SkipReason.SECRET, locked[name]))
             continue
         if want is None:
             delete = Action(ActionKind.DELETE, name, from_version=obs.version)
@@ -126,7 +137,7 @@ def plan(
             action = Action(ActionKind.INSTALL, name, target, None, want)
         elif obs.version != target:
             action = Action(ActionKind.UPGRADE, name, target, obs.version, want)
-        elif mem.applied_config != config_digest(want.config):
+        elif mem.applied_config != config_digest(want.config, want.distribution):
             action = Action(ActionKind.RECONFIGURE, name, target, target, want)
         elif not obs.running:
             action = Action(ActionKind.START, name, target, target, want)

@@ -17,6 +17,7 @@ from erel_sync.core.desired import HostReleaseSpec, host_releases
 from erel_sync.core.matching import GroupMatch, HostIdentity, match_group
 from erel_sync.core.rollout import resolve_count, waves
 from erel_sync.model.names import compare_versions, format_duration
+from erel_sync.model.secrets import has_secrets
 from erel_sync.model.specs import DesiredState, ReleaseConfig, RolloutSpec, thaw
 
 
@@ -92,8 +93,9 @@ def _diff_one(name: str, b: HostReleaseSpec, a: HostReleaseSpec) -> list[Change]
         a.config.vm_args
     ):
         keys = _changed_config_keys(b.config, a.config)
-        if dict(b.config.vm_args) != dict(a.config.vm_args):
-            # Emulator flags are read at boot: the node runs the old ones until it restarts.
+        if dict(b.config.vm_args) != dict(a.config.vm_args) or has_secrets(a.config.sys_config):
+            # Emulator flags are read at boot: the node runs the old ones until it restarts;
+            # secrets are never applied live (they would ride on erl_call's command line).
             keys += ": needs a restart"
         out.append(Change(ChangeKind.CONFIG_CHANGED, name, None, None, keys))
     policy = []
@@ -113,7 +115,10 @@ def _changed_config_keys(b: ReleaseConfig, a: ReleaseConfig) -> str:
     bs, as_ = thaw(b.sys_config), thaw(a.sys_config)
     for app in sorted(set(bs) | set(as_)):
         be, ae = bs.get(app, {}), as_.get(app, {})
-        keys += [f"{app}.{k}" for k in sorted(set(be) | set(ae)) if be.get(k) != ae.get(k)]
+        for k in sorted(set(be) | set(ae)):
+            if be.get(k) != ae.get(k):
+                secret = has_secrets(be.get(k)) or has_secrets(ae.get(k))
+                keys.append(f"{app}.{k} secret changed" if secret else f"{app}.{k}")
     bv, av = dict(b.vm_args), dict(a.vm_args)
     keys += [f"vm_args {k}" for k in sorted(set(bv) | set(av)) if bv.get(k) != av.get(k)]
     return "(" + ", ".join(keys) + ")"

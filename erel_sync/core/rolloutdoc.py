@@ -167,6 +167,9 @@ class GroupRollout:
     started: float = 0.0
     finished: float | None = None
     progress_deadline: float = 600.0
+    # The group's live hosts and the host part of their clustered nodes' names (heartbeats'
+    # `cluster_host`): a clustered release's expected peers (docs/clustering.md).
+    members: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def in_flight(self) -> frozenset[str]:
@@ -191,6 +194,7 @@ class GroupRollout:
             "started": self.started,
             "finished": self.finished,
             "progress_deadline": self.progress_deadline,
+            "members": dict(sorted(self.members.items())),
         }
 
     @classmethod
@@ -224,6 +228,9 @@ class GroupRollout:
                 started=_num(doc.get("started", 0.0)),
                 finished=None if finished is None else _num(finished),
                 progress_deadline=_num(doc.get("progress_deadline", 600.0)),
+                members=MappingProxyType(
+                    {str(h): _str(c) for h, c in _map(doc.get("members", {})).items()}
+                ),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"group {group!r}: {e!r}") from None
@@ -261,20 +268,24 @@ def _map(v: Any) -> Mapping[str, Any]:
 
 @dataclass(frozen=True)
 class RolloutDoc:
-    """Every group's rollout; agents keep the one with the highest `version`."""
+    """Every group's rollout; agents keep the one with the highest `version`. `direct`: the
+    publisher sends each host the documents that change what it may do (`host_view`), so an
+    agent need not follow the stream past its tail."""
 
     version: int
     time: str
     groups: Mapping[str, GroupRollout]
+    direct: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "format": FORMAT,
             "kind": KIND_ROLLOUT,
             "version": self.version,
             "time": self.time,
             "groups": {n: g.to_json() for n, g in sorted(self.groups.items())},
         }
+        return {**doc, "direct": True} if self.direct else doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> RolloutDoc:
@@ -284,7 +295,31 @@ class RolloutDoc:
         if doc.get("format") != FORMAT or doc.get("kind") != KIND_ROLLOUT:
             raise ValueError(f"format {doc.get('format')!r} kind {doc.get('kind')!r}")
         groups = {str(n): GroupRollout.from_json(str(n), g) for n, g in _map(doc["groups"]).items()}
-        return cls(_int(doc["version"]), _str(doc.get("time", "")), MappingProxyType(groups))
+        return cls(
+            _int(doc["version"]),
+            _str(doc.get("time", "")),
+            MappingProxyType(groups),
+            direct=doc.get("direct") is True,
+        )
+
+
+def host_view(rollout: Mapping[str, Any] | None, host: str) -> list[Any] | None:
+    """What of a group's rollout (its JSON entry) changes what `host` may do: exactly what the
+    agent's gate reads (its grant; whether the group halted, and then the versions a first
+    install takes; a retry count, tied to its seq; the group's members, a clustered release's
+    peers). Not the phase otherwise, nor the seq alone. JSON-shaped, so that an agent can
+    report the view it holds and the publisher compare it with the current one. None: the
+    group has no rollout."""
+    if rollout is None:
+        return None
+    grant = rollout["granted"].get(host)
+    halted = rollout["phase"] == Phase.HALTED.value
+    return [
+        [grant["id"], grant["seq"]] if grant is not None else None,
+        sorted([k, v] for k, v in rollout["stable"].items()) if halted else None,
+        [rollout["retry"], rollout["seq"]] if rollout["retry"] else None,
+        sorted([h, c] for h, c in rollout.get("members", {}).items()),  # clustered peers
+    ]
 
 
 class RolloutRejected(Exception):

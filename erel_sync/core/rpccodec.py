@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from erel_sync.core.erlterm import Atom, TermSyntaxError, parse_term, render_term
-from erel_sync.core.nodeconfig import RenderError, json_to_term
+from erel_sync.core.nodeconfig import RenderError, is_long_name, json_to_term
 from erel_sync.model.specs import thaw
 
 # Anything passed inside erl_call's `-a` argument: erl_call parses it with ei_format, whose
@@ -61,7 +61,8 @@ def erl_call_argv(
     """argv of one RPC; no `-c`: erl_call reads the cookie from `$HOME/.erlang.cookie`."""
     module, function, args = call
     text = render_rpc_call(module, function, args)
-    return [erl_call, "-R", "-sname", node, "-timeout", str(max(1, timeout)), "-a", text]
+    flag = "-name" if is_long_name(node) else "-sname"  # a clustered node has a long name
+    return [erl_call, "-R", flag, node, "-timeout", str(max(1, timeout)), "-a", text]
 
 
 class RpcStatus(StrEnum):

@@ -42,7 +42,7 @@ def release_state(
         return skipped[name].value
     if name in skipped and skipped[name] is SkipReason.ROLLOUT:
         return "Waiting"
-    if name in skipped and skipped[name] is SkipReason.FAILED_REVISION:
+    if name in skipped and skipped[name] in (SkipReason.FAILED_REVISION, SkipReason.SECRET):
         return "Failed"
     if want is None:
         return "Unmanaged" if obs and not obs.managed else "Orphaned"
@@ -68,7 +68,8 @@ def converged(
     if desired is None:
         return False
     if plan_after.actions or any(
-        s.reason in (SkipReason.FAILED_REVISION, SkipReason.BACKOFF, SkipReason.ROLLOUT)
+        s.reason
+        in (SkipReason.FAILED_REVISION, SkipReason.BACKOFF, SkipReason.ROLLOUT, SkipReason.SECRET)
         for s in plan_after.skipped
     ):
         return False
@@ -93,6 +94,8 @@ class ReleaseReport:
     hold: Mapping[str, Any] | None
     reason: str  # CamelCase reason of the last failure or skip
     last_error: str
+    # A clustered release's peers: {expected, connected, missing} (node names); None otherwise.
+    peers: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +110,7 @@ class ReleaseReport:
             "hold": dict(self.hold) if self.hold is not None else None,
             "reason": self.reason,
             "last_error": self.last_error,
+            "peers": dict(self.peers) if self.peers is not None else None,
         }
 
 
@@ -184,6 +188,8 @@ def host_status(
     """The host's status after a tick. `observed`: this tick's observations (health
     included); `plan_after`: planning again after the tick's steps, what is left to do."""
     skipped = {s.release: s.reason for s in plan_after.skipped}
+    # Only the path of a secret that cannot be read, never its content.
+    locked = {s.release: s.detail for s in plan_after.skipped if s.reason is SkipReason.SECRET}
     pending = frozenset(a.release for a in plan_after.actions)
     health = _health(observed)
     releases = []
@@ -204,8 +210,13 @@ def host_status(
                     n, want, obs, skipped=skipped, healthy=health.get(n), pending=pending
                 ),
                 hold=dict(holds[n]) if n in holds else None,
-                reason=status.last_reason or (skipped[n].value if n in skipped else ""),
-                last_error=status.last_error,
+                reason=SkipReason.SECRET.value
+                if n in locked
+                else status.last_reason or (skipped[n].value if n in skipped else ""),
+                last_error=locked.get(n, status.last_error),
+                peers=obs.details.get("peers")
+                if obs is not None and want is not None and want.distribution.clustered
+                else None,
             )
         )
     return HostStatus(
@@ -250,6 +261,8 @@ class Heartbeat:
     heartbeat_interval: float  # seconds a reader may expect between two heartbeats
     counters: Mapping[str, int]
     sent: str
+    # What other hosts reach this one at: a clustered release's nodes are `<release>@<this>`.
+    cluster_host: str = ""
 
     def to_json(self) -> dict[str, Any]:
         doc = (
@@ -268,6 +281,7 @@ class Heartbeat:
                 "instance": self.instance,
                 "pid": self.pid,
                 "hostname": self.hostname,
+                "cluster_host": self.cluster_host,
                 "broker": self.broker,
                 "store_error": self.store_error,
                 "snapshot_refused": self.snapshot_refused.to_json()

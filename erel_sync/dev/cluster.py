@@ -13,7 +13,6 @@ prints commands that run as printed, with or without an activated virtualenv.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shlex
@@ -21,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +27,12 @@ from erel_sync.adapters import store
 from erel_sync.adapters.git.configsource import read_directory
 from erel_sync.adapters.releases import nodeproc
 from erel_sync.core.snapshot import generate_key
+from erel_sync.dev import clustered as cl
+from erel_sync.dev import netns
 from erel_sync.dev.examples import ExampleManifest, build_examples
+from erel_sync.dev.netns import Network
+from erel_sync.dev.probes import free_port
+from erel_sync.dev.rabbitcluster import RabbitCluster
 from erel_sync.dev.rabbitnode import RabbitNode
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -94,6 +97,21 @@ class DevCluster:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     key_id: str = "dev-publisher"
     operator_key_id: str = "dev-operator"
+    # hello as one Erlang cluster on the web hosts, each in a network namespace of its own
+    # (dev.clustered); needs root, and the cluster's own broker (reachable from there).
+    clustered: bool = False
+    network: Network | None = None
+    brokers: int = 1  # dev's own broker: one node, or a RabbitMQ cluster of this many
+    rabbits: RabbitCluster | None = None
+    # More than one: `--ha` publishers taking turns (one active, the others standing by).
+    publishers: int = 1
+    # Seconds between the publisher's republishes (None: its default); the agents then check a
+    # config stream quiet for three of them against the cluster (`broker.stream_silence`).
+    republish: int | None = None
+    # Each process serves Prometheus metrics on a port of its own (`metrics_url`).
+    metrics: bool = False
+    log_format: str = "text"  # of the publisher and agents (logs/*.log)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def repo(self) -> Path:
@@ -101,10 +119,22 @@ class DevCluster:
 
     @property
     def url(self) -> str:
+        return self.urls[0]
+
+    @property
+    def urls(self) -> list[str]:
+        """Every broker node's URL (one unless dev runs a cluster of them)."""
         if self.amqp_url:
-            return self.amqp_url
+            return [self.amqp_url]
+        if self.rabbits is not None:
+            return self.rabbits.urls
         assert self.rabbit is not None
-        return self.rabbit.url
+        return [self.rabbit.url]
+
+    @property
+    def publisher_names(self) -> list[str]:
+        """Each publisher's process name and state dir (under `work`)."""
+        return ["publisher", *(f"publisher-{i}" for i in range(2, self.publishers + 1))]
 
     def host_dir(self, host_id: str) -> Path:
         return self.work / "hosts" / host_id
@@ -133,12 +163,39 @@ class DevCluster:
             git(self.repo, "add", "-A")
             git(self.repo, "commit", "-q", "-m", "sample cluster")
         self._set_identity()  # also in a work repo made by an older version
+        if self.clustered:
+            self._cluster_hello()
         keys = self.work / "keys"
         for key_id in (self.key_id, self.operator_key_id):
             if not (keys / f"{key_id}.key").exists():
                 pem, pub = generate_key()
                 store.write_atomic(keys / f"{key_id}.key", pem)
                 store.write_atomic(keys / f"{key_id}.pub", pub.encode())
+
+    def namespaced(self) -> list[DevHost]:
+        """The hosts that run in network namespaces (the clustered ones)."""
+        return [h for h in self.hosts if self.clustered and cl.web_host(h.host_id)]
+
+    def netns_host(self, host: DevHost) -> netns.Host | None:
+        """The namespace `host` runs in, None when it runs on the machine itself."""
+        inside = self.namespaced()
+        if self.network is None or host not in inside:
+            return None
+        return self.network.hosts[inside.index(host)]
+
+    def _cluster_hello(self) -> None:
+        """Group web's hello made clustered, in a commit of its own (also in a work repo made
+        before the demo was clustered); the hosts' identities are made now, in their state
+        dirs, so their recipients can be listed."""
+        web = self.repo / "groups" / "web.yaml"
+        if not web.exists() or cl.CLUSTERED_MARK in web.read_text():
+            return
+        hosts = {h.host_id: self.host_dir(h.host_id) / "state" for h in self.namespaced()}
+        web.write_text(cl.clustered_web(web.read_text(), cl.recipients(hosts)))
+        result = read_directory(self.repo).validate()
+        if not result.ok:
+            raise RuntimeError("work repo invalid: " + "; ".join(map(str, result.problems)))
+        git(self.repo, "commit", "-q", "-am", "web: hello as one Erlang cluster")
 
     def _set_identity(self) -> None:
         """The demo's commits (README, `hints`) are made by hand in this repository: without
@@ -148,7 +205,8 @@ class DevCluster:
 
     def hints(self) -> str:
         """What to try next, as shell commands that work when pasted."""
-        q, cli, url = shlex.quote, cli_command(), shlex.quote(self.url)
+        # Every node: the CLI tries them in an order of its own (several URLs: space-separated).
+        q, cli, url = shlex.quote, cli_command(), shlex.quote(" ".join(self.urls))
         repo = q(str(self.repo))
         return (
             f"config repo: {self.repo}\n"
@@ -171,6 +229,12 @@ class DevCluster:
 
     def agent_settings(self, host: DevHost) -> Path:
         d = self.host_dir(host.host_id)
+        urls, extra = self.urls, ""
+        if (ns := self.netns_host(host)) is not None and self.network is not None:
+            urls = [u.replace("127.0.0.1", self.network.machine_ip) for u in urls]
+            extra = f"  cluster_host: '{ns.cluster_ip}'\n"
+        listed = ", ".join(f'"{u}"' for u in urls)
+        silence = f", stream_silence: {3 * self.republish}s" if self.republish else ""
         labels = ", ".join(f"{k}: {v}" for k, v in host.labels.items())
         text = f"""apiVersion: erel/v1
 kind: AgentSettings
@@ -178,7 +242,7 @@ metadata: {{name: {host.host_id}}}
 spec:
   host_id: {host.host_id}
   labels: {{{labels}}}
-  broker: {{urls: ["{self.url}"], heartbeat: 5s}}
+  broker: {{urls: [{listed}], heartbeat: 5s{silence}}}
   trusted_keys: [{{id: {self.key_id}, public_key: "{self.public_key()}"}}]
   operator_keys:
     - {{id: {self.operator_key_id}, public_key: "{self.public_key(self.operator_key_id)}"}}
@@ -188,38 +252,68 @@ spec:
   control_socket: {d / "agent.sock"}
   reconcile_interval: {self.reconcile_interval}
   heartbeat_interval: {self.heartbeat_interval}
-"""
+{extra}"""
         path = d / "agent.yaml"
         store.write_atomic(path, text.encode(), mode=0o644)
         return path
 
     # --- processes
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def metrics_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
+
+    def _spawn(self, name: str, args: list[str], prefix: tuple[str, ...] = ()) -> None:
+        args = [*args, "--log-format", self.log_format]
+        if self.metrics and not prefix:  # (not inside a network namespace)
+            port = self.metrics_ports.setdefault(name, free_port())
+            args = [*args, "--metrics-listen", f"127.0.0.1:{port}"]
         log = (self.work / "logs" / f"{name}.log").open("ab")
         self.work.joinpath("logs").mkdir(exist_ok=True)
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "erel_sync", *args],
+            [*prefix, sys.executable, "-m", "erel_sync", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in the terminal reaches dev only; dev stops them
         )
         log.close()
 
+    def start_network(self) -> None:
+        if self.clustered and self.network is None:
+            if self.amqp_url is not None:
+                raise RuntimeError("a clustered dev cluster needs its own broker (no --amqp-url)")
+            self.network = Network(len(self.namespaced()))
+            try:
+                self.network.up()
+            except BaseException:
+                self.network.down()
+                self.network = None
+                raise
+
     def start_broker(self) -> None:
-        if self.amqp_url is None and self.rabbit is None:
-            self.rabbit = RabbitNode(self.work / "rabbit", name=f"ereldev-{os.getpid()}")
+        listen = (self.network.machine_ip,) if self.network is not None else ()
+        if self.amqp_url is None and self.brokers > 1 and self.rabbits is None:
+            self.rabbits = RabbitCluster(
+                self.work / "rabbit-cluster", self.brokers, f"ereldev-{os.getpid()}", listen
+            )
+            self.rabbits.start()
+        elif self.amqp_url is None and self.brokers == 1 and self.rabbit is None:
+            self.rabbit = RabbitNode(
+                self.work / "rabbit", name=f"ereldev-{os.getpid()}", listen=listen
+            )
             self.rabbit.start()
 
-    def start_publisher(self) -> None:
+    def start_publisher(self, name: str = "publisher") -> None:
+        opts = ["--ha", "--heartbeat", "1"] if self.publishers > 1 else []
+        if self.republish:
+            opts += ["--republish", str(self.republish)]
         self._spawn(
-            "publisher",
+            name,
             [
-                "publisher",
+                "publisher", *opts,
                 "--repo", str(self.repo),
                 "--key", str(self.work / "keys" / f"{self.key_id}.key"),
                 "--key-id", self.key_id,
-                "--state-dir", str(self.work / "publisher"),
-                "--amqp-url", self.url,
+                "--state-dir", str(self.work / name),
+                *(arg for u in self.urls for arg in ("--amqp-url", u)),
                 "--poll", "2",
                 # The demo's operator may `rollout promote|retry` (hints, e2e).
                 "--operator-key",
@@ -229,12 +323,16 @@ spec:
 
     def start_agent(self, host: DevHost) -> None:
         (self.work / "logs").mkdir(parents=True, exist_ok=True)
-        self._spawn(host.host_id, ["agent", "--config", str(self.agent_settings(host))])
+        ns = self.netns_host(host)
+        prefix = tuple(self.network.argv(ns, [])) if ns and self.network else ()
+        self._spawn(host.host_id, ["agent", "--config", str(self.agent_settings(host))], prefix)
 
     def start(self) -> None:
         (self.work / "logs").mkdir(parents=True, exist_ok=True)
+        self.start_network()
         self.start_broker()
-        self.start_publisher()
+        for name in self.publisher_names:
+            self.start_publisher(name)
         for h in self.hosts:
             self.start_agent(h)
 
@@ -258,7 +356,7 @@ spec:
     def stop_releases(self) -> None:
         """The releases the agents started are daemons (not their children): stop them too."""
         for host in self.hosts:
-            _stop_nodes_under(self.host_dir(host.host_id) / "releases")
+            nodeproc.stop_nodes_under(self.host_dir(host.host_id) / "releases")
 
     def stop(self) -> None:
         for name in list(self.procs):
@@ -267,6 +365,12 @@ spec:
         if self.rabbit is not None:
             self.rabbit.stop()
             self.rabbit = None
+        if self.rabbits is not None:
+            self.rabbits.stop()
+            self.rabbits = None
+        if self.network is not None:  # after the releases: it ends what still runs inside
+            self.network.down()
+            self.network = None
 
     def commit(self, message: str, edits: dict[str, str]) -> str:
         for rel, text in edits.items():
@@ -287,15 +391,3 @@ def cli_command() -> str:
             return "erel-sync"
         return shlex.quote(str(script))
     return f"{shlex.quote(sys.executable)} -m erel_sync"
-
-
-def _stop_nodes_under(releases_dir: Path) -> None:
-    """Stop every release VM installed under `releases_dir`: SIGTERM (a clean init:stop), then
-    SIGKILL what is left at the deadline. PIDs are re-checked against their root each time."""
-    roots = [r for r in sorted(releases_dir.glob("*")) if r.is_dir()]
-    for root in roots:
-        nodeproc.kill_pids(nodeproc.node_pids(root), root, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for root in roots:
-        if not asyncio.run(nodeproc.wait_gone(root, deadline)):
-            nodeproc.kill_pids(nodeproc.node_pids(root), root, signal.SIGKILL)

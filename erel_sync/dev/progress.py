@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from erel_sync.core.clusterview import peers_cell, peers_formed
 from erel_sync.core.conditions import clip, host_condition, host_problems, release_error
 
 COLUMNS = ("host", "group", "seq", "applied", "rollout", "releases", "broker", "error")
@@ -21,9 +22,10 @@ ERROR_WIDTH = 80
 def host_row(beat: Mapping[str, Any]) -> list[str]:
     """A host's row: group, held and applied seq, releases, broker session, and what is wrong
     (each failing release's `Reason: message`, then host-level problems such as STORE-FAILED)."""
-    rels = [r for r in beat.get("releases") or [] if isinstance(r, Mapping)]
+    rels = _releases(beat)
     releases = ", ".join(
-        f"{r.get('name')} {r.get('version') or '-'} {r.get('state')}" for r in rels
+        f"{r.get('name')} {r.get('version') or '-'} {r.get('state')}{peers_cell(r.get('peers'))}"
+        for r in rels
     )
     errors = [f"{r.get('name')}: {e}" for r in rels if (e := release_error(r))]
     errors += [
@@ -50,6 +52,30 @@ def rollout_cell(report: Any) -> str:
     return f"{report.get('state')} @{report.get('seq', '?')}"
 
 
+def _clusters_formed(beats: Mapping[str, Mapping[str, Any]], host: str) -> bool:
+    """Each clustered release of `host` expects, and is connected to, its node on every other
+    host of its group that runs it (before the agent hears the group's members, a node
+    expects none: that is not a cluster yet)."""
+    group = beats[host].get("group")
+    for r in _releases(beats[host]):
+        if not isinstance(r.get("peers"), Mapping):
+            continue
+        others = sum(
+            1
+            for h, b in beats.items()
+            if h != host
+            and b.get("group") == group
+            and any(o.get("name") == r.get("name") and o.get("peers") for o in _releases(b))
+        )
+        if len(r["peers"].get("expected") or []) != others or not peers_formed(r["peers"]):
+            return False
+    return True
+
+
+def _releases(beat: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [r for r in beat.get("releases") or [] if isinstance(r, Mapping)]
+
+
 def _seq(doc: Any) -> int:
     seq = doc.get("seq") if isinstance(doc, Mapping) else None
     return seq if isinstance(seq, int) else 0
@@ -60,7 +86,8 @@ class Progress:
     """Converged or not, since when. The target is the newest snapshot seq the publisher
     announced or any host holds; the cluster has converged when every host reports
     `converged` with that seq applied. A new target, or a host falling out of convergence,
-    starts a new count: the title never says "converged" about an older rollout."""
+    starts a new count: the title never says "converged" about an older rollout. A clustered
+    release counts once its node is connected to every expected peer (the cluster formed)."""
 
     started: float
     target: int = 0
@@ -77,7 +104,9 @@ class Progress:
         if not hosts or any(h not in beats for h in hosts):
             return False
         return all(
-            beats[h].get("converged") and _seq(beats[h].get("applied")) >= self.target
+            beats[h].get("converged")
+            and _seq(beats[h].get("applied")) >= self.target
+            and _clusters_formed(beats, h)
             for h in hosts
         )
 

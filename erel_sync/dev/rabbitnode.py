@@ -1,9 +1,7 @@
 """A private RabbitMQ node: start, probe, stop, kill and restart one broker for tests and `dev`.
 
-Called by the test plugin (`tests/rabbit.py`) and by local development commands (`dev.cluster`).
-Lives in `dev`, beside the daemons rather than in what they load: it is tooling that spawns and
-signals processes and opens sockets. Its `rabbitmqctl` calls go through the one runner,
-`adapters.broker.rabbitctl`.
+Called by the test plugin (`tests/rabbit.py`) and `dev.cluster`: tooling that spawns and signals
+processes and opens sockets. Its `rabbitmqctl` calls go through `adapters.broker.rabbitctl`.
 
 Everything the node reads or writes lives under one work directory: a `HOME` holding a 0400
 `.erlang.cookie` (the server and `rabbitmqctl`/`erl_call` share it), the Mnesia/stream data,
@@ -12,11 +10,10 @@ logs, `rabbitmq.conf`, an enabled-plugins file holding `[].` and an empty conf-e
 AMQP port and a free distribution port, and listens on 127.0.0.1 only, so it never meets the
 host's shared broker (node `rabbit`, port 5672).
 
-The server runs in the foreground under a shell wrapper in a new session (so it is our child
-and a failed boot is seen at once as an exit, instead of the silent failure `-detached` gives on
-a name clash). Readiness is proven twice: the AMQP listener answers with `connection.start`
-carrying our unique `cluster_name` (so a stranger on the port cannot fool us), then
-`rabbit:is_running()` over `erl_call` says `true`.
+The server runs in the foreground in a new session (our child: a failed boot is seen at once
+as an exit, not the silent failure `-detached` gives on a name clash). Readiness is proven
+twice: the AMQP listener answers `connection.start` with our unique `cluster_name` (a stranger
+on the port cannot fool us), then `rabbit:is_running()` over `erl_call` says `true`.
 
 Blocking calls (subprocess, sockets): from async code run `start`/`stop`/`restart` in a thread.
 """
@@ -47,12 +44,14 @@ from erel_sync.dev.probes import (
     port_open,
     tail,
 )
+from erel_sync.dev.tlsca import TlsListener
 
 # Tests and tools import these from here too.
 __all__ = [
     "SERVER_BIN_DIR",
     "RabbitNode",
     "RabbitNodeError",
+    "TlsListener",
     "epmd_names",
     "free_port",
     "port_open",
@@ -85,6 +84,11 @@ class RabbitNode:
         amqp_port: int | None = None,
         dist_port: int | None = None,
         bin_dir: Path = SERVER_BIN_DIR,
+        listen: tuple[str, ...] = (),
+        cookie: str | None = None,
+        cluster_name: str | None = None,
+        tls: TlsListener | None = None,
+        erl_args: str = "",
     ) -> None:
         short = (name or f"erelsync-{secrets.token_hex(4)}").split("@", 1)[0]
         if not short or short == "rabbit" or not all(c.isalnum() or c in "-_" for c in short):
@@ -98,6 +102,15 @@ class RabbitNode:
         self.amqp_port = amqp_port or 0
         self.dist_port = dist_port or 0
         self.bin_dir = bin_dir
+        # Hosts of their own (network namespaces) reach it on these addresses too, as guest:
+        # the machine's own address on their bridge, never every address of the machine.
+        self.listen = listen
+        # Members of one cluster (dev.rabbitcluster) share the cookie and the cluster name:
+        # a node that joined a cluster announces the cluster's name, not its own.
+        self.cookie = cookie
+        self.cluster_name = cluster_name or self.node_name
+        self.tls, self.tls_port, self.erl_args = tls, 0, erl_args
+        self.host = LOCAL_HOST  # where clients and the boot probe reach it
         self._proc: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
 
@@ -107,7 +120,14 @@ class RabbitNode:
     def url(self) -> str:
         if not self.amqp_port:
             raise RabbitNodeError("the node has no port yet: start() it first")
-        return f"amqp://guest:guest@{LOCAL_HOST}:{self.amqp_port}/"
+        return f"amqp://guest:guest@{self.host}:{self.amqp_port}/"
+
+    @property
+    def tls_url(self) -> str:
+        """The amqps listener, by the name its certificate carries (`localhost`)."""
+        if not self.tls_port:
+            raise RabbitNodeError("the node has no TLS listener")
+        return f"amqps://guest:guest@localhost:{self.tls_port}/"
 
     @property
     def pid(self) -> int | None:
@@ -119,6 +139,9 @@ class RabbitNode:
         return self._proc is not None and not exited(self._proc.pid)
 
     # -- lifecycle ------------------------------------------------------------------------------
+
+    def command(self, *argv: str) -> list[str]:
+        return list(argv)  # dev.rabbitnetns runs it inside a network namespace
 
     def start(self, timeout: float = 60) -> None:
         """Boot the node and return once it accepts AMQP; raise RabbitNodeError otherwise."""
@@ -135,7 +158,7 @@ class RabbitNode:
             raise RabbitNodeError(f"AMQP port {self.amqp_port} is already in use")
         with self.console_file.open("ab") as console:
             self._proc = subprocess.Popen(
-                [str(self.bin_dir / "rabbitmq-server")],
+                self.command(str(self.bin_dir / "rabbitmq-server")),
                 env=self.env(),
                 cwd=self.work_dir,
                 stdin=subprocess.DEVNULL,
@@ -157,9 +180,8 @@ class RabbitNode:
 
     def kill(self) -> None:
         """SIGKILL the VM (a crash, for fault tests); data stays for the next start()."""
-        if self._proc is None:
-            return
-        self._sweep(graceful=False, timeout=10)
+        if self._proc is not None:
+            self._sweep(graceful=False, timeout=10)
 
     def restart(self, timeout: float = 60) -> None:
         """Stop (if running) and start again with the same name, ports and data."""
@@ -244,27 +266,37 @@ class RabbitNode:
         for sub in ("home", "mnesia", "log"):
             (self.work_dir / sub).mkdir(parents=True, exist_ok=True)
         cookie = self.home / ".erlang.cookie"
+        if self.cookie is not None and cookie.exists() and cookie.read_text() != self.cookie:
+            cookie.unlink()  # a cluster's cookie replaces one from an earlier run
         if not cookie.exists():
             alphabet = string.ascii_uppercase
             fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
             with os.fdopen(fd, "w") as f:
-                f.write("".join(secrets.choice(alphabet) for _ in range(32)))
+                f.write(self.cookie or "".join(secrets.choice(alphabet) for _ in range(32)))
         if not self.amqp_port:
             self.amqp_port = free_port()
         while not self.dist_port or self.dist_port == self.amqp_port:
             self.dist_port = free_port()
+        while self.tls is not None and self.tls_port in (0, self.amqp_port, self.dist_port):
+            self.tls_port = free_port()
         (self.work_dir / "enabled_plugins").write_text("[].\n")
         (self.work_dir / "rabbitmq-env.conf").write_text("# kept empty on purpose\n")
         (self.work_dir / "rabbitmq.conf").write_text(
             "\n".join(
                 [
                     # The AMQP probe recognises our node by this name in connection.start.
-                    f"cluster_name = {self.node_name}",
+                    f"cluster_name = {self.cluster_name}",
                     "log.console = false",
                     "log.file.level = info",
                     # Test machines often have little disk; the default 50 MB alarm would
                     # block publishers and turn into flaky timeouts.
                     "disk_free_limit.absolute = 10MB",
+                    *(
+                        f"listeners.tcp.{i} = {addr}:{self.amqp_port}"
+                        for i, addr in enumerate((LOCAL_HOST, *self.listen), 1)
+                    ),
+                    *(["loopback_users.guest = false"] if self.listen else []),
+                    *(self.tls.config(LOCAL_HOST, self.tls_port) if self.tls else []),
                     "",
                 ]
             )
@@ -279,8 +311,6 @@ class RabbitNode:
             {
                 "HOME": str(self.home),
                 "RABBITMQ_NODENAME": self.node_name,
-                "RABBITMQ_NODE_IP_ADDRESS": LOCAL_HOST,
-                "RABBITMQ_NODE_PORT": str(self.amqp_port),
                 "RABBITMQ_DIST_PORT": str(self.dist_port),
                 "RABBITMQ_MNESIA_BASE": str(w / "mnesia"),
                 "RABBITMQ_LOG_BASE": str(w / "log"),
@@ -290,7 +320,7 @@ class RabbitNode:
                 "RABBITMQ_ENABLED_PLUGINS_FILE": str(w / "enabled_plugins"),
                 "RABBITMQ_CONF_ENV_FILE": str(w / "rabbitmq-env.conf"),
                 "RABBITMQ_PID_FILE": str(w / "rabbitmq.pid"),
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": _LOOPBACK_DIST,
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": f"{_LOOPBACK_DIST} {self.erl_args}".strip(),
                 # CLI tools listen for distribution too; the default 35672-35682 range is shared
                 # by every rabbitmqctl on the host, so let the kernel pick a port instead.
                 "RABBITMQ_CTL_DIST_PORT_MIN": "0",
@@ -307,11 +337,11 @@ class RabbitNode:
 
     def _await_boot(self, deadline: float) -> None:
         assert self._proc is not None
-        token = self.node_name.encode()
+        token = self.cluster_name.encode()
         while True:
             if exited(self._proc.pid):
                 raise self._fail("rabbitmq-server exited during boot")
-            props = amqp_server_properties(self.amqp_port)
+            props = amqp_server_properties(self.amqp_port, self.host)
             if props:
                 if token not in props:
                     raise self._fail(f"another AMQP server answers on port {self.amqp_port}")

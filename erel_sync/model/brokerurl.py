@@ -19,9 +19,11 @@ The URLs handed to aio-pika always carry the vhost as their path, percent-encode
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 DEFAULT_VHOST = "/"
 # The broker a fresh machine's defaults point at: RabbitMQ's own default user on localhost.
@@ -47,6 +49,11 @@ def mask(text: str) -> str:
     """`text` (a broker URL, or a message that contains some) with every password replaced by
     `***`, for messages and logs."""
     return _PASSWORD.sub(r"\1:***@", text)
+
+
+def shown(url: str) -> str:
+    """`url` as messages name it: password masked, without its query (TLS file paths)."""
+    return mask(urlunsplit(urlsplit(url)._replace(query="")))
 
 
 def url_vhost(url: str) -> str | None:
@@ -111,7 +118,85 @@ def with_vhost(url: str, vhost: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=vhost_path(vhost)))
 
 
-def broker_urls(urls: Sequence[str], vhost: str | None) -> tuple[str, ...]:
-    """The URLs to connect to: each naming the vhost `resolve_vhost` decides."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """TLS for `amqps://` URLs: the CA that signed the brokers' certificates (None: the
+    system's), and this client's certificate and key (both or neither). The broker's hostname
+    is always verified against its certificate."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def problem(self) -> str | None:
+        if (self.cert_file is None) != (self.key_file is None):
+            return "a client certificate needs its key, and a key its certificate"
+        return None
+
+
+# aiormq reads these from an amqps URL's query: the one place TLS files reach the library.
+_TLS_QUERY = {"ca_file": "cafile", "cert_file": "certfile", "key_file": "keyfile"}
+
+
+def with_tls(url: str, tls: TlsFiles | None) -> str:
+    """`url` carrying `tls`'s files (as aiormq's `cafile`/`certfile`/`keyfile` query);
+    BrokerUrlError for TLS files with an `amqp://` URL, whose traffic would go in clear."""
+    if tls is None or tls == TlsFiles():
+        return url
+    if problem := tls.problem():
+        raise BrokerUrlError("TlsIncomplete", problem)
+    parts = urlsplit(url)
+    if parts.scheme != "amqps":
+        raise BrokerUrlError(
+            "TlsWithoutAmqps",
+            f"TLS files are given but {mask(url)} is not amqps:// (its traffic would be clear)",
+        )
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in _TLS_QUERY.values()]
+    query += [(_TLS_QUERY[k], v) for k, v in vars(tls).items() if v is not None]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def broker_urls(
+    urls: Sequence[str], vhost: str | None, tls: TlsFiles | None = None
+) -> tuple[str, ...]:
+    """The URLs to connect to: each naming the vhost `resolve_vhost` decides, and carrying
+    the TLS files (`with_tls`)."""
     resolved = resolve_vhost(urls, vhost)
-    return tuple(with_vhost(url, resolved) for url in urls)
+    return tuple(with_tls(with_vhost(url, resolved), tls) for url in urls)
+
+
+def spread(urls: Sequence[str], key: str) -> list[str]:
+    """`urls` in the order client `key` (its host id, its name) tries them: a permutation of
+    its own, the same at every start. Over many clients, each node is the first choice of an
+    even share, and the clients of a node that goes away spread evenly over the others,
+    instead of all of them landing on the next node of a shared list."""
+    ranked = sorted(
+        range(len(urls)),
+        key=lambda i: hashlib.sha256(f"{key}\0{urls[i]}".encode()).digest(),
+    )
+    return [urls[i] for i in ranked]
+
+
+class BrokerOrder:
+    """Which node a client tries first, across its sessions: its own order (`spread`), and
+    after losing a node, the one after it. A node that failed it is tried again only after the
+    others, so a node that hangs (a connect that times out, not one refused at once) costs one
+    timeout, not one per session."""
+
+    def __init__(self, urls: Sequence[str], key: str) -> None:
+        self.order = spread(urls, key)
+        self._first = 0
+        self.current: str | None = None
+
+    def round(self) -> list[str]:
+        """The URLs to try now, in order."""
+        return self.order[self._first :] + self.order[: self._first]
+
+    def connected(self, url: str) -> None:
+        self.current = url
+
+    def lost(self) -> None:
+        """The session on `current` ended: start the next round after it."""
+        if self.current in self.order:
+            self._first = (self.order.index(self.current) + 1) % len(self.order)
+        self.current = None

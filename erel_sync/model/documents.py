@@ -23,6 +23,7 @@ from typing import Any
 from erel_sync.model.names import Version, format_duration, parse_duration
 from erel_sync.model.specs import (
     Artifact,
+    DistributionSpec,
     GroupRelease,
     GroupSpec,
     HealthSpec,
@@ -48,7 +49,8 @@ BASELINE_VERSION = "0.1.0"
 class Feature:
     """A field (or some values of one) that agents older than `since` do not understand.
 
-    `path` walks a normalised document; `*` stands for any list item or mapping key. With
+    `path` walks a normalised document; `*` stands for any list item or mapping key, `**` for
+    any number of them (none included). With
     `values`, only those values need `since` (a new enum value); without, any value does (the
     field is absent at its default, so present means used)."""
 
@@ -64,6 +66,12 @@ FEATURES: tuple[Feature, ...] = (
     Feature("Group", ("spec", "rollout", "canary"), "0.2.0"),
     Feature("Group", ("spec", "rollout", "pause_after_canary"), "0.2.0"),
     Feature("Group", ("spec", "rollout", "progress_deadline"), "0.2.0"),
+    # A secret anywhere in a config: an older agent would render `$secret` as a key, or refuse.
+    Feature("Release", ("spec", "config", "sys_config", "**", "$secret"), "0.3.0"),
+    Feature("Group", ("spec", "releases", "*", "config", "sys_config", "**", "$secret"), "0.3.0"),
+    Feature("Group", ("spec", "recipients"), "0.3.0"),
+    Feature("Release", ("spec", "distribution"), "0.3.0"),
+    Feature("Group", ("spec", "releases", "*", "distribution"), "0.3.0"),
 )
 
 
@@ -86,6 +94,10 @@ def _uses(node: Any, path: tuple[str, ...], values: tuple[Any, ...]) -> bool:
     if not path:
         return not values or node in values
     head, rest = path[0], path[1:]
+    if head == "**":  # any depth, none included
+        children = node.values() if isinstance(node, Mapping) else node
+        deeper = isinstance(node, Mapping | list) and any(_uses(x, path, values) for x in children)
+        return _uses(node, rest, values) or deeper
     if head == "*":
         items = node.values() if isinstance(node, Mapping) else node
         return isinstance(node, Mapping | list) and any(_uses(x, rest, values) for x in items)
@@ -135,6 +147,7 @@ def release_from_document(doc: Mapping[str, Any]) -> ReleaseSpec:
         ),
         config=_config(spec.get("config")),
         stop_timeout=_dur(spec.get("stop_timeout"), ReleaseSpec.stop_timeout),
+        distribution=DistributionSpec.from_json(spec.get("distribution", {})),
     )
 
 
@@ -164,6 +177,8 @@ def release_to_document(spec: ReleaseSpec) -> dict[str, Any]:
     stop, default_stop = _durs(spec.stop_timeout, ReleaseSpec.stop_timeout)
     if stop != default_stop:
         body["stop_timeout"] = stop
+    if spec.distribution != DistributionSpec():
+        body["distribution"] = spec.distribution.to_json()
     if config := _config_doc(spec.config):
         body["config"] = config
     return {
@@ -199,12 +214,16 @@ def group_from_document(doc: Mapping[str, Any]) -> GroupSpec:
                 name=r["name"],
                 version=r["version"],
                 config=_config(r["config"]) if "config" in r else None,
+                distribution=DistributionSpec.from_json(r["distribution"])
+                if "distribution" in r
+                else None,
             )
             for r in spec["releases"]
         ),
         rollout=_rollout(spec.get("rollout", {})),
         suspend=bool(spec.get("suspend", False)),
         allow_empty=bool(spec.get("allow_empty", False)),
+        recipients=MappingProxyType(dict(spec.get("recipients", {}))),
     )
 
 
@@ -216,6 +235,7 @@ def group_to_document(spec: GroupSpec) -> dict[str, Any]:
         "releases": [
             {"name": r.name, "version": r.version}
             | ({"config": _config_doc(r.config)} if r.config is not None else {})
+            | ({"distribution": r.distribution.to_json()} if r.distribution is not None else {})
             for r in spec.releases
         ],
     }
@@ -225,6 +245,8 @@ def group_to_document(spec: GroupSpec) -> dict[str, Any]:
         body["suspend"] = True
     if spec.allow_empty:
         body["allow_empty"] = True
+    if spec.recipients:
+        body["recipients"] = dict(sorted(spec.recipients.items()))
     if spec.selector is not None:
         # `labels` stays even when empty: the schema refuses an empty selector mapping.
         selector: dict[str, Any] = {"labels": dict(spec.selector.labels)}

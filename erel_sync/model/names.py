@@ -115,3 +115,11 @@ def compare_versions(a: str, b: str) -> int:
     """-1, 0 or 1 as `a` is older, the same or newer than `b`."""
     va, vb = Version(a), Version(b)
     return (va > vb) - (va < vb)
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[V6]:PORT` or `:PORT` (127.0.0.1) -> (host, port); ValueError otherwise."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"not HOST:PORT: {text!r}")
+    return (host.strip("[]") or "127.0.0.1"), int(port)

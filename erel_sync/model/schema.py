@@ -24,6 +24,7 @@ from erel_sync.model.problems import json_path
 KIND_SCHEMAS = {
     "Release": "release.schema.json",
     "Group": "group.schema.json",
+    "Notification": "notification.schema.json",
     "AgentSettings": "agent-settings.schema.json",
 }
 

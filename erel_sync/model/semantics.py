@@ -1,4 +1,5 @@
-"""Cross-document checks of a revision: references, uniqueness, selectors, empty groups.
+"""Cross-document checks of a revision: references, uniqueness, selectors, empty groups, the
+shape of secrets.
 
 Pure. Runs after every document passed its schema, at the publisher (rejecting the revision) and
 again at the agent on the snapshot body (the agent does not trust the wire). `locate` turns a
@@ -11,7 +12,8 @@ import re
 from collections.abc import Callable, Mapping
 
 from erel_sync.model.problems import Problem, json_path
-from erel_sync.model.specs import GroupSpec, LabelOperator, ReleaseSpec
+from erel_sync.model.secrets import find_secrets, is_secret, recipients, secret_problem
+from erel_sync.model.specs import DistributionSpec, GroupSpec, LabelOperator, ReleaseSpec
 
 Locate = Callable[[str, str, tuple[str | int, ...]], tuple[str, int, int]]
 GLOB_CHARS = re.compile(r"[*?\[]")
@@ -36,6 +38,11 @@ def check_semantics(
         problems.append(Problem(file, line, col, json_path(path), message))
 
     for rel in releases.values():
+        for at, node in find_secrets(rel.config.sys_config):
+            if (problem := secret_problem(node)) is not None:
+                report("Release", rel.name, ("spec", "config", "sys_config", *at), problem)
+        for path, message in distribution_problems(rel.distribution):
+            report("Release", rel.name, ("spec", "distribution", *path), message)
         seen: dict[str, int] = {}
         for i, v in enumerate(rel.versions):
             if v.version in seen:
@@ -65,6 +72,29 @@ def check_semantics(
     return problems
 
 
+def distribution_problems(d: DistributionSpec) -> list[tuple[tuple[str | int, ...], str]]:
+    """A clustered release needs its cookie as a well-formed secret; a private one takes
+    neither cookie nor ports (its node is reachable by the agent alone)."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    if d.clustered and d.cookie is None:
+        out.append(((), "a clustered release needs `cookie`, a secret shared by its nodes"))
+    if d.cookie is not None:
+        if not d.clustered:
+            out.append((("cookie",), "only a clustered release takes a cookie"))
+        elif not is_secret(d.cookie):
+            out.append(
+                (("cookie",), "the cookie must be a secret ({$secret: ...}, docs/secrets.md)")
+            )
+        elif (problem := secret_problem(d.cookie)) is not None:
+            out.append((("cookie",), problem))
+    if d.ports is not None:
+        if not d.clustered:
+            out.append((("ports",), "only a clustered release takes a port range"))
+        elif d.ports[0] > d.ports[1]:
+            out.append((("ports", "min"), f"min {d.ports[0]} is above max {d.ports[1]}"))
+    return out
+
+
 def _check_group(
     group: GroupSpec,
     releases: Mapping[str, ReleaseSpec],
@@ -90,6 +120,14 @@ def _check_group(
                 f"release {ref.name!r} is listed twice (also releases[{names[ref.name]}])",
             )
         names.setdefault(ref.name, i)
+        if ref.distribution is not None:
+            for path, message in distribution_problems(ref.distribution):
+                report("Group", g, ("spec", "releases", i, "distribution", *path), message)
+        if ref.config is not None:
+            for at, node in find_secrets(ref.config.sys_config):
+                if (problem := secret_problem(node)) is not None:
+                    path = ("spec", "releases", i, "config", "sys_config", *at)
+                    report("Group", g, path, problem)
         if ref.name in broken:
             continue
         rel = releases.get(ref.name)
@@ -130,3 +168,49 @@ def _check_group(
         report("Group", g, ("spec", "rollout", "max_unavailable"), "0% would never roll out")
     if group.rollout.progress_deadline <= 0:
         report("Group", g, ("spec", "rollout", "progress_deadline"), "0s fails every host at once")
+
+
+def secret_warnings(
+    releases: Mapping[str, ReleaseSpec], groups: Mapping[str, GroupSpec], locate: Locate
+) -> list[Problem]:
+    """A secret a group uses (in its Release's config or its own override) that is not
+    encrypted to every one of the group's `recipients`: those hosts would report
+    `SecretUnavailable`. Warnings, not problems: the revision is still valid."""
+    out: list[Problem] = []
+
+    def warn(kind: str, name: str, path: tuple[str | int, ...], message: str) -> None:
+        file, line, col = locate(kind, name, path)
+        out.append(Problem(file, line, col, json_path(path), message))
+
+    for group in sorted(groups.values(), key=lambda g: g.name):
+        if not group.recipients:
+            continue
+        for i, ref in enumerate(group.releases):
+            rel = releases.get(ref.name)
+            found: list[tuple[str, str, tuple[str | int, ...], Mapping[str, object]]] = []
+            if rel is not None:
+                found += [
+                    ("Release", rel.name, ("spec", "config", "sys_config", *at), node)
+                    for at, node in find_secrets(rel.config.sys_config)
+                ]
+            if ref.config is not None:
+                found += [
+                    ("Group", group.name, ("spec", "releases", i, "config", "sys_config", *at), n)
+                    for at, n in find_secrets(ref.config.sys_config)
+                ]
+            # The cookie where it is written: the group's own distribution, else the Release's.
+            dist = ref.distribution_over(rel) if rel is not None else ref.distribution
+            if dist is not None and dist.cookie is not None and is_secret(dist.cookie):
+                at: tuple[str | int, ...] = ("distribution", "cookie")
+                if ref.distribution is not None:
+                    found.append(("Group", group.name, ("spec", "releases", i, *at), dist.cookie))
+                else:
+                    found.append(("Release", ref.name, ("spec", *at), dist.cookie))
+            for kind, name, path, node in found:
+                have = set(recipients(node))
+                missing = sorted(n for n, r in group.recipients.items() if r not in have)
+                if missing:
+                    who = f"{', '.join(missing)} of group {group.name!r}"
+                    why = "they would report SecretUnavailable (erel-sync secret rekey)"
+                    warn(kind, name, path, f"not encrypted to {who}: {why}")
+    return out

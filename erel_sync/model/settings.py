@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from erel_sync.model import brokerurl
-from erel_sync.model.names import parse_duration, parse_size
+from erel_sync.model.names import listen_address, parse_duration, parse_size
 from erel_sync.model.paths import (
     CONTROL_SOCKET_NAME,
     DEFAULT_CACHE_DIR,
@@ -42,7 +42,10 @@ class AgentSettings:
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     broker_urls: tuple[str, ...] = (brokerurl.DEFAULT_URL,)
     vhost: str | None = None  # for URLs naming none; None: the URLs' own, else "/"
+    broker_tls: brokerurl.TlsFiles | None = None  # for amqps:// URLs
     broker_heartbeat: float = 10.0
+    # A config stream quiet this long (3 publisher republishes) is checked against the cluster.
+    stream_silence: float = 180.0
     trusted_keys: tuple[TrustedKey, ...] = ()
     operator_keys: tuple[TrustedKey, ...] = ()
     state_dir: str = DEFAULT_STATE_DIR
@@ -53,23 +56,32 @@ class AgentSettings:
     reconcile_interval: float = 30.0
     heartbeat_interval: float = 5.0
     node_host: str = "localhost"
+    cluster_host: str = ""  # clustered nodes' host part: what other hosts reach ("" = the FQDN)
     max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES
     max_archive_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS
+    metrics_listen: str = ""  # HOST:PORT of the Prometheus endpoint; "" = off
 
     def __post_init__(self) -> None:
         # Refused when made (file, environment and flags together), never later as an endless
         # "broker not reachable" in the agent's session loop.
         try:
-            brokerurl.resolve_vhost(self.broker_urls, self.vhost)
+            brokerurl.broker_urls(self.broker_urls, self.vhost, self.broker_tls)
         except brokerurl.BrokerUrlError as e:
             raise ConfigError(
                 [Problem("AgentSettings", path="$.spec.broker", message=str(e))]
             ) from e
+        if self.metrics_listen:
+            try:
+                listen_address(self.metrics_listen)
+            except ValueError as e:
+                raise ConfigError(
+                    [Problem("AgentSettings", path="$.spec.metrics_listen", message=str(e))]
+                ) from e
 
     @property
     def amqp_urls(self) -> tuple[str, ...]:
         """The URLs the agent connects to: `broker_urls` under the vhost rule (model.brokerurl)."""
-        return brokerurl.broker_urls(self.broker_urls, self.vhost)
+        return brokerurl.broker_urls(self.broker_urls, self.vhost, self.broker_tls)
 
     @property
     def control_socket_path(self) -> str:
@@ -97,6 +109,8 @@ def settings_from_document(doc: Mapping[str, Any]) -> AgentSettings:
             "control_socket",
             "control_group",
             "node_host",
+            "cluster_host",
+            "metrics_listen",
         )
         if k in spec
     }
@@ -105,6 +119,10 @@ def settings_from_document(doc: Mapping[str, Any]) -> AgentSettings:
             changes[k] = parse_duration(spec[k])
     if "heartbeat" in broker:
         changes["broker_heartbeat"] = parse_duration(broker["heartbeat"])
+    if "stream_silence" in broker:
+        changes["stream_silence"] = parse_duration(broker["stream_silence"])
+    if "tls" in broker:
+        changes["broker_tls"] = brokerurl.TlsFiles(**broker["tls"])
     artifacts = spec.get("artifacts", {})
     if "max_unpacked_size" in artifacts:
         changes["max_unpacked_bytes"] = parse_size(artifacts["max_unpacked_size"])
@@ -138,9 +156,13 @@ def load_agent_settings(file: str, data: bytes) -> AgentSettings:
             [Problem(file, *doc.where(p, key=k), json_path(p), m) for p, m, k in issues]
         )
     broker = doc.data["spec"].get("broker", {})
+    tls = brokerurl.TlsFiles(**broker["tls"]) if "tls" in broker else None
     try:
-        brokerurl.resolve_vhost(broker.get("urls", AgentSettings.broker_urls), broker.get("vhost"))
+        brokerurl.broker_urls(
+            broker.get("urls", AgentSettings.broker_urls), broker.get("vhost"), tls
+        )
     except brokerurl.BrokerUrlError as e:
-        where = ("spec", "broker", "vhost" if "vhost" in broker else "urls")
+        field = "tls" if e.reason.startswith("Tls") else "vhost" if "vhost" in broker else "urls"
+        where = ("spec", "broker", field)
         raise ConfigError([Problem(file, *doc.where(where), json_path(where), str(e))]) from e
     return settings_from_document(doc.data)

@@ -83,6 +83,41 @@ class ReleaseConfig:
         )
 
 
+class DistributionMode(StrEnum):
+    PRIVATE = "private"  # one node per host, short name, loopback, a cookie of its own
+    CLUSTERED = "clustered"  # the group's nodes form one cluster: long names, a shared cookie
+
+
+@dataclass(frozen=True)
+class DistributionSpec:
+    """How a release's nodes are distributed (docs/clustering.md)."""
+
+    mode: DistributionMode = DistributionMode.PRIVATE
+    cookie: Mapping[str, Any] | None = None  # a secret ({$secret: ...}): clustered only
+    ports: tuple[int, int] | None = None  # inet_dist_listen_min/max
+
+    @property
+    def clustered(self) -> bool:
+        return self.mode is DistributionMode.CLUSTERED
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"mode": self.mode.value}
+        if self.cookie is not None:
+            doc["cookie"] = thaw(self.cookie)
+        if self.ports is not None:
+            doc["ports"] = {"min": self.ports[0], "max": self.ports[1]}
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> DistributionSpec:
+        ports = doc.get("ports")
+        return cls(
+            mode=DistributionMode(doc.get("mode", "private")),
+            cookie=freeze(doc["cookie"]) if doc.get("cookie") is not None else None,
+            ports=(int(ports["min"]), int(ports["max"])) if ports else None,
+        )
+
+
 @dataclass(frozen=True)
 class ReleaseSpec:
     name: str
@@ -91,6 +126,7 @@ class ReleaseSpec:
     health: HealthSpec = HealthSpec()
     config: ReleaseConfig = ReleaseConfig()
     stop_timeout: float = 30.0  # graceful stop, then the node is killed
+    distribution: DistributionSpec = DistributionSpec()
 
     def version(self, version: str) -> ReleaseVersionSpec | None:
         for v in self.versions:
@@ -126,6 +162,11 @@ class GroupRelease:
     name: str
     version: str
     config: ReleaseConfig | None = None  # merged over the Release's own config
+    distribution: DistributionSpec | None = None  # replaces the Release's, when given
+
+    def distribution_over(self, release: ReleaseSpec) -> DistributionSpec:
+        """How this group runs `release`'s nodes: its own distribution, else the Release's."""
+        return self.distribution or release.distribution
 
 
 @dataclass(frozen=True)
@@ -147,6 +188,7 @@ class GroupSpec:
     rollout: RolloutSpec = RolloutSpec()
     suspend: bool = False  # true: hosts keep what runs, nothing is changed or healed
     allow_empty: bool = False  # an empty release list wipes hosts only when this is true
+    recipients: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # age
 
     def release(self, name: str) -> GroupRelease | None:
         for r in self.releases:

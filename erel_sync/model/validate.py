@@ -16,14 +16,15 @@ from typing import Any
 from erel_sync import __version__
 from erel_sync.model.documents import group_from_document, release_from_document
 from erel_sync.model.names import VERSION_RE, Version
+from erel_sync.model.notify import NotificationSpec, notification_from_document
 from erel_sync.model.problems import ConfigError, Problem, json_path
 from erel_sync.model.schema import UNKNOWN_FIELD, check_document, is_unknown_field
-from erel_sync.model.semantics import check_semantics
+from erel_sync.model.semantics import check_semantics, secret_warnings
 from erel_sync.model.specs import DesiredState, GroupSpec, ReleaseSpec
 from erel_sync.model.yamldocs import ParsedDoc, parse_documents
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
-REVISION_KINDS = ("Release", "Group")
+REVISION_KINDS = ("Release", "Group", "Notification")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class LoadResult:
     problems: tuple[Problem, ...]
     files: int = 0
     documents: int = 0
+    warnings: tuple[Problem, ...] = ()  # valid all the same (docs/secrets.md)
+    # Not in the snapshot: only `erel-sync notify` reads them (model.notify).
+    notifications: Mapping[str, NotificationSpec] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -68,6 +72,7 @@ class _Collector:
     unknown: list[Problem] = field(default_factory=list)  # the subset: fields the schema lacks
     releases: dict[str, ReleaseSpec] = field(default_factory=dict)
     groups: dict[str, GroupSpec] = field(default_factory=dict)
+    notifications: dict[str, NotificationSpec] = field(default_factory=dict)
     origin: dict[tuple[str, str], ParsedDoc] = field(default_factory=dict)
     broken: set[tuple[str, str]] = field(default_factory=set)
 
@@ -119,7 +124,9 @@ class _Collector:
         if issues:
             self.broken.add(key)
             return
-        if kind == "Release":
+        if kind == "Notification":
+            self.notifications[name] = notification_from_document(data)
+        elif kind == "Release":
             release = reuse if isinstance(reuse, ReleaseSpec) else release_from_document(data)
             self.releases[name] = release
             self.built[key] = (data, release)
@@ -158,10 +165,18 @@ def validate_sources(
     c.problems.extend(
         check_semantics(c.releases, c.groups, c.locate, broken_releases=broken_releases)
     )
+    for n in c.notifications.values():
+        for i, g in enumerate(sorted(n.groups or ())):
+            if g not in c.groups:
+                file, line, col = c.locate("Notification", n.name, ("spec", "groups", i))
+                c.problems.append(
+                    Problem(file, line, col, f"$.spec.groups[{i}]", f"no Group {g!r}")
+                )
     if c.problems:
         return LoadResult(None, tuple(sorted(set(c.problems))), n_files, n_docs)
     state = DesiredState(MappingProxyType(c.releases), MappingProxyType(c.groups))
-    return LoadResult(state, (), n_files, n_docs)
+    warnings = tuple(secret_warnings(c.releases, c.groups, c.locate))
+    return LoadResult(state, (), n_files, n_docs, warnings, MappingProxyType(c.notifications))
 
 
 class BodyRefused(ConfigError):

@@ -7,12 +7,12 @@ that is an ancestor of the published revision (a force-push rewind) is refused t
 hosts never move backwards. A valid head gets `seq + 1` (persisted before it is published), is
 signed, stored, and published with confirms until the broker confirms it, announced as
 `publisher.published` (seq, revision, the commits it brings). Both events land in the
-`erel.revisions` stream, where `erel-sync wait` finds them. The current snapshot is
-republished at start and on a slow timer (heals a wiped broker) and answers `state.request`.
-The broker side is one `adapters.broker.session.Session` at a time; `once` serves `--once`.
-Beside the snapshots runs the rollout controller (`publisher.rollout`), which the daemon feeds
-with each snapshot it takes and attaches to each session.
-"""
+`erel.revisions` stream, where `erel-sync wait` finds them. The current snapshot is republished
+at start and on a slow timer (heals a wiped broker) and answers `state.request`. The broker
+side is one `adapters.broker.session.Session` at a time; `once` serves `--once`.
+Beside it run the rollout controller (`publisher.rollout`), fed each snapshot taken, and with
+`--metrics-listen` `publisher.observe`. With `--ha` it signs nothing until it holds the
+broker's lock (`publisher.lease`)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ import contextlib
 import functools
 import json
 import logging
-from typing import Any
+import threading
+import time
+from typing import TYPE_CHECKING, Any
 
 from erel_sync.adapters import store
 from erel_sync.adapters.backoff import Backoff
@@ -32,8 +34,8 @@ from erel_sync.adapters.clock import utc_now
 from erel_sync.adapters.git.configsource import SourceError, open_repo, read_revision
 from erel_sync.adapters.git.gitwatch import RefWatcher, branch_head, is_ancestor
 from erel_sync.adapters.supervisor import Supervisor
+from erel_sync.core.epochs import EpochExhausted, next_seq
 from erel_sync.core.snapshot import (
-    SIGNED_REFUSALS,
     SnapshotRejected,
     build_envelope,
     load_private_key,
@@ -41,12 +43,18 @@ from erel_sync.core.snapshot import (
     public_key_b64,
     verify_envelope,
 )
+from erel_sync.model.brokerurl import BrokerOrder
 from erel_sync.model.problems import Problem
 from erel_sync.model.specs import DesiredState
+from erel_sync.publisher import events, lease
 from erel_sync.publisher.events import EVENT_KEYS, published_event, rejected_event
+from erel_sync.publisher.observe import serve_metrics
 from erel_sync.publisher.rollout import RolloutController
 from erel_sync.publisher.settings import Counters, PublisherSettings
-from erel_sync.publisher.streams import ensure_topology, stream_tail
+from erel_sync.publisher.streams import config_tail_seqs, ensure_topology
+
+if TYPE_CHECKING:
+    from erel_sync.adapters.metrics import Metrics
 
 __all__ = ["Counters", "Publisher", "PublisherSettings"]
 
@@ -64,6 +72,7 @@ class Publisher:
         self.state_file = settings.state_dir / "publisher.json"
         self.envelope_file = settings.state_dir / "current.envelope.json"
         self.counters = Counters()
+        self.metrics: Metrics | None = None  # with `metrics_listen`, once served
         state = store.read_json(self.state_file) or {}
         self.seq: int = int(state.get("seq", 0))
         self.revision: str | None = state.get("revision")
@@ -88,29 +97,40 @@ class Publisher:
         self._publish_needed = asyncio.Event()
         self._published = asyncio.Condition()
         self._session: Session | None = None
+        self.brokers = BrokerOrder(settings.amqp_urls, settings.key_id)
         self._pending_events: list[dict[str, Any]] = []
         self.connected = False
         self._session_up = asyncio.Event()
         # One repository object for the daemon's life: GitPython keeps its `cat-file` processes,
         # so reading a revision costs no process spawn (a third of the push -> publish time).
         self._repo = open_repo(settings.repo)
+        # Closing waits for a read in progress (in a thread), which would restart the readers.
+        self._repo_lock = threading.Lock()
+        self.epoch: int | None = None  # --ha: the epoch claimed while active; None: standby
+        self.standby = asyncio.Event()
         # A head rejected before a restart is checked and announced again once: the event of
         # the rejection lived only in memory, and `wait` reads rejections from the stream.
         self._announced = False
 
     # --- state
     def _persist(self) -> None:
-        store.write_json(
-            self.state_file,
-            {"seq": self.seq, "revision": self.revision, "rejected": self.rejected},
-        )
-
-    def published_seq(self) -> int:
-        return self.seq if self.envelope else 0
+        state = {"seq": self.seq, "revision": self.revision, "rejected": self.rejected}
+        store.write_json(self.state_file, state)
 
     # --- processing a head
+    def close(self) -> None:
+        """End GitPython's `cat-file` readers (the GC would warn they still ran)."""
+        with self._repo_lock:
+            self._repo.close()
+
     def process_head(self) -> str:
         """Look at the branch head once; returns what happened (for logs and tests)."""
+        with self._repo_lock:
+            return self._process_head()
+
+    def _process_head(self) -> str:
+        if self.s.ha and self.epoch is None:
+            return "Standby"  # only the active publisher signs (publisher.lease)
         head = branch_head(self._repo, self.s.branch)
         if head is None:
             return "NoBranch"
@@ -134,23 +154,24 @@ class Publisher:
         if not result.ok or result.state is None:
             self._reject(head, list(result.problems), reason="Invalid")
             return "Invalid"
-        self.seq += 1
-        envelope = build_envelope(
-            result.state,
-            seq=self.seq,
-            revision=head,
-            created=utc_now(),
-            key=self.key,
-            key_id=self.s.key_id,
-        )
+        try:
+            self.seq = self.seq + 1 if self.epoch is None else next_seq(self.seq, self.epoch)
+        except (EpochExhausted, ValueError) as e:
+            log.error("revision %s not signed: %s (restart the publisher)", head[:12], e)
+            return "EpochEnded"
+        envelope = build_envelope(result.state, seq=self.seq, revision=head, created=utc_now(),
+                                  key=self.key, key_id=self.s.key_id)  # fmt: skip
         # seq is persisted before the publish: a crash in between republishes the same seq.
         store.write_atomic(self.envelope_file, envelope)
         previous = self.revision
         self.revision, self.rejected, self.envelope = head, None, envelope
         self.state = result.state
         self._persist()
-        log.info("revision %s valid: snapshot seq %d", head[:12], self.seq)
+        events.log_published(log, head, self.seq)
+        for w in result.warnings:  # valid all the same (docs/secrets.md)
+            log.warning("revision %s: %s", head[:12], w)
         self._pending_events.append(published_event(self._repo, self.seq, head, previous))
+        self.counters.signed += 1
         self._publish_needed.set()
         return "Published"
 
@@ -158,19 +179,13 @@ class Publisher:
         self.rejected = head
         self.counters.rejected += 1
         self._persist()
-        log.error("revision %s rejected (%s): %d problem(s)", head[:12], reason, len(problems))
-        for p in problems:
-            log.error("  %s", p)
+        events.log_rejected(log, head, reason, problems)
         self._pending_events.append(
             rejected_event(
-                self._repo,
-                head,
-                problems,
-                reason=reason,
-                published_revision=self.revision,
-                published_seq=self.seq,
+                self._repo, head, problems, reason=reason,
+                published_revision=self.revision, published_seq=self.seq,
             )
-        )
+        )  # fmt: skip
         self._publish_needed.set()
 
     # --- broker side
@@ -189,15 +204,7 @@ class Publisher:
         """A publisher on a new machine learns the last seq from the stream tail; if it already
         took a head offline with a lower seq, that head is signed again above the tail."""
 
-        def seq_of(raw: bytes) -> int | None:
-            try:
-                return verify_envelope(raw, self.trusted).seq
-            except SnapshotRejected as e:
-                # Signed by a trusted key but not loadable here (a newer publisher's body):
-                # its seq is genuine and taken all the same, or this one could sign it again.
-                return e.seq if e.reason in SIGNED_REFUSALS else None
-
-        found = await stream_tail(session, topo.CONFIG_QUEUE, seq_of)
+        found = await config_tail_seqs(session, self.trusted)
         if found and max(found) >= self.seq and max(found) > 0:
             tail = max(found)
             if tail > self.seq or (self.envelope and peek_seq(self.envelope) != tail):
@@ -219,7 +226,7 @@ class Publisher:
             )
             self._pending_events.pop(0)
         if self.envelope is not None:
-            seq = peek_seq(self.envelope)
+            seq, started = peek_seq(self.envelope), time.perf_counter()
             await session.publish(
                 topo.CONFIG_EXCHANGE,
                 topo.CONFIG_ROUTING_KEY,
@@ -230,6 +237,8 @@ class Publisher:
                 persistent=True,
             )
             self.counters.published += 1
+            if self.metrics is not None:
+                self.metrics.publish.observe(time.perf_counter() - started)
             async with self._published:
                 self._published.notify_all()
 
@@ -255,10 +264,9 @@ class Publisher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.s.poll_interval):
                     await self._kick.wait()
-            self._kick.clear()
             if self.s.debounce:
                 await asyncio.sleep(self.s.debounce)  # debounce: coalesce a burst of ref events
-                self._kick.clear()
+            self._kick.clear()
             try:
                 await self._take_head()
             except store.StoreError as e:
@@ -274,7 +282,7 @@ class Publisher:
 
     async def _open(self, stop: asyncio.Event, attempts: int | None = None) -> Session:
         return await Session.open(
-            self.s.amqp_urls,
+            self.brokers,
             name=f"erel-publisher:{self.s.key_id}",
             heartbeat=self.s.broker_heartbeat,
             stop=stop,
@@ -289,8 +297,15 @@ class Publisher:
             self._session = session
             try:
                 stream_ok = await ensure_topology(session, self.counters.extra)
+                if self.s.ha:  # stand by until active (publisher.lease)
+                    epoch = await lease.activate(session, stop, self.standby, self.s.key_id)
+                    if epoch is None:
+                        return
+                    self.epoch = self.rollout.epoch = epoch
                 if stream_ok:
                     await self._recover_seq_from_stream(session)
+                if self.s.ha:
+                    await self._take_head()  # what the other publisher left, or a new head
                 # `state.request.publisher` too: joining agents ask the publisher alone first.
                 await session.serve_state_requests(
                     self._answer,
@@ -307,6 +322,7 @@ class Publisher:
                 self.rollout.detach()
                 self.connected = False
                 self._session = None
+                self.epoch = self.rollout.epoch = None  # --ha: signs again only once active
 
     async def _publishing(self, session: Session, stop: asyncio.Event) -> None:
         """Snapshots and rollout documents, each with its own retries: a rollout stream that
@@ -314,6 +330,7 @@ class Publisher:
         async with asyncio.TaskGroup() as loops:
             loops.create_task(self._publisher_loop(stop))
             loops.create_task(self.rollout.publishing(session, stop))
+            loops.create_task(self.rollout.delivery.run(session, stop))
 
     async def _broker_loop(self, stop: asyncio.Event) -> None:
         def failed(e: Exception, delay: float) -> None:
@@ -323,10 +340,8 @@ class Publisher:
         await keep_session(self._broker_session, stop, failed)
 
     async def once(self, connect_within: float = ONCE_CONNECT) -> tuple[str, bool]:
-        """`erel-sync publisher --once`: take the current head (validate, sign, store) and
-        publish the current snapshot and pending events if a broker answers within
-        `connect_within` seconds. Returns (what `process_head` said, whether it was published);
-        a broker error after connecting raises BrokerError."""
+        """`publisher --once`: take the head, publish if a broker answers within
+        `connect_within` s: (what `process_head` said, published?); later errors raise."""
         self.s.state_dir.mkdir(parents=True, exist_ok=True)
         outcome = await self._take_head()
         try:
@@ -357,6 +372,8 @@ class Publisher:
             tasks.start("republish", functools.partial(self._republish_loop, halt))
             tasks.start("broker", functools.partial(self._broker_loop, halt))
             tasks.start("rollout", functools.partial(self.rollout.run, halt))
+            if self.s.metrics_listen:
+                tasks.start("metrics", functools.partial(serve_metrics, self, halt))
             if ready is not None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(60):
@@ -366,11 +383,13 @@ class Publisher:
         finally:
             halt.set()
             watcher.stop()
-            await tasks.close()
+            try:
+                await tasks.close()
+            finally:
+                await asyncio.to_thread(self.close)
 
     def _answer(self, have: int | None = None) -> bytes | None:
-        """Every state request gets the current snapshot, whatever the requester holds: the
-        publisher is the authority a joining agent checks the stream's tail against."""
+        """The current snapshot, whatever the requester holds: the authority it checks."""
         del have
         self.counters.answered_requests += 1
         return self.envelope

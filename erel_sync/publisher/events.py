@@ -7,9 +7,11 @@ which must learn from them which snapshot carries a commit, or why a revision wa
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
+from erel_sync.adapters import logs
 from erel_sync.adapters.broker import topology as topo
 from erel_sync.adapters.clock import utc_now
 from erel_sync.adapters.git.gitwatch import commit_summary, new_commits
@@ -64,3 +66,18 @@ def rejected_event(
         "subject": subject,
         "time": utc_now(),
     }
+
+
+def log_published(log: logging.Logger, head: str, seq: int) -> None:
+    said = logs.fields("revision_published", seq=seq, revision=head)
+    log.info("revision %s valid: snapshot seq %d", head[:12], seq, extra=said)
+
+
+def log_rejected(log: logging.Logger, head: str, reason: str, problems: list[Problem]) -> None:
+    """One line for the rejection, one per problem (each `file:line: $.path: message`)."""
+    said = logs.fields("revision_rejected", revision=head, reason=reason)
+    log.error(
+        "revision %s rejected (%s): %d problem(s)", head[:12], reason, len(problems), extra=said
+    )
+    for p in problems:
+        log.error("  %s", p, extra=said)

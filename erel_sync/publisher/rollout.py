@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -35,13 +35,10 @@ from erel_sync.adapters.broker.errors import BrokerError
 from erel_sync.adapters.broker.session import Session
 from erel_sync.adapters.clock import utc_now
 from erel_sync.core import control
-from erel_sync.core.clusterview import parse_time
 from erel_sync.core.control import CommandRejected
-from erel_sync.core.liveness import HEARTBEAT_INTERVAL, MISSED_BEATS
+from erel_sync.core.epochs import next_seq
 from erel_sync.core.rollout import (
     GroupRollout,
-    HostReport,
-    HostState,
     RolloutDoc,
     RolloutRejected,
     sign_rollout,
@@ -49,6 +46,8 @@ from erel_sync.core.rollout import (
     verify_rollout,
 )
 from erel_sync.model.specs import DesiredState
+from erel_sync.publisher.delivery import Delivery
+from erel_sync.publisher.hosts import HostBook
 from erel_sync.publisher.streams import stream_tail
 
 if TYPE_CHECKING:
@@ -57,7 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("erel_sync.publisher")
 
 TIMER = 1.0  # seconds between two steps without input: progress deadlines
-COALESCE = 0.005  # a burst of reports within this is one step
+COALESCE = 0.001  # a burst of reports within this is one step
 STATE_FORMAT = 1
 COMMAND_QUEUE = f"{topo.PUBLISHER_QUEUE_PREFIX}rollout"  # exclusive, bound to `rollout.*`
 STATUS_KEYS = (topo.host_key("*"), topo.rollout_key("*"), topo.presence_key("*"))
@@ -71,22 +70,6 @@ class Target:
     seq: int
     revision: str
     state: DesiredState
-
-
-@dataclass
-class SeenHost:
-    """What the controller knows of one host: its group and liveness from heartbeats (on the
-    controller's clock: the queue is private, so a heartbeat arrives when it is sent, and the
-    agents' clocks do not matter), and its newest rollout report."""
-
-    group: str | None
-    interval: float
-    heard: float
-    left: bool = False
-    report: HostReport | None = None
-
-    def alive(self, now: float) -> bool:
-        return not self.left and now - self.heard <= MISSED_BEATS * self.interval + 1.0
 
 
 class RolloutController:
@@ -113,14 +96,16 @@ class RolloutController:
             clock,
         )
         self.target: Target | None = None
-        self.hosts: dict[str, SeenHost] = {}
         self.doc: RolloutDoc | None = None
         self.signed: bytes | None = None
         self.version = 0
+        self.epoch: int | None = None  # --ha: versions of the active publisher's epoch only
         self.commands: dict[str, float] = {}  # ids of applied commands -> expiry (replays)
         self._flags: dict[str, set[str]] = {"promote": set(), "retry": set()}
         self._warm_at: float | None = None  # no session: no decisions
         self._kick = asyncio.Event()
+        self.delivery = Delivery(counters, broker_user)
+        self.book = HostBook(counters, self.delivery)
         self.publish_needed = asyncio.Event()
         self._load()
 
@@ -169,64 +154,9 @@ class RolloutController:
             self._kick.set()
 
     async def on_status(self, key: str, body: bytes) -> None:
-        """A message of `erel.status`: counted only under its own host's routing key."""
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return
-        if not isinstance(doc, dict) or not isinstance(host := doc.get("host_id"), str):
-            return
-        kind, now = doc.get("kind"), self.clock()
-        if kind == "heartbeat" and key == topo.host_key(host):
-            self._heartbeat(host, doc, now)
-        elif kind == "rollout-event" and key == topo.rollout_key(host):
-            report = HostReport.from_json(doc)
-            if report is None:
-                self._count("rollout_reports_refused")
-                return
-            seen = self.hosts.setdefault(host, SeenHost(report.group, HEARTBEAT_INTERVAL, now))
-            seen.heard, seen.left = now, False
-            self._take(seen, report)
-        elif kind == "presence" and key == topo.presence_key(host) and host in self.hosts:
-            self.hosts[host].left = doc.get("state") == "left"
-            if self.hosts[host].left:
-                self.hosts[host].heard = 0.0  # gone at once, not after three missed beats
-        else:
-            return
-        self._kick.set()
-
-    def _heartbeat(self, host: str, doc: dict[str, Any], now: float) -> None:
-        group = doc.get("group") if isinstance(doc.get("group"), str) else None
-        interval = doc.get("heartbeat_interval")
-        if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
-            interval = HEARTBEAT_INTERVAL
-        seen = self.hosts.setdefault(host, SeenHost(group, float(interval), now))
-        seen.group, seen.interval, seen.heard, seen.left = group, float(interval), now, False
-        report: HostReport | None = None
-        if isinstance(doc.get("rollout"), dict):
-            report = HostReport.from_json({**doc["rollout"], "host_id": host, "group": group})
-        elif isinstance(doc.get("snapshot"), dict) and isinstance(doc["snapshot"].get("seq"), int):
-            # An agent that does not report rollouts (older): what its status says.
-            state = HostState.CONVERGED if doc.get("converged") is True else HostState.WAITING
-            at = parse_time(doc.get("sent")) or 0.0
-            report = HostReport(host, group, doc["snapshot"]["seq"], state, at=at)
-        if report is not None:
-            self._take(seen, report)
-
-    @staticmethod
-    def _take(seen: SeenHost, report: HostReport) -> None:
-        """The newest report by the agent's own clock (an event and the heartbeat after it
-        say the same; a late heartbeat must not undo a newer event)."""
-        if seen.report is None or report.at >= seen.report.at:
-            seen.report = report
-
-    # --- decisions
-    def _group_hosts(self, group: str, now: float) -> dict[str, HostReport]:
-        return {
-            h: s.report
-            for h, s in self.hosts.items()
-            if s.group == group and s.report is not None and s.alive(now)
-        }
+        """A message of `erel.status` (`publisher.hosts`); a step when it changed a host."""
+        if self.book.take(key, body, self.clock()):
+            self._kick.set()
 
     def refresh(self) -> bool:
         """Step every group of the target; on a change, persist then mark the new document
@@ -238,24 +168,33 @@ class RolloutController:
         t, previous = self.target, self.doc.groups if self.doc is not None else {}
         groups: dict[str, GroupRollout] = {}
         for name, spec in sorted(t.state.groups.items()):
-            groups[name] = step(
+            decided = step(
                 previous.get(name),
                 group=name,
                 seq=t.seq,
                 revision=t.revision,
                 policy=spec.rollout,
                 versions={r.name: r.version for r in spec.releases},
-                hosts=self._group_hosts(name, now),
+                hosts=self.book.group_hosts(name, now),
                 now=now,
                 promote=name in self._flags["promote"],
                 retry=name in self._flags["retry"],
             )
+            # Only a group that runs a clustered release needs its members: elsewhere a host
+            # coming or going would send every host of the group a document for nothing.
+            clustered = any(
+                r.distribution_over(t.state.releases[r.name]).clustered
+                for r in spec.releases
+                if r.name in t.state.releases
+            )
+            members = self.book.members(name, now) if clustered else {}
+            groups[name] = replace(decided, members=MappingProxyType(members))
         for flags in self._flags.values():
             flags.clear()
-        old = {n: g.to_json() for n, g in previous.items()}
-        if self.doc is not None and old == {n: g.to_json() for n, g in groups.items()}:
+        if self.doc is not None and dict(previous) == groups:
             return True
-        doc = RolloutDoc(self.version + 1, utc_now(), MappingProxyType(groups))
+        version = self.version + 1 if self.epoch is None else next_seq(self.version, self.epoch)
+        doc = RolloutDoc(version, utc_now(), MappingProxyType(groups), direct=True)
         signed = sign_rollout(doc, self.key, self.key_id)
         try:
             self._persist(signed)  # write-ahead: on disk before any agent can see it
@@ -282,6 +221,7 @@ class RolloutController:
         """On every new session: take the stream's newest document when it is newer than
         ours, follow reports and commands, and (re)publish the current document."""
         self._warm_at = None
+        self.delivery.reset()
 
         def parse(raw: bytes) -> tuple[RolloutDoc, bytes] | None:
             with contextlib.suppress(RolloutRejected):
@@ -319,7 +259,7 @@ class RolloutController:
         while not stop.is_set():
             await self.publish_needed.wait()
             self.publish_needed.clear()
-            signed, version = self.signed, self.version
+            signed, version, doc = self.signed, self.version, self.doc
             if signed is None:
                 continue
             try:
@@ -333,6 +273,8 @@ class RolloutController:
                     persistent=True,
                 )
                 self._count("rollouts_published")
+                if doc is not None:  # on the stream: now hosts may have their copies
+                    self.delivery.streamed(signed, doc, self.book.groups_of())
                 backoff.reset()
             except BrokerError as e:
                 self._count("rollout_publish_failures")

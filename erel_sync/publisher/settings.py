@@ -28,11 +28,16 @@ class PublisherSettings:
     # After a session starts, the rollout controller listens this long before it decides
     # again: at least one heartbeat interval of the agents, or live hosts would look gone.
     rollout_warmup: float = 8.0
+    # Take turns with other publishers through the broker's lock (publisher.lease): sign
+    # nothing until active, then only seqs of the epoch claimed.
+    ha: bool = False
+    metrics_listen: str = ""  # HOST:PORT of the Prometheus endpoint; "" = off
 
 
 @dataclass
 class Counters:
-    published: int = 0
+    signed: int = 0  # revisions taken as valid (a new seq each)
+    published: int = 0  # snapshot publishes, republishes included
     rejected: int = 0
     publish_failures: int = 0
     answered_requests: int = 0

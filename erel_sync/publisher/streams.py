@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from erel_sync.adapters.broker import topology as topo
 from erel_sync.adapters.broker.errors import BrokerError, NotFound
 from erel_sync.adapters.broker.session import Session
+from erel_sync.core.snapshot import SIGNED_REFUSALS, SnapshotRejected, verify_envelope
 
 log = logging.getLogger("erel_sync.publisher")
 
@@ -99,3 +100,17 @@ async def stream_tail(
             limit = TAIL_SETTLE
     finally:
         await consumer.cancel()
+
+
+async def config_tail_seqs(session: Session, trusted: Mapping[str, str]) -> list[int]:
+    """The seqs at the config stream's tail, of snapshots signed by a trusted key."""
+
+    def seq_of(raw: bytes) -> int | None:
+        try:
+            return verify_envelope(raw, trusted).seq
+        except SnapshotRejected as e:
+            # Signed by a trusted key but not loadable here (a newer publisher's body):
+            # its seq is genuine and taken all the same, or this one could sign it again.
+            return e.seq if e.reason in SIGNED_REFUSALS else None
+
+    return await stream_tail(session, topo.CONFIG_QUEUE, seq_of)

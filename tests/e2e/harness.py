@@ -79,9 +79,16 @@ class E2ECluster(DevCluster):
     def releases(self, host_id: str) -> dict[str, dict[str, Any]]:
         return {r["name"]: r for r in self.report(host_id).get("releases", [])}
 
+    def published(self, name: str = "publisher") -> dict[str, Any]:
+        """What publisher `name` last took (its publisher.json): seq, revision, rejected."""
+        return store.read_json(self.work / name / "publisher.json") or {}
+
+    def active_publisher(self) -> str:
+        """Of several publishers, the one that signed the highest seq: the last to be active."""
+        return max(self.publisher_names, key=lambda n: int(self.published(n).get("seq", 0)))
+
     def publisher_seq(self) -> int:
-        doc = store.read_json(self.work / "publisher" / "publisher.json") or {}
-        return int(doc.get("seq", 0))
+        return int(self.published(self.active_publisher()).get("seq", 0))
 
     def converged(self, host_id: str, seq: int | None = None) -> bool:
         rep = self.report(host_id)
@@ -89,11 +96,28 @@ class E2ECluster(DevCluster):
         return bool(rep.get("converged")) and (rep.get("applied") or {}).get("seq") == seq
 
     def wait_converged(self, hosts: list[str], seq: int | None = None, timeout: float = 60) -> None:
-        wait_for(
-            f"{hosts} converged at seq {seq or self.publisher_seq()}",
-            lambda: all(self.converged(h, seq) for h in hosts),
-            timeout,
-        )
+        try:
+            wait_for(
+                f"{hosts} converged at seq {seq or self.publisher_seq()}",
+                lambda: all(self.converged(h, seq) for h in hosts),
+                timeout,
+            )
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.whereabouts(hosts)}") from None
+
+    def whereabouts(self, hosts: list[str]) -> str:
+        """Where each host stands and its log's last lines: what a timed-out wait leaves to
+        read in CI's output."""
+        lines = []
+        for h in hosts:
+            doc = store.read_json(self.host_dir(h) / "state" / "status.json") or {}
+            rep = doc.get("report") or {}
+            held = {p: (rep.get(p) or {}).get("seq") for p in ("snapshot", "applied")}
+            lines.append(f"{h}: {held} converged={rep.get('converged')} {doc.get('counters')}")
+            log = self.work / "logs" / f"{h}.log"
+            with contextlib.suppress(OSError):
+                lines += [f"  | {t}" for t in log.read_text(errors="replace").splitlines()[-8:]]
+        return "\n".join(lines)
 
     def driver(self, host_id: str) -> ReleaseDriver:
         d = self.host_dir(host_id)
@@ -123,13 +147,15 @@ class E2ECluster(DevCluster):
         """Commit, then wait until the publisher has taken the commit (published or rejected),
         so that a following wait_converged() waits for the right seq."""
         sha = super().commit(message, edits)
-        if "publisher" in self.procs:
+        if any(name in self.procs for name in self.publisher_names):
 
             def taken() -> bool:
-                doc = store.read_json(self.work / "publisher" / "publisher.json") or {}
-                return sha in (doc.get("revision"), doc.get("rejected"))
+                return any(
+                    sha in (doc.get("revision"), doc.get("rejected"))
+                    for doc in map(self.published, self.publisher_names)
+                )
 
-            wait_for(f"the publisher to take {sha[:12]}", taken, timeout=30)
+            wait_for(f"a publisher to take {sha[:12]}", taken, timeout=30)
         return sha
 
     def file(self, rel: str) -> Path:
@@ -146,6 +172,7 @@ def running_cluster(
     *,
     reconcile_interval: str,
     watch: bool = False,
+    metrics: bool = False,
 ) -> Iterator[E2ECluster]:
     """A cluster of agent processes and a publisher on a fresh vhost of the test broker, with
     `files` as the first commit; with `watch`, a StatusWatcher follows its heartbeats. Stopped
@@ -160,6 +187,7 @@ def running_cluster(
         amqp_url=rabbit.url_for(vhost),
         reconcile_interval=reconcile_interval,
         heartbeat_interval="500ms",
+        metrics=metrics,
     )
     try:
         c.prepare(files=files)
@@ -190,7 +218,7 @@ def reset_cluster(
     order: the publisher and every agent of `hosts` running (agents a test added are stopped,
     with their releases), the config repository holding exactly `files` (one commit when it
     differs), no holds, and every host converged on the publisher's newest seq."""
-    from erel_sync.dev.cluster import _stop_nodes_under, point_at_artifacts
+    from erel_sync.dev.cluster import point_at_artifacts
     from erel_sync.dev.examples import build_examples
 
     manifest = build_examples(c.examples_dir)  # cached: only reads the manifest
@@ -202,7 +230,7 @@ def reset_cluster(
     for host in c.hosts:
         if host.host_id not in wanted:
             c.stop_process(host.host_id)
-            _stop_nodes_under(c.host_dir(host.host_id) / "releases")
+            nodeproc.stop_nodes_under(c.host_dir(host.host_id) / "releases")
     for name in [n for n in c.procs if n != "publisher" and n not in wanted]:
         c.stop_process(name)
     c.hosts = hosts

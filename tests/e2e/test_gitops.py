@@ -20,7 +20,7 @@ from erel_sync.adapters.broker import topology as topo
 from erel_sync.core.snapshot import build_envelope, generate_key, load_private_key
 from erel_sync.dev.cluster import DevHost
 from erel_sync.model.validate import SourceFile, validate_sources
-from tests.e2e.harness import E2ECluster, reset_cluster, running_cluster, wait_for
+from tests.e2e.harness import E2ECluster, cli, reset_cluster, running_cluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -102,13 +102,30 @@ def test_01_every_host_converges_on_the_first_commit(cluster: E2ECluster) -> Non
 
 def test_02_version_change_reaches_exactly_the_matching_hosts(cluster: E2ECluster) -> None:
     batch_before = cluster.observe("batch-1")["ticker"].details
-    edit(
+    sha = edit(
         cluster,
         "groups/web.yaml",
         '{name: hello, version: "0.1.0"}',
         '{name: hello, version: "0.2.0"}',
     )
     cluster.wait_converged(ALL)
+    # `history`: the publisher's newest revision, and web-1 applied it (newest first).
+    seq = cluster.publisher_seq()
+    out = cli(cluster, "history", "--host", "web-1", "-n", "3", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    newest = doc["revisions"][0]
+    assert (newest["seq"], newest["revision"], newest["subject"]) == (
+        seq,
+        sha,
+        "edit groups/web.yaml",
+    )
+    assert len(doc["revisions"]) <= 3 and set(doc["hosts"]) == {"web-1"}
+    latest = doc["hosts"]["web-1"][0]
+    assert (latest["seq"], latest["revision"], latest["result"]) == (seq, sha, "applied")
+    assert 0 <= latest["duration"] < 60
+    table = cli(cluster, "history", "--host", "web-1").stdout
+    assert sha[:12] in table and "edit groups/web.yaml" in table and "applied" in table
     for host in ("web-1", "web-2"):
         assert cluster.observe(host)["hello"].current == "0.2.0"
     batch_after = cluster.observe("batch-1")["ticker"].details

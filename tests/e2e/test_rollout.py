@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,7 @@ from erel_sync.core.erlterm import Atom
 from erel_sync.dev.cluster import DevHost
 from tests.e2e.harness import E2ECluster, cli, reset_cluster, running_cluster, wait_for
 from tests.e2e.test_gitops import release
+from tests.scrape import scrape, value
 from tests.streams import read_stream
 
 pytestmark = pytest.mark.e2e
@@ -39,6 +41,8 @@ def web_group(version: str, rollout: str, config: str = "") -> str:
     )
 
 
+PUBLISHED = "erel_sync_publisher_revisions_published_total"
+ACTIONS = "erel_sync_agent_actions_total"
 FILES = {
     "releases/hello.yaml": release("hello", ("0.1.0", "0.2.0", "0.3.0")),
     "groups/web.yaml": web_group("0.1.0", "{max_unavailable: 3}"),
@@ -48,7 +52,7 @@ FILES = {
 @pytest.fixture(scope="module")
 def cluster(rabbit: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ECluster]:
     with running_cluster(
-        rabbit, tmp_path_factory, "roll", HOSTS, FILES, reconcile_interval="2s"
+        rabbit, tmp_path_factory, "roll", HOSTS, FILES, reconcile_interval="2s", metrics=True
     ) as c:
         yield c
 
@@ -134,11 +138,71 @@ def commit_group(c: E2ECluster, text: str, message: str) -> tuple[str, int]:
 # -- the scenarios ----------------------------------------------------------------------------
 
 
+class MetricsSampler(threading.Thread):
+    """The publisher's endpoint scraped every 50 ms: the most hosts it counted in progress,
+    and every rollout phase it showed."""
+
+    def __init__(self, c: E2ECluster) -> None:
+        super().__init__(daemon=True)
+        self.url = c.metrics_url("publisher")
+        self.most_in_progress = 0.0
+        self.phases: set[str] = set()
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(0.05):
+            got = scrape(self.url)
+            flight = value(
+                got, "erel_sync_publisher_rollout_hosts", group="web", state="in_progress"
+            )
+            self.most_in_progress = max(self.most_in_progress, flight)
+            self.phases |= {
+                dict(labels)["phase"]
+                for (name, labels), v in got.items()
+                if name == "erel_sync_publisher_rollout_phase" and v == 1
+            }
+
+
 def test_01_good_hot_upgrade_never_has_more_than_max_unavailable_mid_change(
     cluster: E2ECluster,
 ) -> None:
-    _, seq = commit_group(cluster, web_group("0.2.0", "{max_unavailable: 2}"), "hello 0.2.0")
-    cluster.wait_converged(WEB, seq, timeout=180)
+    before = {h: scrape(cluster.metrics_url(h)) for h in WEB}
+    published = value(scrape(cluster.metrics_url("publisher")), PUBLISHED)
+    sampler = MetricsSampler(cluster)
+    sampler.start()
+    try:
+        _, seq = commit_group(cluster, web_group("0.2.0", "{max_unavailable: 2}"), "hello 0.2.0")
+        cluster.wait_converged(WEB, seq, timeout=180)
+    finally:
+        sampler.halt.set()
+        sampler.join(5)
+    # What Prometheus saw move: the publisher's seq and rollout, each agent's upgrade.
+    pub = scrape(cluster.metrics_url("publisher"))
+    assert value(pub, "erel_sync_publisher_seq") == seq
+    assert value(pub, PUBLISHED) > published
+    assert value(pub, "erel_sync_publisher_publish_duration_seconds_count") >= 1
+    assert 1 <= sampler.most_in_progress <= 2, sampler.most_in_progress
+    assert "Progressing" in sampler.phases, sampler.phases
+    # The controller marks it Complete once it has heard every host done (after they are).
+    wait_for(
+        "the publisher's gauge says Complete",
+        lambda: value(
+            scrape(cluster.metrics_url("publisher")),
+            "erel_sync_publisher_rollout_phase", group="web", phase="Complete",
+        ) == 1,
+        30,
+    )  # fmt: skip
+    for h in WEB:
+        now = scrape(cluster.metrics_url(h))
+        assert value(now, "erel_sync_agent_applied_seq") == seq
+        upgrades = {"action": "upgrade", "result": "ok"}
+        assert value(now, ACTIONS, **upgrades) == value(before[h], ACTIONS, **upgrades) + 1
+        info = {"release": "hello", "version": "0.2.0", "desired_version": "0.2.0"}
+        assert value(now, "erel_sync_agent_release_info", **info, state="Ready") == 1
+        assert value(now, "erel_sync_agent_release_healthy", release="hello") == 1
+        assert value(now, "erel_sync_agent_reconcile_duration_seconds_count") > value(
+            before[h], "erel_sync_agent_reconcile_duration_seconds_count"
+        )
     assert set(versions(cluster).values()) == {"0.2.0"}
     spans = change_intervals(rollout_events(cluster, seq))
     assert set(spans) == set(WEB), spans  # every host changed, and said so

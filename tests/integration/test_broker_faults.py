@@ -15,6 +15,7 @@ import pytest
 
 from erel_sync.adapters import store
 from erel_sync.agent.daemon import Agent
+from erel_sync.agent.intake import STORE_RETRY_MAX
 from erel_sync.core.snapshot import generate_key, peek_seq
 from erel_sync.dev.rabbitnode import RabbitNode
 from erel_sync.model.settings import AgentSettings, TrustedKey
@@ -26,7 +27,13 @@ FILES = {"r.yaml": release_yaml(), "g.yaml": group_yaml(hosts="['nobody-*']")}
 
 
 def new_agent(
-    tmp_path: Path, url: str, publisher: Publisher, host: str, *, broker_heartbeat: float = 2.0
+    tmp_path: Path,
+    url: str,
+    publisher: Publisher,
+    host: str,
+    *,
+    broker_heartbeat: float = 2.0,
+    stream_silence: float = 180.0,
 ) -> Agent:
     """An agent trusting `publisher`'s key, with its directories under `tmp_path/host`."""
     return Agent(
@@ -34,6 +41,7 @@ def new_agent(
             host_id=host,
             broker_urls=(url,),
             broker_heartbeat=broker_heartbeat,
+            stream_silence=stream_silence,
             trusted_keys=tuple(TrustedKey(k, v) for k, v in publisher.trusted.items()),
             state_dir=str(tmp_path / host / "state"),
             releases_dir=str(tmp_path / host / "releases"),
@@ -177,7 +185,10 @@ async def test_disk_full_keeps_the_old_snapshot_reports_it_and_retries(
             lambda: full._unstored is not None and full._unstored.seq == 3, what="h-1 tried it too"
         )
         monkeypatch.undo()  # space again: the agent's own retry stores it, no new commit needed
-        await eventually(on_seq([full], 3), within=15, what="h-1 stored the newest on its own")
+        # Its next try is at most one backoff away, however long the disk was full.
+        await eventually(
+            on_seq([full], 3), within=STORE_RETRY_MAX + 10, what="h-1 stored the newest on its own"
+        )
         assert full.heartbeat()["store_error"] is None
         held = store.SlotFile(Path(full.s.state_dir) / "snapshot").read()
         assert held is not None and peek_seq(held) == 3

@@ -4,7 +4,11 @@ must not leave the host with nothing or with an old state. Real publisher, real 
 broker; the bad tail is written by the test as the broker's admin.
 
 The publisher's republish timer is set far out, so only the join itself can bring the newest
-snapshot within the deadlines below."""
+snapshot within the deadlines below.
+
+And a config stream that stops giving what the cluster has (a consumer the broker stopped
+feeding, a tail lost in a failover): after `stream_silence` the agent asks the cluster, takes
+the newer snapshot and consumes the stream afresh."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import json
 from pathlib import Path
 
 import aio_pika
+import aiormq
 
 from erel_sync.adapters.broker import messages as broker
 from erel_sync.adapters.broker import topology as topo
@@ -24,6 +29,7 @@ from tests.integration.test_broker_faults import (
     on_seq,
     running,
 )
+from tests.streams import read_stream
 from tests.waiting import eventually
 
 JOIN_DEADLINE = 15.0
@@ -48,6 +54,21 @@ async def ask(url: str, have: int | None, key: str = topo.STATE_REQUEST_KEY) -> 
         channel = await connection.channel(publisher_confirms=True)
         answers = await broker.request_state(channel, "probe", key=key, have=have, window=0.5)
     return sorted((peek_seq(a) for a in answers), key=lambda s: s or 0)
+
+
+async def in_stream(url: str, seq: int) -> bool:
+    """Whether snapshot `seq` is in the config stream (published, not only taken from git)."""
+    try:
+        records = await read_stream(
+            url, topo.CONFIG_STREAM, topo.CONFIG_EXCHANGE, topo.CONFIG_ROUTING_KEY, within=5
+        )
+    except (
+        aiormq.exceptions.ChannelNotFoundEntity,  # not declared yet
+        aiormq.exceptions.ChannelPreconditionFailed,  # declared, its member not started yet
+        TimeoutError,  # a stream just started: the reader's marker may not come back
+    ):
+        return False
+    return any(r.get("seq") == seq for r in records)
 
 
 def second_commit(repo: GitRepo) -> None:
@@ -137,3 +158,49 @@ async def test_publisher_down_peers_answer_only_with_something_newer(
         assert await ask(vhost, 2) == []
         assert await ask(vhost, 1) == [2, 2]
         assert await ask(vhost, None) == [2, 2]  # an older agent asks with `{}`
+
+
+async def test_a_stream_silent_while_the_cluster_has_newer_is_consumed_afresh(
+    vhost: str, tmp_path: Path
+) -> None:
+    repo = GitRepo(tmp_path / "config")
+    repo.commit(FILES)
+    async with daemons(tmp_path, vhost, repo, (), republish_interval=NO_REPUBLISH) as (
+        publisher,
+        _,
+    ):
+        # Taken from git at once; published once the broker session is up.
+        await eventually(lambda: in_stream(vhost, 1), what="the first snapshot")
+        first = publisher.envelope
+        second_commit(repo)
+        await eventually(lambda: in_stream(vhost, 2), what="the second snapshot")
+        second = publisher.envelope
+    assert first is not None and second is not None
+    # The stream's tail says 1; only the publisher's answer (the test's, from here on) says 2.
+    await append_to_stream(vhost, first)
+    agent = new_agent(tmp_path, vhost, publisher, "h-1", stream_silence=1.0)
+    async with running(agent):
+        await eventually(on_seq([agent], 1), JOIN_DEADLINE, what="the agent on the tail's seq")
+        # Its join asked the publisher (nobody answered) before it asked its peers.
+        await eventually(lambda: agent.counters["joins_via_peers"] == 1, what="joined")
+        connects = agent.counters["connects"]
+        async with await aio_pika.connect(vhost) as connection:
+            await broker.serve_state_requests(
+                await connection.channel(),
+                lambda have: second,
+                keys=(topo.PUBLISHER_STATE_KEY,),
+            )
+            await eventually(on_seq([agent], 2), JOIN_DEADLINE, what="the cluster's newer seq")
+            assert agent.counters["stream_stalled"] == 1
+            await eventually(
+                lambda: agent.counters["connects"] > connects,
+                what="the stream consumed afresh",
+            )
+            # Silent again, but nothing newer anywhere: checked, and the session kept.
+            checks = agent.counters["stream_silence_checks"]
+            await eventually(
+                lambda: agent.counters["stream_silence_checks"] > checks,
+                JOIN_DEADLINE,
+                what="one more check of the quiet stream",
+            )
+            assert agent.counters["stream_stalled"] == 1

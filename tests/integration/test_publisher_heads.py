@@ -5,7 +5,10 @@ a new seq; seq and revision survive a publisher restart."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from erel_sync.adapters import store
 from erel_sync.core.snapshot import generate_key, verify_envelope
@@ -29,10 +32,26 @@ def make(tmp_path: Path) -> tuple[GitRepo, PublisherSettings, str]:
     return repo, settings, pub
 
 
-def test_heads_valid_invalid_rewind_rewrite_and_restart(tmp_path: Path) -> None:
+@pytest.fixture
+def publisher() -> Iterator[Callable[[PublisherSettings], Publisher]]:
+    """Publishers that are never run: closed here, as `run` would close them."""
+    made: list[Publisher] = []
+
+    def new(settings: PublisherSettings) -> Publisher:
+        made.append(Publisher(settings))
+        return made[-1]
+
+    yield new
+    for p in made:
+        p.close()
+
+
+def test_heads_valid_invalid_rewind_rewrite_and_restart(
+    tmp_path: Path, publisher: Callable[[PublisherSettings], Publisher]
+) -> None:
     repo, settings, pub = make(tmp_path)
     first = repo.commit(FILES, "first")
-    p = Publisher(settings)
+    p = publisher(settings)
     assert p.process_head() == "Published"
     assert (p.seq, p.revision) == (1, first)
     assert p.process_head() == "Unchanged"
@@ -57,24 +76,26 @@ def test_heads_valid_invalid_rewind_rewrite_and_restart(tmp_path: Path) -> None:
     assert p.process_head() == "Published"
     assert (p.seq, p.revision) == (3, rewritten)
 
-    again = Publisher(settings)  # a restart keeps seq, revision and the signed envelope
+    again = publisher(settings)  # a restart keeps seq, revision and the signed envelope
     assert (again.seq, again.revision) == (3, rewritten)
     assert again.process_head() == "Unchanged"
     assert again.envelope == p.envelope
     assert json.loads((settings.state_dir / "publisher.json").read_text())["seq"] == 3
 
 
-def test_a_rejection_is_announced_again_after_a_restart(tmp_path: Path) -> None:
+def test_a_rejection_is_announced_again_after_a_restart(
+    tmp_path: Path, publisher: Callable[[PublisherSettings], Publisher]
+) -> None:
     """The rejection event lives in memory until the broker takes it; a publisher restarted in
     between must announce it again, or `wait --revision BAD` would run to its timeout."""
     repo, settings, _ = make(tmp_path)
     repo.commit(FILES, "first")
-    p = Publisher(settings)
+    p = publisher(settings)
     assert p.process_head() == "Published"
     bad = repo.commit({"g.yaml": group_yaml(releases=(("hello", "9.9.9"),))}, "bad")
     assert p.process_head() == "Invalid"
 
-    again = Publisher(settings)  # restarted before its events reached the broker
+    again = publisher(settings)  # restarted before its events reached the broker
     assert again.process_head() == "Invalid"
     events = [e for e in again._pending_events if e["kind"] == "rejected"]
     assert [e["revision"] for e in events] == [bad]

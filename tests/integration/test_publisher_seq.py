@@ -59,4 +59,6 @@ async def test_a_new_publisher_continues_above_a_tail_it_cannot_load(
     async with running(fresh):
         await eventually(lambda: fresh.connected, what="the new publisher connected")
         await eventually(lambda: fresh.seq > 1, what="the head signed above the tail")
+        assert repo.readers(), "the publisher keeps its repository readers while it runs"
+    assert repo.readers() == [], "a stopped publisher left git processes behind"
     assert fresh.seq == 8, "a seq the newer publisher used was signed again"

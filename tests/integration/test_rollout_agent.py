@@ -9,7 +9,8 @@ host until the document grants one host, which then upgrades alone, and the roll
 
 `test_the_controller_upgrades_one_host_at_a_time`: the same cluster with the publisher's
 controller deciding (max_unavailable 1): every host ends on 0.2.0, and the events never show
-two hosts changing at once.
+two hosts changing at once; the agents left the rollout stream after its tail, so their grants
+came as the publisher's copies of their own.
 """
 
 from __future__ import annotations
@@ -242,6 +243,11 @@ async def test_the_controller_upgrades_one_host_at_a_time(
                         for a in agents),
             120, what="every host upgraded, one after the other",
         )  # fmt: skip
+        # The controller's documents say it sends each host its own copies: every agent left
+        # the stream after its tail, so every grant after that reached it as a copy.
+        assert all(a.counters["rollout_stream_left"] >= 1 for a in agents)
+        held = [a.rollout.held() for a in agents]
+        assert all(h["version"] > 0 and h["view"] is not None for h in held), held
 
     events = [e for e in await rollout_events(vhost) if e["seq"] == 2]
     busy: set[str] = set()

@@ -325,3 +325,56 @@ async def test_canary_pause_promote_halt_and_retry_through_the_cli(
     # No publisher: nobody takes the command.
     out = await c.cli("retry", GROUP)
     assert out.returncode == 3, (out.stdout, out.stderr)
+
+
+async def test_each_host_gets_its_own_copy_once_on_the_stream_and_again_when_stale(
+    vhost: str, tmp_path: Path
+) -> None:
+    """Documents go to every reader through the stream, and to each host whose view they
+    changed as a copy of its own (`grant.<host>` on erel.control), only once the stream holds
+    them. A host that says it holds a stale view gets the current document again; one whose
+    view is current, or an older agent that says nothing, gets nothing."""
+    c = Cluster(tmp_path, vhost)
+    c.repo.commit(files(f"  rollout:\n    max_unavailable: {LIMIT}\n"))
+    copies: dict[str, list[RolloutDoc]] = {h: [] for h in HOSTS}
+    async with running(c.new_publisher()), c.hosts():
+        assert c.publisher is not None
+        trusted, counters = c.publisher.trusted, c.publisher.counters.extra
+        async with await aio_pika.connect(vhost) as connection:
+            channel = await connection.channel()
+            control = await channel.get_exchange(topo.CONTROL_EXCHANGE)
+            for host in HOSTS:
+                queue = await channel.declare_queue("", exclusive=True)
+                await queue.bind(control, topo.grant_key(host))
+
+                async def on_copy(m: AbstractIncomingMessage, host: str = host) -> None:
+                    copies[host].append(verify_rollout(m.body, trusted))
+
+                await queue.consume(on_copy, no_ack=True)
+            await eventually(lambda: c.in_flight() == {"r-1", "r-2"}, what="first two granted")
+            await eventually(lambda: copies["r-1"] and copies["r-2"], what="their copies")
+            for host in ("r-1", "r-2"):
+                doc = copies[host][0]
+                assert doc.direct and host in doc.groups[GROUP].granted
+                # Sent once the stream held it: the stream's reader sees it too.
+                await eventually(lambda v=doc.version: v in {d.version for d in c.docs})
+            assert counters.get("rollout_copies") == 2  # r-3 and r-4: nothing changed for them
+            assert copies["r-3"] == [] and copies["r-4"] == []
+
+            async def beat(host: str, held: dict[str, Any]) -> None:
+                body = {
+                    "format": 1, "kind": "heartbeat", "host_id": host, "group": GROUP,
+                    "heartbeat_interval": BEAT * 2, "sent": utc_now(), "rollout_held": held,
+                }  # fmt: skip
+                await amqp.publish(
+                    c._status, topo.STATUS_EXCHANGE, topo.host_key(host),
+                    json.dumps(body).encode(), mandatory=False,
+                )  # fmt: skip
+
+            version = c.newest.version if c.newest else 0
+            await beat("r-3", {"version": 1, "view": [["1:r-3:0", 1], None, None]})
+            await eventually(lambda: copies["r-3"], what="a stale host's copy")
+            assert copies["r-3"][0].version >= version
+            await beat("r-4", {"version": version, "view": [None, None, None, []]})
+            await c.decided_again()
+            assert copies["r-4"] == []

@@ -65,12 +65,12 @@ class VhostCluster(E2ECluster):
         store.write_atomic(path, text.encode(), mode=0o644)
         return path
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(self, name: str, args: list[str], prefix: tuple[str, ...] = ()) -> None:
         if name == "publisher":
             at = args.index("--amqp-url")
             args = [*args[:at], "--amqp-url", self.publisher_url, *args[at + 2 :]]
             args += ["--vhost", self.vhost]
-        super()._spawn(name, args)
+        super()._spawn(name, args, prefix)
 
 
 @pytest.fixture(scope="module")

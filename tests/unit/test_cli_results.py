@@ -358,6 +358,27 @@ def test_dev_title_stops_saying_converged_when_a_new_rollout_starts() -> None:
     assert q.update({"a": failed}, ["a"], 9.0) == "not converged, failing on a — 4s"
 
 
+def test_dev_says_converged_for_a_clustered_release_once_its_cluster_formed() -> None:
+    hosts = ["a", "b", "c"]
+
+    def peers(host: str, expected: list[str], connected: list[str]) -> dict[str, Any]:
+        row = {**rel(), "peers": {"expected": expected, "connected": connected, "missing": []}}
+        return beat(host, 1, group="web", releases=[row])
+
+    nodes = {h: f"hello@{h}" for h in hosts}
+    others = {h: sorted(n for o, n in nodes.items() if o != h) for h in hosts}
+    p = Progress(started=0.0)
+    # Before the agents hear the group's members, each node expects no peer: not formed.
+    alone = {h: peers(h, [], []) for h in hosts}
+    assert p.update(alone, hosts, 1.0).startswith("converging")
+    half = {h: peers(h, others[h], others[h][:1]) for h in hosts}
+    assert p.update(half, hosts, 2.0).startswith("converging")
+    assert "(1/2 peers)" in host_row(half["a"])[5]
+    formed = {h: peers(h, others[h], others[h]) for h in hosts}
+    assert p.update(formed, hosts, 3.0) == "converged in 3.0s (seq 1)"
+    assert "hello 0.2.0 Ready (2/2 peers)" in host_row(formed["a"])[5]
+
+
 def test_dev_row_shows_the_last_error() -> None:
     row = host_row(
         beat("a", 1, converged=False, releases=[ARTIFACT_ERROR], store_error="disk full")

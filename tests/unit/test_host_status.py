@@ -132,7 +132,7 @@ def documented_heartbeat() -> dict[str, Any]:
 
 
 AGENT_FIELDS = {
-    "agent_version", "instance", "pid", "hostname", "broker", "store_error",
+    "agent_version", "instance", "pid", "hostname", "cluster_host", "broker", "store_error",
     "snapshot_refused", "heartbeat_interval", "counters", "sent",
 }  # fmt: skip
 
@@ -176,14 +176,14 @@ def test_host_status_json_is_the_documented_report() -> None:
             {
                 "name": "hello", "desired_version": "0.2.0", "version": "0.2.0",
                 "installed": True, "managed": True, "running": True, "healthy": True,
-                "state": "Ready", "hold": None, "reason": "", "last_error": "",
+                "state": "Ready", "hold": None, "reason": "", "last_error": "", "peers": None,
             },
             {
                 "name": "ticker", "desired_version": None, "version": "0.1.0",
                 "installed": True, "managed": True, "running": False, "healthy": None,
                 "state": "Held",
                 "hold": {"kind": "stop", "since": 1.0, "by": "local", "command": "c1"},
-                "reason": reasons.StopTimeout, "last_error": "slow",
+                "reason": reasons.StopTimeout, "last_error": "slow", "peers": None,
             },
         ],
         "time": "2026-11-24T17:00:00.000000Z",
@@ -224,6 +224,7 @@ def test_heartbeat_json_is_the_documented_heartbeat() -> None:
         "instance": "3f9c0d2a1b7e",
         "pid": 12345,
         "hostname": "web-1.example.com",
+        "cluster_host": "",
         "broker": "connected",
         "store_error": None,
         "snapshot_refused": {

@@ -261,11 +261,17 @@ def test_a_saved_report_is_restored_with_its_time() -> None:
     assert restore_report({"rollout": {"state": "bogus"}}, HOST) is None
 
 
-async def test_the_follower_keeps_the_newest_verified_document_and_wakes_on_what_matters() -> None:
-    key = load_private_key(PEM)
+def following() -> tuple[RolloutFollower, asyncio.Event, Counter[str]]:
+    """web-1's follower of the rollout documents, with the event it wakes and its counters."""
     wake = asyncio.Event()
     counters: Counter[str] = Counter()
     follower = RolloutFollower(HOST, {"k": PUB}, counters, group=lambda: "web", reconcile_now=wake)
+    return follower, wake, counters
+
+
+async def test_the_follower_keeps_the_newest_verified_document_and_wakes_on_what_matters() -> None:
+    follower, wake, counters = following()
+    key = load_private_key(PEM)
     await follower.on_rollout(sign_rollout(rollout(2, version=5), key, "k"))
     assert follower.current() is not None and wake.is_set()
 
@@ -281,6 +287,10 @@ async def test_the_follower_keeps_the_newest_verified_document_and_wakes_on_what
 
     await follower.on_rollout(sign_rollout(rollout(2, granted=True, version=7), key, "k"))
     assert wake.is_set()
+    # What its reports say it holds; the publisher sends the current document again when
+    # that differs from the current view.
+    assert follower.held() == {"version": 7, "view": [[f"2:{HOST}:0", 2], None, None, []]}
+    assert not follower.direct  # a document that does not say so: the stream is followed
 
     wake.clear()
     bad_pem, _ = generate_key()
@@ -296,10 +306,8 @@ async def test_a_document_that_changes_nothing_here_is_dropped_unverified_never_
     their signature (the cost of a wave, times a hundred agents). Such a document never becomes
     the one the agent acts on, so a forged one gains nothing; one that would change this host's
     grant is verified first, and a forged one is refused."""
+    follower, wake, counters = following()
     key = load_private_key(PEM)
-    wake = asyncio.Event()
-    counters: Counter[str] = Counter()
-    follower = RolloutFollower(HOST, {"k": PUB}, counters, group=lambda: "web", reconcile_now=wake)
     await follower.on_rollout(sign_rollout(rollout(2, version=5), key, "k"))
     wake.clear()
     bad_pem, _ = generate_key()
@@ -315,6 +323,21 @@ async def test_a_document_that_changes_nothing_here_is_dropped_unverified_never_
     await follower.on_rollout(sign_rollout(rollout(2, granted=True, version=7), key, "k"))
     current = follower.current()
     assert current is not None and current.version == 7 and wake.is_set()
+
+
+async def test_a_new_seq_or_phase_alone_wakes_nobody_and_direct_is_read_from_the_document() -> None:
+    """A hundred agents re-verifying and reconciling on every new seq or phase was the cost of
+    a rollout's first wave: only what the gate reads wakes an agent."""
+    follower, wake, counters = following()
+    key = load_private_key(PEM)
+    await follower.on_rollout(sign_rollout(rollout(2, version=5), key, "k"))
+    wake.clear()
+    await follower.on_rollout(sign_rollout(rollout(3, phase=Phase.CANARY, version=6), key, "k"))
+    assert not wake.is_set() and counters["rollout_documents_unchanged"] == 1
+    halted = rollout(3, phase=Phase.HALTED, stable={"hello": "0.1.0"}, version=7)
+    await follower.on_rollout(sign_rollout(replace(halted, direct=True), key, "k"))
+    assert wake.is_set() and follower.direct
+    assert follower.held()["view"] == [None, [["hello", "0.1.0"]], None, []]
 
 
 def test_the_durable_rollout_record_is_what_a_restart_restores() -> None:

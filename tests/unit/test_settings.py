@@ -10,6 +10,7 @@ import aiormq
 import pytest
 
 from erel_sync.adapters.releases.driver import ReleaseDriver
+from erel_sync.agent.counting import CountingDriver
 from erel_sync.agent.daemon import Agent
 from erel_sync.model import brokerurl
 from erel_sync.model.names import format_size, parse_size
@@ -35,6 +36,11 @@ def test_loads_with_defaults_and_overrides() -> None:
     assert s.vhost == "erel" and s.reconcile_interval == 60.0
     assert s.heartbeat_interval == 5.0  # default
     assert s.with_overrides(host_id="web-2", vhost=None).host_id == "web-2"
+    assert s.stream_silence == 180.0  # default: three of the publisher's republishes
+    quiet = GOOD.replace(b"vhost: erel}", b"vhost: erel, stream_silence: 45s}")
+    assert load_agent_settings("agent.yaml", quiet).stream_silence == 45.0
+    off = GOOD.replace(b"vhost: erel}", b"vhost: erel, stream_silence: 0s}")
+    assert load_agent_settings("agent.yaml", off).stream_silence == 0.0
 
 
 @pytest.mark.parametrize(
@@ -44,6 +50,7 @@ def test_loads_with_defaults_and_overrides() -> None:
         (b"reconcile_interval: 1m", b"reconcile_interval: often", 8, "$.spec.reconcile_interval"),
         (b"  state_dir", b"  colour: red\n  state_dir", 9, "$.spec.colour"),
         (b'urls: ["amqp', b'urls: ["http', 7, "$.spec.broker.urls[0]"),
+        (b"vhost: erel}", b"vhost: erel, stream_silence: soon}", 7, "$.spec.broker.stream_silence"),
     ],
 )
 def test_errors_are_located(old: bytes, new: bytes, line: int, path: str) -> None:
@@ -178,7 +185,9 @@ def test_the_agent_s_driver_gets_the_artifact_limits(tmp_path: Path) -> None:
         releases_dir=str(tmp_path / "releases"),
         cache_dir=str(tmp_path / "cache"),
     )
-    driver = Agent(s).driver
+    counted = Agent(s).driver  # counted for the metrics, around the release driver
+    assert isinstance(counted, CountingDriver)
+    driver = counted.inner
     assert isinstance(driver, ReleaseDriver)
     assert (driver.settings.max_unpacked_bytes, driver.settings.max_archive_members) == (
         512 * 1024**2,
@@ -248,3 +257,42 @@ def test_sizes_refused(text: str | int) -> None:
 )
 def test_mask_hides_every_password(text: str, masked: str) -> None:
     assert brokerurl.mask(text) == masked
+
+
+# -- TLS for amqps:// URLs (model.brokerurl.with_tls) ---------------------------------------------
+
+TLS = b"""  broker:
+    urls: ["amqps://agent:pw@mq-1:5671/", "amqps://agent:pw@mq-2:5671/?heartbeat=5"]
+    vhost: erel
+    tls: {ca_file: /etc/erel/ca.pem, cert_file: /etc/erel/web-1.pem, key_file: /etc/erel/web-1.key}
+"""
+
+
+def test_tls_files_ride_on_every_amqps_url() -> None:
+    s = load_agent_settings(
+        "agent.yaml", GOOD.replace(b'  broker: {urls: ["amqp://agent:pw@127.0.0.1:5672/"], '
+                                   b"vhost: erel}\n", TLS)
+    )  # fmt: skip
+    assert s.broker_tls is not None and s.broker_tls.ca_file == "/etc/erel/ca.pem"
+    first, second = s.amqp_urls
+    assert first == (
+        "amqps://agent:pw@mq-1:5671/erel?cafile=%2Fetc%2Ferel%2Fca.pem"
+        "&certfile=%2Fetc%2Ferel%2Fweb-1.pem&keyfile=%2Fetc%2Ferel%2Fweb-1.key"
+    )
+    assert second.startswith("amqps://agent:pw@mq-2:5671/erel?heartbeat=5&cafile=")
+    assert brokerurl.shown(first) == "amqps://agent:***@mq-1:5671/erel"
+
+
+@pytest.mark.parametrize(
+    ("tls", "said"),
+    [
+        (b"tls: {ca_file: /ca.pem}", "is not amqps://"),  # the URL is amqp://: in clear
+        (b"tls: {cert_file: /c.pem}", "needs its key"),  # a certificate without its key
+    ],
+)
+def test_tls_settings_that_cannot_work_are_refused_where_they_are(tls: bytes, said: str) -> None:
+    text = GOOD.replace(b"vhost: erel}", b"vhost: erel, " + tls + b"}")
+    with pytest.raises(ConfigError) as err:
+        load_agent_settings("agent.yaml", text)
+    p = err.value.problems[0]
+    assert (p.line, p.path) == (7, "$.spec.broker.tls") and said in p.message

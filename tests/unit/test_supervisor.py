@@ -115,11 +115,11 @@ async def test_budget_exhausted_raises_task_failed_and_shuts_down_cleanly() -> N
 async def test_shutdown_is_not_a_fault_and_lets_the_named_task_finish() -> None:
     counters: Counter[str] = Counter()
     sup, stopping = supervisor(counters)
-    finished = asyncio.Event()
+    finished, step_done = asyncio.Event(), asyncio.Event()
 
     async def reconcile() -> None:
         await stopping.wait()
-        await asyncio.sleep(0.05)  # simulated work: a step of a tick that takes a while
+        await step_done.wait()  # a step of a tick still running when the shutdown begins
         finished.set()
 
     async def forever() -> None:
@@ -132,7 +132,13 @@ async def test_shutdown_is_not_a_fault_and_lets_the_named_task_finish() -> None:
     stop.set()
     await sup.watch(stop)  # returns: stop was asked for
     stopping.set()
-    await sup.close(finish={"reconcile": 5.0, "broker": 0.01})
+    closing = asyncio.create_task(sup.close(finish={"reconcile": 5.0, "broker": 0.01}))
+    broker_task = sup.task("broker")
+    assert broker_task is not None
+    await eventually(broker_task.cancelled, 5, what="the broker task's grace is over")
+    assert not closing.done()  # still waiting for the step of the tick
+    step_done.set()
+    await closing
     assert finished.is_set()
     for name in ("heartbeat", "broker"):  # at once / once its time was up
         task = sup.task(name)

@@ -2,11 +2,11 @@
 
 Each call takes an open channel: the daemons reach them through their `session.Session`, which
 picks the channel; tests and the CLI's followers call them on channels of their own. The calls:
-the `erel.config` stream of signed snapshots and the `erel.rollout` stream of signed rollout
-documents (publish with confirms, consume from `last`), the
-`erel.sync` state.request/reply exchange, operator commands on `erel.control`, and `erel.status`
-heartbeats (docs/broker.md). Library errors leave as the adapter's own (`errors`, re-exported
-here: `BrokerError`, `PublishFailed`). Names and arguments of the topology live in `topology`.
+the `erel.config` and `erel.rollout` streams of signed documents (publish with confirms, consume
+from `last`), the `erel.sync` state.request/reply exchange, operator commands (and copies of
+rollout documents) on `erel.control`, and `erel.status` heartbeats (docs/broker.md). Library
+errors leave as the adapter's own (`errors`, re-exported here: `BrokerError`, `PublishFailed`).
+Names and arguments of the topology live in `topology`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aio_pika
@@ -30,19 +30,16 @@ from aio_pika.abc import (
 
 from erel_sync.adapters.backoff import Backoff
 from erel_sync.adapters.broker import topology as topo
+from erel_sync.adapters.broker.acks import SNAPSHOT_PREFETCH, StreamAcks
 from erel_sync.adapters.broker.errors import BrokerError, NotFound, PublishFailed, wrapped
-from erel_sync.model.brokerurl import mask, url_vhost
+from erel_sync.model.brokerurl import BrokerOrder, shown, url_vhost
 
 # The CLI catches these two by this module's name.
-__all__ = ["BrokerError", "PublishFailed"]
+__all__ = ["SNAPSHOT_PREFETCH", "BrokerError", "PublishFailed"]
 
 log = logging.getLogger(__name__)
 
 SnapshotHandler = Callable[[bytes], Awaitable[None]]
-SNAPSHOT_PREFETCH = 16
-# Half the snapshot consumer's prefetch, so its credit never runs dry.
-ACK_BATCH = SNAPSHOT_PREFETCH // 2
-ACK_DELAY = 0.2
 # A state provider gets the seq the requester already holds (None: it did not say) and returns
 # the envelope to answer with, or None for no answer.
 StateProvider = Callable[[int | None], bytes | None]
@@ -56,11 +53,14 @@ def refusal(error: BaseException, url: str) -> str:
     if isinstance(error, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(error):
         vhost = url_vhost(url) or "/"
         return f"the broker refused vhost {vhost!r}: no such vhost, or no permissions there"
-    return f"{type(error).__name__}: {error}"
+    # aiormq's connection errors carry the cause in their args ((errno, text), a TLS
+    # verification failure included), and print nothing of it.
+    said = [str(a) for a in error.args if isinstance(a, str) and a] or [str(error)]
+    return f"{type(error).__name__}: {' '.join(said)}"
 
 
 async def connect(
-    urls: Sequence[str],
+    urls: Sequence[str] | BrokerOrder,
     *,
     name: str,
     heartbeat: float = 10.0,
@@ -72,23 +72,28 @@ async def connect(
     """First connection with retries over all URLs (connect_robust fails fast on the first try).
 
     `robust`: aio-pika reconnects and restores by itself (publisher, CLI). Agents pass False
-    and own the whole session: any loss ends it and they rebuild it (see agent.daemon)."""
+    and own the whole session: any loss ends it and they rebuild it (see agent.daemon).
+    A `BrokerOrder` (the daemons') says which node to try first and learns the one reached;
+    a plain list is tried in its order."""
     connect_fn: Any = aio_pika.connect_robust if robust else aio_pika.connect
     # Jitter keeps a hundred agents from reconnecting in lock step after an outage.
     backoff, tries, last = Backoff(0.1, max_delay, jitter=0.5), 0, ""
     while True:
-        for url in urls:
+        for url in urls.round() if isinstance(urls, BrokerOrder) else urls:
             try:
-                return await connect_fn(
+                connection = await connect_fn(
                     url,
                     client_properties={"connection_name": name},
                     heartbeat=int(max(1, heartbeat)),
                     timeout=10,
                 )
+                if isinstance(urls, BrokerOrder):
+                    urls.connected(url)
+                return connection
             except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as e:
                 # A vhost that does not exist or is not allowed to this user must not read as
                 # a network problem.
-                last = f"{mask(url)}: {refusal(e, url)}".splitlines()[0][:300]
+                last = f"{shown(url)}: {refusal(e, url)}".splitlines()[0][:300]
                 log.info("broker not reachable: %s", last)
         tries += 1
         if attempts is not None and tries >= attempts:
@@ -183,45 +188,26 @@ async def consume_snapshots(
     return queue, tag
 
 
-class StreamAcks:
-    """Acks for a stream consumer, batched: `multiple` acks every ACK_BATCH deliveries or
-    ACK_DELAY seconds after the first one not yet acked, whichever comes first.
+async def consume_offsets(
+    channel: AbstractChannel,
+    stream: str,
+    offset: Any,
+    handler: Callable[[bytes, int], None],
+) -> tuple[AbstractQueue, str]:
+    """Consume `stream` from `offset`, giving `handler` each body with its offset in the
+    stream (the `x-stream-offset` header RabbitMQ sets on every delivery)."""
 
-    On a stream an ack only returns consumer credit: nothing is redelivered, and the agent
-    resumes from `last`, never from its acks. Each ack is a socket write of its own, which on
-    this kind of VM costs about as much CPU as storing the snapshot. A delivery is still acked
-    only after its handler returned (it is on disk); a failed one, left unacked alone, may be
-    acked by a later `multiple` ack, which on a stream changes nothing."""
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        at = (message.headers or {}).get("x-stream-offset")
+        if isinstance(at, int):
+            handler(message.body, at)
+        await message.ack()
 
-    def __init__(self) -> None:
-        self.last: AbstractIncomingMessage | None = None
-        self.pending = 0
-        self.timer: asyncio.TimerHandle | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def done(self, message: AbstractIncomingMessage) -> None:
-        self.last = message
-        self.pending += 1
-        if self.pending >= ACK_BATCH:
-            self.flush()
-        elif self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(ACK_DELAY, self.flush)
-
-    def flush(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        message, self.last, self.pending = self.last, None, 0
-        if message is None:
-            return
-        task = asyncio.ensure_future(self._ack(message))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    @staticmethod
-    async def _ack(message: AbstractIncomingMessage) -> None:
-        with contextlib.suppress(Exception):  # the channel closed meanwhile: nothing to return
-            await message.ack(multiple=True)
+    with wrapped(f"consume {stream}"):
+        await channel.set_qos(prefetch_count=SNAPSHOT_PREFETCH)
+        queue = await channel.declare_queue(stream, passive=True)
+        tag = await queue.consume(on_message, arguments={"x-stream-offset": offset})
+    return queue, tag
 
 
 async def serve_state_requests(
@@ -268,8 +254,10 @@ async def answer(
     body: bytes | None,
     *,
     expiration: float | None = None,
+    user_id: str | None = None,
 ) -> None:
-    """Send `body` to the requester's `reply.<…>` key on `erel.sync`, with its correlation id.
+    """Send `body` to the requester's `reply.<…>` key on `erel.sync`, with its correlation id
+    (and `user_id`, which the broker checks: readers know which user answered).
     Nothing to send, or a request without a usable reply-to: no answer. A lost answer is the
     requester's timeout, not the answerer's failure."""
     reply = request.reply_to or ""
@@ -284,6 +272,7 @@ async def answer(
             mandatory=False,
             correlation_id=request.correlation_id,
             expiration=expiration,
+            user_id=user_id,
         )
 
 
@@ -333,37 +322,56 @@ async def request_state(
 
 
 CommandHandler = Callable[[bytes], Awaitable[bytes | None]]
+Notice = Callable[[bytes], Awaitable[None]]  # a message on erel.control that gets no reply
 
 
 async def serve_control(
-    channel: AbstractChannel, host: str, instance: str, handler: CommandHandler
+    channel: AbstractChannel,
+    host: str,
+    instance: str,
+    handler: CommandHandler,
+    on_grant: Notice | None = None,
+    *,
+    user_id: str | None = None,
 ) -> AbstractQueue:
     """Take operator commands for this host: `host.<id>`, every `group.*` (the handler keeps
-    only its current group's, so a group change needs no rebinding) and `all`. Replies go to
-    `erel.sync` under the command's `reply.<…>` reply-to, with its correlation id.
+    only its current group's, so a group change needs no rebinding) and `all`; with `on_grant`,
+    the publisher's copies of rollout documents for it (`grant.<id>`, no reply).
 
     The queue name carries the agent instance, so two agents wrongly sharing a host id both
     run (and `erel-sync members` shows both) instead of one failing on an exclusive queue."""
     keys = (topo.host_key(host), topo.group_key("*"), topo.ALL_KEY)
-    return await serve_commands(
-        channel, topo.agent_queue(host, f"control.{instance}"), keys, handler
-    )
+    notices = {topo.grant_key(host): on_grant} if on_grant is not None else {}
+    queue = topo.agent_queue(host, f"control.{instance}")
+    return await serve_commands(channel, queue, keys, handler, notices, user_id=user_id)
 
 
 async def serve_commands(
-    channel: AbstractChannel, queue_name: str, keys: Sequence[str], handler: CommandHandler
+    channel: AbstractChannel,
+    queue_name: str,
+    keys: Sequence[str],
+    handler: CommandHandler,
+    notices: Mapping[str, Notice] | None = None,
+    *,
+    user_id: str | None = None,
 ) -> AbstractQueue:
     """Take commands on `erel.control` for these binding keys through an exclusive queue of
     that name (agents: `serve_control`; the publisher: `rollout.*`); replies go to `erel.sync`
-    under the command's `reply.<…>` reply-to, with its correlation id."""
+    under the command's `reply.<…>` reply-to, with its correlation id. `notices`: more binding
+    keys, each with its own handler and no reply."""
+    notices = dict(notices or {})
 
     async def on_command(message: AbstractIncomingMessage) -> None:
-        await answer(channel, message, await handler(message.body), expiration=60.0)
+        if (notice := notices.get(message.routing_key or "")) is not None:
+            await notice(message.body)
+            return
+        body = await handler(message.body)
+        await answer(channel, message, body, expiration=60.0, user_id=user_id)
 
     with wrapped("serve commands"):
         exchange = await channel.get_exchange(topo.CONTROL_EXCHANGE)
         queue = await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
-        for key in keys:
+        for key in (*keys, *notices):
             await queue.bind(exchange, routing_key=key)
         await queue.consume(on_command, no_ack=True)
     return queue

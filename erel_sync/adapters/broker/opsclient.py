@@ -19,9 +19,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import aiormq
@@ -29,9 +30,13 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 
 from erel_sync.adapters.broker import messages as broker
 from erel_sync.adapters.broker import topology as topo
-from erel_sync.adapters.broker.errors import NotFound, classify, first_line
+from erel_sync.adapters.broker.errors import ConnectionLost, NotFound, classify, first_line
+from erel_sync.adapters.broker.permissions import speaks_for
 from erel_sync.core import control
 from erel_sync.core.control import Command
+from erel_sync.model.brokerurl import spread
+
+log = logging.getLogger(__name__)
 
 PRESENCE_IDLE = 0.12  # the presence backlog is delivered at once: this much silence ends it
 REVISION_KINDS = ("published", "rejected")
@@ -85,8 +90,9 @@ class OpsClient:
     async def __aenter__(self) -> OpsClient:
         stop = asyncio.Event()
         self._conn = await broker.connect(
-            self.urls, name="erel-sync-cli", stop=stop, robust=False, attempts=2
-        )
+            spread(self.urls, self.reply_key), name="erel-sync-cli", stop=stop, robust=False,
+            attempts=2,
+        )  # fmt: skip
         try:
             with _translated("reply queue on erel.sync"):
                 self._channel = await self._conn.channel(publisher_confirms=True)
@@ -105,6 +111,32 @@ class OpsClient:
         with contextlib.suppress(Exception):
             await self._conn.close()
 
+    async def hold(
+        self,
+        stop: asyncio.Event,
+        *,
+        every: float = 5.0,
+        tick: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """A long-lived reader's session (`web`, `notify`): return at `stop`, raise
+        ConnectionLost when the connection goes (`keep_session` then connects again); `tick`
+        runs every `every` seconds meanwhile."""
+        lost = asyncio.Event()
+        self._conn.close_callbacks.add(lambda *_: lost.set())
+        if self._conn.is_closed:
+            lost.set()
+        ends = {asyncio.create_task(stop.wait()), asyncio.create_task(lost.wait())}
+        try:
+            while not any(t.done() for t in ends):
+                await asyncio.wait(ends, timeout=every, return_when=asyncio.FIRST_COMPLETED)
+                if tick is not None and not any(t.done() for t in ends):
+                    await tick()
+        finally:
+            for t in ends:
+                t.cancel()
+        if not stop.is_set():
+            raise ConnectionLost("connection to the broker lost")
+
     @property
     def channel(self) -> AbstractChannel:
         assert self._channel is not None, "use OpsClient as an async context manager"
@@ -113,6 +145,11 @@ class OpsClient:
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         doc = control.parse_reply(message.body)
         if doc is None or message.correlation_id is None:
+            return
+        if not speaks_for(message.user_id, doc.get("host_id")):
+            # Another host's agent user answering in this host's name (per-host users make
+            # the broker vouch for user_id): dropped, so it cannot make the host look well.
+            log.warning("reply for %s sent by %s: dropped", doc.get("host_id"), message.user_id)
             return
         doc["received"] = time.time()
         self._replies.setdefault(message.correlation_id, []).append(doc)
@@ -258,10 +295,16 @@ class OpsClient:
     async def follow_heartbeats(
         self, handler: Callable[[dict[str, Any]], None], pattern: str = "host.*"
     ) -> None:
-        async def on_status(_key: str, body: bytes) -> None:
+        async def on_status(key: str, body: bytes) -> None:
             with contextlib.suppress(ValueError, UnicodeDecodeError):
                 doc = json.loads(body)
-                if isinstance(doc, dict) and doc.get("kind") == "heartbeat":
+                # Only under its own host's key: with one user per host, the broker lets no
+                # host publish under another's (adapters.broker.permissions).
+                if (
+                    isinstance(doc, dict)
+                    and doc.get("kind") == "heartbeat"
+                    and key == topo.host_key(str(doc.get("host_id")))
+                ):
                     doc["received"] = time.time()
                     handler(doc)
 

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from erel_sync.adapters.backoff import Backoff, pause
@@ -31,9 +32,11 @@ from erel_sync.adapters.broker.errors import (
     BrokerError,
     ConnectionLost,
     NotFound,
+    PreconditionFailed,
     cancelled_by_us,
     wrapped,
 )
+from erel_sync.model.brokerurl import BrokerOrder
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +44,28 @@ STREAM_RETRY = 5.0  # a session without the config stream is rebuilt this often 
 SESSION_RETRY = (0.2, 5.0)  # backoff between two sessions: first and longest delay
 
 
+def _nothing() -> None:
+    return None
+
+
 class StreamConsumer:
     """A config-stream consumer on a channel of its own (a missing or down stream closes only
     that channel, not the session's)."""
 
-    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, tag: str) -> None:
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        queue: AbstractQueue,
+        tag: str,
+        unwatch: Callable[[], None] = _nothing,
+    ) -> None:
         self._channel, self._queue, self._tag = channel, queue, tag
+        self._unwatch = unwatch
 
     async def cancel(self) -> None:
-        """Stop consuming and close the channel; a dead one has nothing left to cancel."""
+        """Stop consuming and close the channel, without breaking a session that watched it;
+        a dead one has nothing left to cancel."""
+        self._unwatch()
         with contextlib.suppress(Exception):
             await self._queue.cancel(self._tag)
         with contextlib.suppress(Exception):
@@ -59,8 +75,12 @@ class StreamConsumer:
 class Session:
     """One connection and its channels (async context manager: closed on exit)."""
 
-    def __init__(self, connection: AbstractConnection) -> None:
+    def __init__(self, connection: AbstractConnection, order: BrokerOrder | None = None) -> None:
         self._connection = connection
+        self._order = order
+        # Every publish names the user it was sent as (RabbitMQ refuses any other): readers
+        # tell whose a heartbeat or reply is (adapters.broker.permissions.speaks_for).
+        self.user: str | None = getattr(getattr(connection, "url", None), "user", None) or None
         self._publish: AbstractChannel | None = None
         self._consume: AbstractChannel | None = None
         self.broken = asyncio.Event()
@@ -69,7 +89,7 @@ class Session:
     @classmethod
     async def open(
         cls,
-        urls: Sequence[str],
+        urls: Sequence[str] | BrokerOrder,
         *,
         name: str,
         heartbeat: float = 10.0,
@@ -77,11 +97,12 @@ class Session:
         attempts: int | None = None,
     ) -> Session:
         """Connect to the first broker of `urls` that answers, retrying with backoff (every
-        round of URLs counts as one of `attempts`; None: until `stop`)."""
+        round of URLs counts as one of `attempts`; None: until `stop`). With a `BrokerOrder`,
+        losing the session moves its next round past the node it was on."""
         connection = await messages.connect(
             urls, name=name, heartbeat=heartbeat, stop=stop, attempts=attempts, robust=False
         )
-        return cls(connection)
+        return cls(connection, urls if isinstance(urls, BrokerOrder) else None)
 
     async def __aenter__(self) -> Session:
         return self
@@ -99,6 +120,8 @@ class Session:
             await self._connection.close()
 
     def _lost(self, *_: Any) -> None:
+        if self._order is not None and not self.broken.is_set():
+            self._order.lost()
         self.broken.set()
 
     # --- channels
@@ -129,9 +152,19 @@ class Session:
 
     async def declare_queue(self, spec: topo.QueueSpec) -> None:
         """Declare a stream and its bindings: NotFound when the broker reports it down,
-        PreconditionFailed when it exists with other arguments."""
-        with wrapped(f"declare {spec.name}"):
-            await topo.declare_queue(await self._publishing(), spec)
+        PreconditionFailed when it exists with other arguments (but for a stream made before
+        its replicas were set: taken as it is)."""
+        try:
+            with wrapped(f"declare {spec.name}"):
+                await topo.declare_queue(await self._publishing(), spec)
+        except PreconditionFailed as e:
+            if not topo.made_before_replicas(e):
+                raise
+            log.warning(
+                "%s was made with other replicas: kept as it is (docs/broker.md)", spec.name
+            )
+            with wrapped(f"declare {spec.name}"):
+                await topo.declare_queue(await self._publishing(), spec, exists=True)
 
     async def delete_queue(self, name: str) -> None:
         with wrapped(f"delete {name}"):
@@ -144,6 +177,7 @@ class Session:
         """`messages.publish`; `confirm=False` sends on the consuming channel without waiting
         for the broker (heartbeats: periodic, and superseded by the next one)."""
         channel = await (self._publishing() if confirm else self._consuming())
+        kw.setdefault("user_id", self.user)
         await messages.publish(channel, exchange, routing_key, body, **kw)
 
     async def consume_config(
@@ -160,6 +194,7 @@ class Session:
         lost (its channel closes, or the broker cancels it because the stream was deleted)."""
         with wrapped("open stream channel"):
             channel = await self._connection.channel(publisher_confirms=False)
+        unwatch: Callable[[], None] = _nothing
         try:
             queue, tag = await messages.consume_snapshots(
                 channel, handler, offset=offset, passive=passive, stream=stream
@@ -169,6 +204,46 @@ class Session:
                 with wrapped("watch the stream consumer"):
                     underlay = await channel.get_underlay_channel()
                 underlay.on_consumer_cancel_callbacks.add(self._lost)
+
+                def unwatch() -> None:
+                    channel.close_callbacks.discard(self._lost)
+                    underlay.on_consumer_cancel_callbacks.discard(self._lost)
+
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise
+        return StreamConsumer(channel, queue, tag, unwatch)
+
+    async def take_lock(self, name: str) -> bool:
+        """Declare `name` as a queue exclusive to this connection: True when it was free (it
+        is this session's until the connection ends, however it ends, when the broker deletes
+        it), False when another connection holds it (RESOURCE_LOCKED). A lock, not a protocol
+        of our own: RabbitMQ holds it, cluster-wide."""
+        with wrapped("open lock channel"):
+            channel = await self._connection.channel(publisher_confirms=False)
+        try:
+            with wrapped(f"declare {name}"):
+                await channel.declare_queue(name, exclusive=True, auto_delete=False)
+            return True
+        except BrokerError as e:
+            if isinstance(e.__cause__, aiormq.exceptions.ChannelLockedResource):
+                return False
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    async def read_stream(
+        self, stream: str, offset: Any, handler: Callable[[bytes, int], None]
+    ) -> StreamConsumer:
+        """Follow `stream` from `offset` (`first`, a number, a datetime) on a channel of its
+        own, giving `handler` each message's body and its offset in the stream; cancel the
+        returned consumer when done."""
+        with wrapped("open stream channel"):
+            channel = await self._connection.channel(publisher_confirms=False)
+        try:
+            queue, tag = await messages.consume_offsets(channel, stream, offset, handler)
         except BaseException:
             with contextlib.suppress(Exception):
                 await channel.close()
@@ -187,9 +262,15 @@ class Session:
         )
 
     async def serve_control(
-        self, host: str, instance: str, handler: messages.CommandHandler
+        self,
+        host: str,
+        instance: str,
+        handler: messages.CommandHandler,
+        on_grant: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
-        await messages.serve_control(await self._consuming(), host, instance, handler)
+        await messages.serve_control(
+            await self._consuming(), host, instance, handler, on_grant, user_id=self.user
+        )
 
     async def serve_commands(
         self, queue_name: str, keys: Sequence[str], handler: messages.CommandHandler
@@ -228,7 +309,8 @@ async def keep_session(
     """Run `session` until `stop`; whenever it fails (broker down, topology missing, anything
     lost), report through `on_failure(error, delay)` and run it again after a backoff. The
     publisher and the agent both own their sessions this way (docs/architecture.md)."""
-    backoff = Backoff(SESSION_RETRY[0], max_delay)
+    # Jittered: the clients of a node that restarts do not all come back in the same instant.
+    backoff = Backoff(SESSION_RETRY[0], max_delay, jitter=0.5)
     while not stop.is_set():
         try:
             await session(stop)

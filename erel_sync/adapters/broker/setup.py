@@ -21,105 +21,36 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shlex
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aio_pika
+import aiormq
 
 from erel_sync.adapters.broker import rabbitctl
 from erel_sync.adapters.broker import topology as topo
 from erel_sync.adapters.broker.errors import LIBRARY_ERRORS, PreconditionFailed, classify
+from erel_sync.adapters.broker.permissions import (
+    AGENT_PERMISSIONS,
+    AGENT_TOPIC_PERMISSIONS,
+    OPERATOR_PERMISSIONS,
+    OPERATOR_TOPIC_PERMISSIONS,
+    PUBLISHER_PERMISSIONS,
+    Permissions,
+    TopicPermission,
+    host_permissions,
+    host_topic_permissions,
+    host_user,
+)
 from erel_sync.adapters.broker.rabbitctl import Ctl
 from erel_sync.model.brokerurl import mask, resolve_vhost, vhost_path
 
 
 class BrokerSetupError(Exception):
     """rabbitmqctl or the broker refused a step; the message names the step, never a password."""
-
-
-@dataclass(frozen=True)
-class Permissions:
-    configure: str
-    write: str
-    read: str
-
-
-# Publisher: owns everything named erel.* (declares the topology, writes erel.config and
-# erel.rollout, follows erel.status `host.*`/`presence.*`/`rollout.*` and erel.control
-# `rollout.*` and serves state.request through its own queues, answers on erel.sync). No
-# `amq.default`: nothing of erel-sync publishes through the default exchange, which could route
-# into any queue by name.
-PUBLISHER_PERMISSIONS = Permissions(
-    configure=r"^(erel\..*|amq\.gen-.*)$",
-    write=r"^(erel\..*|amq\.gen-.*)$",
-    read=r"^(erel\..*|amq\.gen-.*)$",
-)
-
-# Agents: never `erel.config`, `erel.rollout` nor `amq.default` in write (through the default
-# exchange anyone with that write could route into the erel.config stream by its queue name), no
-# read on `erel.status` (no eavesdropping on other hosts' reports); they read the config and
-# rollout streams. Their own queues, server-named or
-# `erel.agent.<host>.*`, need configure (declare), write (queue.bind) and read (consume).
-AGENT_PERMISSIONS = Permissions(
-    configure=r"^(erel\.agent\..*|amq\.gen-.*)$",
-    write=r"^(erel\.status|erel\.sync|erel\.agent\..*|amq\.gen-.*)$",
-    read=r"^(erel\.config|erel\.rollout|erel\.control|erel\.sync|erel\.agent\..*"
-    r"|amq\.gen-.*)$",
-)
-
-
-@dataclass(frozen=True)
-class TopicPermission:
-    """Which routing keys a user may publish (`write`) and bind with (`read`) on one topic
-    exchange. Without one, RabbitMQ allows every key on that exchange."""
-
-    exchange: str
-    write: str
-    read: str
-
-
-NOTHING = "^$"
-
-# Agents publish only their heartbeats, presence records and rollout events on erel.status: not
-# the publisher's `publisher.*` events, which feed the erel.revisions stream that `wait` trusts.
-# (One agent can still speak for another host while they share a user: docs/broker.md, optional
-# hardening.)
-AGENT_TOPIC_PERMISSIONS = (
-    TopicPermission(
-        topo.STATUS_EXCHANGE,
-        write=r"^(host|presence|rollout)\.[A-Za-z0-9][A-Za-z0-9._-]*$",
-        read=NOTHING,
-    ),
-)
-
-# Operator (the CLI: `status`, `members`, `wait`, remote start/stop/restart/delete, `rollout
-# promote|retry`, as `adapters.broker.opsclient` does them): publishes signed commands to
-# erel.control (`rollout.<group>` for the publisher); reads heartbeats, rollout events and
-# publisher events from erel.status, command replies from erel.sync, through its own server-named
-# or `erel.operator.*` queues; reads the presence, revisions, rollout and rollout-events streams.
-# No write on erel.config or erel.rollout (exchanges or streams), on any stream queue, on
-# erel.sync or on `amq.default`.
-OPERATOR_PERMISSIONS = Permissions(
-    configure=r"^(erel\.operator\..*|amq\.gen-.*)$",
-    write=r"^(erel\.control|erel\.status|erel\.operator\..*|amq\.gen-.*)$",
-    read=r"^(erel\.status|erel\.sync|erel\.presence|erel\.revisions|erel\.rollout"
-    r"|erel\.rollout\.events|erel\.operator\..*|amq\.gen-.*)$",
-)
-# Write on erel.status is for one key: the marker the presence read appends to know where the
-# stream ends (opsclient.read_presence); no heartbeats, presence records or publisher events.
-OPERATOR_TOPIC_PERMISSIONS = (
-    TopicPermission(
-        topo.STATUS_EXCHANGE,
-        write=r"^presence\.~marker$",
-        read=r"^(host|publisher|rollout)\..+$",
-    ),
-    TopicPermission(
-        topo.CONTROL_EXCHANGE, write=r"^(host\..+|group\..+|rollout\..+|all)$", read=NOTHING
-    ),
-    TopicPermission(topo.SYNC_EXCHANGE, write=NOTHING, read=r"^reply\.op-.+$"),
-)
 
 
 @dataclass(frozen=True)
@@ -133,6 +64,8 @@ class BrokerSetupSpec:
     agent_password: str
     operator_user: str | None = None  # None: no operator user
     operator_password: str = ""
+    # One user per host (`<agent_user>@<host>`), allowed only that host's keys: host -> password.
+    hosts: Mapping[str, str] = field(default_factory=dict)
 
     def users(self) -> list[tuple[str, str, Permissions, tuple[TopicPermission, ...]]]:
         """(role, user, permissions, topic permissions) of every user to set up."""
@@ -144,6 +77,15 @@ class BrokerSetupSpec:
             out.append(
                 ("operator", self.operator_user, OPERATOR_PERMISSIONS, OPERATOR_TOPIC_PERMISSIONS)
             )
+        for host in sorted(self.hosts):
+            out.append(
+                (
+                    f"agent of {host}",
+                    host_user(self.agent_user, host),
+                    host_permissions(host),
+                    host_topic_permissions(host),
+                )
+            )
         return out
 
     def passwords(self) -> dict[str, str]:
@@ -151,6 +93,7 @@ class BrokerSetupSpec:
             self.publisher_user: self.publisher_password,
             self.agent_user: self.agent_password,
             **({self.operator_user: self.operator_password} if self.operator_user else {}),
+            **{host_user(self.agent_user, h): pw for h, pw in self.hosts.items()},
         }
 
     def problems(self, *, passwords: bool = True) -> list[str]:
@@ -277,6 +220,10 @@ def render_script(
     env = {spec.publisher_user: "EREL_PUBLISHER_PASSWORD", spec.agent_user: "EREL_AGENT_PASSWORD"}
     if spec.operator_user is not None:
         env[spec.operator_user] = "EREL_OPERATOR_PASSWORD"
+    for host in spec.hosts:  # EREL_AGENT_PASSWORD_WEB_1 for web-1
+        env[host_user(spec.agent_user, host)] = (
+            "EREL_AGENT_PASSWORD_" + re.sub(r"[^A-Za-z0-9]", "_", host).upper()
+        )
     lines = [
         "#!/bin/sh",
         "# erel-sync broker setup: run where rabbitmqctl reaches the node (same Erlang cookie).",
@@ -348,7 +295,14 @@ async def declare_topology(url: str, deadline_s: float = 30) -> None:
                 url, client_properties={"connection_name": "erel-sync broker setup"}
             )
             async with connection:
-                await topo.declare_all(await connection.channel())
+                await topo.declare_exchanges(await connection.channel())
+                for spec in topo.QUEUES:
+                    try:
+                        await topo.declare_queue(await connection.channel(), spec)
+                    except aiormq.exceptions.ChannelPreconditionFailed as e:
+                        if not topo.made_before_replicas(e):
+                            raise
+                        await topo.declare_queue(await connection.channel(), spec, exists=True)
     except LIBRARY_ERRORS as e:
         error = classify("declaring the topology", e)
         if isinstance(error, PreconditionFailed):

@@ -5,7 +5,7 @@ broker session (the publisher re-declares it on every connection, agents only ch
 stream passively) and by tests. It lives in one module because a stream re-declared with
 different arguments fails with PRECONDITION_FAILED, and because the permission regexes in
 `adapters.broker.setup` are written against these exact names. The names and arguments are pure
-data; the one way to declare them (`declare_exchanges`, `declare_queue`, `declare_all`) takes an
+data; the one way to declare them (`declare_exchanges`, `declare_queue`) takes an
 open channel and raises the library's errors, which its callers wrap.
 
 Topology (docs/broker.md has the why):
@@ -61,6 +61,7 @@ STATE_REQUEST_KEY: Final = "state.request"  # on erel.sync: publisher and every 
 PUBLISHER_STATE_KEY: Final = "state.request.publisher"  # on erel.sync: only publishers answer
 PUBLISHER_REJECTED_KEY: Final = "publisher.rejected"  # on erel.status: a revision refused
 PUBLISHER_PUBLISHED_KEY: Final = "publisher.published"  # on erel.status: a snapshot published
+PUBLISHER_CLAIM_KEY: Final = "publisher.claim"  # on erel.status: an --ha publisher's epoch claim
 REVISIONS_PATTERN: Final = "publisher.*"  # on erel.status, into the revisions stream
 REVISIONS_STREAM: Final = "erel.revisions"
 PRESENCE_PATTERN: Final = "presence.*"  # on erel.status, into the presence stream
@@ -73,6 +74,7 @@ ROLLOUT_STREAM: Final = "erel.rollout"
 ROLLOUT_PATTERN: Final = "rollout.*"  # on erel.status (events), on erel.control (commands)
 ROLLOUT_EVENTS_STREAM: Final = "erel.rollout.events"
 PUBLISHER_QUEUE_PREFIX: Final = "erel.publisher."  # the publisher's own named queues
+PUBLISHER_LOCK: Final = "erel.publisher.lock"  # exclusive: held by the active --ha publisher
 PUBLISHER_REPLY_ID: Final = "publisher"  # `host_id` of the publisher's command replies
 
 # Stream retention. Snapshots are whole states, so only the tail matters; the publisher also
@@ -104,8 +106,16 @@ class BindingSpec:
     routing_key: str = ""
 
 
+# Every stream is replicated on up to three nodes of a RabbitMQ cluster (RabbitMQ caps it at
+# the cluster's size: a single node just holds it). An argument RabbitMQ checks at every
+# declaration: a stream made before it was set is accepted as it is (`REPLICAS_ARG` in the
+# refusal), since its members cannot change by a declaration anyway (docs/broker.md).
+REPLICAS_ARG: Final = "x-initial-cluster-size"
+STREAM_REPLICAS: Final = 3
+
 CONFIG_STREAM_ARGUMENTS: Final[dict[str, str | int]] = {
     "x-queue-type": "stream",
+    REPLICAS_ARG: STREAM_REPLICAS,
     "x-max-length-bytes": CONFIG_STREAM_MAX_BYTES,
     "x-stream-max-segment-size-bytes": CONFIG_STREAM_SEGMENT_BYTES,
     "x-max-age": CONFIG_STREAM_MAX_AGE,
@@ -115,6 +125,7 @@ CONFIG_STREAM_ARGUMENTS: Final[dict[str, str | int]] = {
 # small segments so that age-based retention actually drops old ones.
 PRESENCE_STREAM_ARGUMENTS: Final[dict[str, str | int]] = {
     "x-queue-type": "stream",
+    REPLICAS_ARG: STREAM_REPLICAS,
     "x-max-length-bytes": 64 * 1024 * 1024,
     "x-stream-max-segment-size-bytes": 1024 * 1024,
     "x-max-age": "1D",
@@ -124,6 +135,7 @@ PRESENCE_STREAM_ARGUMENTS: Final[dict[str, str | int]] = {
 # read back by `wait` (and later `history`); a week of them is plenty and stays small.
 REVISIONS_STREAM_ARGUMENTS: Final[dict[str, str | int]] = {
     "x-queue-type": "stream",
+    REPLICAS_ARG: STREAM_REPLICAS,
     "x-max-length-bytes": 64 * 1024 * 1024,
     "x-stream-max-segment-size-bytes": 1024 * 1024,
     "x-max-age": "7D",
@@ -133,6 +145,7 @@ REVISIONS_STREAM_ARGUMENTS: Final[dict[str, str | int]] = {
 # one per change of a group's rollout; small segments so that retention actually drops old ones.
 ROLLOUT_STREAM_ARGUMENTS: Final[dict[str, str | int]] = {
     "x-queue-type": "stream",
+    REPLICAS_ARG: STREAM_REPLICAS,
     "x-max-length-bytes": 64 * 1024 * 1024,
     "x-stream-max-segment-size-bytes": 1024 * 1024,
     "x-max-age": "7D",
@@ -141,6 +154,7 @@ ROLLOUT_STREAM_ARGUMENTS: Final[dict[str, str | int]] = {
 # Rollout events: a few small records per host and rollout, the history observers replay.
 ROLLOUT_EVENTS_STREAM_ARGUMENTS: Final[dict[str, str | int]] = {
     "x-queue-type": "stream",
+    REPLICAS_ARG: STREAM_REPLICAS,
     "x-max-length-bytes": 64 * 1024 * 1024,
     "x-stream-max-segment-size-bytes": 1024 * 1024,
     "x-max-age": "7D",
@@ -195,6 +209,12 @@ def rollout_key(name: str) -> str:
     return f"rollout.{name}"
 
 
+def grant_key(host: str) -> str:
+    """On erel.control: the publisher's own copy of a rollout document that changed this host's
+    grant, to the host's control queue (the stream delivers the same bytes to everyone, later)."""
+    return f"grant.{host}"
+
+
 ALL_KEY: Final = "all"  # on erel.control: every agent
 
 
@@ -213,19 +233,21 @@ async def declare_exchanges(channel: AbstractChannel) -> None:
         await channel.declare_exchange(x.name, x.type, durable=x.durable)
 
 
-async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> None:
+async def declare_queue(channel: AbstractChannel, spec: QueueSpec, *, exists: bool = False) -> None:
     """One stream and its bindings (after the exchanges). A stream the broker reports down
-    raises NOT_FOUND; one that exists with other arguments PRECONDITION_FAILED."""
+    raises NOT_FOUND; one that exists with other arguments PRECONDITION_FAILED. `exists`:
+    only check that it does (passive), then bind it."""
     queue = await channel.declare_queue(
-        spec.name, durable=spec.durable, arguments=dict(spec.arguments)
+        spec.name,
+        durable=spec.durable,
+        passive=exists,
+        arguments=None if exists else dict(spec.arguments),
     )
     for b in BINDINGS:
         if b.queue == spec.name:
             await queue.bind(b.exchange, routing_key=b.routing_key)
 
 
-async def declare_all(channel: AbstractChannel) -> None:
-    """The whole topology: exchanges, streams, bindings (`broker setup`)."""
-    await declare_exchanges(channel)
-    for spec in QUEUES:
-        await declare_queue(channel, spec)
+def made_before_replicas(refusal: BaseException) -> bool:
+    """A PRECONDITION_FAILED that is only about a stream declared before `REPLICAS_ARG`."""
+    return f"inequivalent arg '{REPLICAS_ARG}'" in str(refusal)

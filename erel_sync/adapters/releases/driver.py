@@ -32,16 +32,19 @@ import asyncio
 import contextlib
 import shutil
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from erel_sync.adapters.releases import files as release_files
 from erel_sync.adapters.releases import nodeproc
 from erel_sync.adapters.releases.archive import ArchiveLimits
 from erel_sync.adapters.releases.artifacts import ArtifactSettings, ArtifactStore
+from erel_sync.adapters.releases.driversettings import DriverSettings
 from erel_sync.adapters.releases.erlcall import ErlCall, NodeRef, NodeRpc, ensure_epmd
 from erel_sync.adapters.releases.meta import ReleaseMeta, home_dir, load_meta, now, save_meta
 from erel_sync.adapters.releases.nodeops import NodeOps
+from erel_sync.adapters.releases.rendering import Rendering, fqdn, rendering
 from erel_sync.adapters.releases.upgrader import Upgrader, UpgradeResult
 from erel_sync.adapters.store import fsync_dir
 from erel_sync.core import facts, reasons
@@ -52,33 +55,11 @@ from erel_sync.core.upgrade import (
     decide_recovery,
     node_name,
 )
-from erel_sync.model.names import HOST_ID_RE, NAME_RE
-from erel_sync.model.settings import DEFAULT_MAX_ARCHIVE_MEMBERS, DEFAULT_MAX_UNPACKED_BYTES
+from erel_sync.model.names import NAME_RE
+from erel_sync.model.secrets import has_secrets
 from erel_sync.model.specs import HealthSpec, ReleaseConfig, ReleaseSpec
 
-
-@dataclass(frozen=True)
-class DriverSettings:
-    releases_dir: Path
-    cache_dir: Path
-    host_id: str
-    node_host: str = "localhost"
-    rpc_timeout: float = 10.0  # one ordinary RPC
-    status_timeout: float = 3.0  # the observe probe
-    long_timeout: float = 120.0  # unpack / install / rollback
-    loopback_only: bool = True  # nodes' distribution listens on 127.0.0.1 only
-    max_artifact_bytes: int = 2 * 1024**3
-    max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES  # AgentSettings spec.artifacts
-    max_archive_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS
-    erl_call: str | None = None
-    epmd: str | None = None
-
-    def __post_init__(self) -> None:
-        if not HOST_ID_RE.match(self.host_id):
-            raise ValueError(f"bad host id {self.host_id!r}")
-        for path in (self.releases_dir, self.cache_dir):
-            if "'" in str(path) or "\n" in str(path):
-                raise ValueError(f"unsupported character in {path}")  # reaches a shell line
+__all__ = ["DriverSettings", "ReleaseDriver"]  # DriverSettings is imported from here
 
 
 class ReleaseDriver:
@@ -92,6 +73,7 @@ class ReleaseDriver:
             ArtifactSettings(cache_dir=settings.cache_dir, max_bytes=settings.max_artifact_bytes)
         )
         self._locks: dict[str, asyncio.Lock] = {}
+        self._nodes: dict[str, str] = {}  # release -> its booted node's name
 
     # ------------------------------------------------------------------------- identity
 
@@ -101,9 +83,32 @@ class ReleaseDriver:
         return self.settings.releases_dir / name
 
     def node(self, name: str) -> NodeRef:
+        """The node as booted (the record's name: a clustered one's is long), else as it will be."""
+        root = self.root(name)
+        if name not in self._nodes:
+            meta = load_meta(root)
+            self._nodes[name] = meta.node if meta is not None else self._private_node(name)
+        return NodeRef(self._nodes[name], home_dir(root))
+
+    def _private_node(self, name: str) -> str:
         place = str(self.settings.releases_dir.resolve())
-        full = f"{node_name(name, self.settings.host_id, place)}@{self.settings.node_host}"
-        return NodeRef(full, home_dir(self.root(name)))
+        return f"{node_name(name, self.settings.host_id, place)}@{self.settings.node_host}"
+
+    def _rendering(self, spec: ReleaseSpec, config: ReleaseConfig) -> Rendering:
+        return rendering(
+            release=spec.name, private_node=self._private_node(spec.name),
+            cluster_host=self.settings.cluster_host or fqdn(),
+            loopback_only=self.settings.loopback_only, config=config,
+            distribution=spec.distribution, decrypt=self.settings.decrypt,
+        )  # fmt: skip
+
+    def booted(self, meta: ReleaseMeta, as_name: str | None) -> NodeRef:
+        """After a boot: the node is named as its rendered vm.args says; the record follows."""
+        if as_name is not None and as_name != meta.node:
+            meta.node = as_name
+            save_meta(self.root(meta.release), meta)
+        self._nodes[meta.release] = meta.node
+        return self.node(meta.release)
 
     @contextlib.asynccontextmanager
     async def _step(self, name: str) -> AsyncIterator[None]:
@@ -158,6 +163,7 @@ class ReleaseDriver:
     async def install_version(self, spec: ReleaseSpec, version: str, config: ReleaseConfig) -> bool:
         """`install` under the caller's lock (also the upgrader's first step). Returns whether
         a node was running (the version was then unpacked through it)."""
+        r = self._rendering(spec, config)
         vspec = spec.version(version)
         if vspec is None:
             raise reasons.driver_error(
@@ -171,18 +177,13 @@ class ReleaseDriver:
             release_files.check_tarball, tarball, spec.name, version, limits=self._limits
         )
         if meta is None:
-            meta = ReleaseMeta(release=spec.name, host_id=self.settings.host_id, node=node.name)
+            meta = ReleaseMeta(release=spec.name, host_id=self.settings.host_id, node=r.node)
+            self._nodes[spec.name] = r.node
             self._remember(meta, spec, version, vspec.artifact.sha256)
             await asyncio.to_thread(
-                release_files.install_fresh,
-                tarball,
-                root,
-                meta,
-                version,
-                config,
-                loopback_only=self.settings.loopback_only,
-                limits=self._limits,
-            )
+                release_files.install_fresh, tarball, root, meta, version, r.config,
+                limits=self._limits, render=r.kwargs(),
+            )  # fmt: skip
             return False
         running = (await self.ops.erel_outcome(node, "status", within=2.0)).status is RpcStatus.OK
         if version not in release_files.unpacked_versions(root):
@@ -206,9 +207,7 @@ class ReleaseDriver:
                     version,
                     limits=self._limits,
                 )
-        release_files.render_version_config(
-            root, version, node.name, config, loopback_only=self.settings.loopback_only
-        )
+        release_files.render_version_config(root, version, r.node, r.config, **r.kwargs())
         self._remember(meta, spec, version, vspec.artifact.sha256)
         save_meta(root, meta)
         return running
@@ -238,7 +237,7 @@ class ReleaseDriver:
             return False
         await ensure_epmd(self.settings.epmd)
         if not nodeproc.node_pids(root):
-            await self.ops.boot(root, name, version)
+            node = self.booted(meta, await self.ops.boot(root, name, version))
         try:
             await self.ops.wait_ready(node, root, health, expect_version=version)
         except reasons.DriverError:
@@ -250,7 +249,7 @@ class ReleaseDriver:
     def record_pid(self, meta: ReleaseMeta) -> None:
         """Remember the VM's pid in the record (checked against /proc before any use)."""
         root = self.root(meta.release)
-        beam = [p for p in nodeproc.node_pids(root) if _is_vm(p)]
+        beam = [p for p in nodeproc.node_pids(root) if nodeproc.is_vm(p)]
         meta.os_pid = beam[0] if beam else None
         save_meta(root, meta)
 
@@ -279,16 +278,18 @@ class ReleaseDriver:
             await self.ops.halt(node, root, meta.stop_timeout)
             await asyncio.to_thread(shutil.rmtree, root)
             fsync_dir(root.parent)
+            self._nodes.pop(name, None)
             self.ops.forget(node)
         self._locks.pop(name, None)
         return StepResult(name, "deleted", facts.unmanaged(name, exists=False))
 
     async def reconfigure(self, spec: ReleaseSpec, config: ReleaseConfig | None = None) -> bool:
-        """Render the running version's config files and apply the application env live
-        (`erel_rpc:apply_config`). True when vm.args changed: only a restart applies that."""
+        """Render the running version's config; apply its env live (`erel_rpc:apply_config`,
+        not with secrets: they would be on erl_call's command line). True: a restart must."""
         config = config or spec.config
+        secret, r = has_secrets(config.sys_config), self._rendering(spec, config)
         async with self._step(spec.name):
-            meta = self.meta(spec.name)
+            self.meta(spec.name)  # ours, or NotManaged
             root, node = self.root(spec.name), self.node(spec.name)
             version = release_files.boot_version(root)
             outcome = await self.ops.erel_outcome(node, "status", within=2.0)
@@ -296,13 +297,18 @@ class ReleaseDriver:
             if status is not None:
                 version = status.get("current") or version
             vm_changed = release_files.render_version_config(
-                root, version, meta.node, config, loopback_only=self.settings.loopback_only
+                root, version, r.node, r.config, **r.kwargs()
             )
-            if outcome.status is RpcStatus.OK:
+            if outcome.status is RpcStatus.OK and not secret:
                 await self.ops.erel(
-                    node, "apply_config", [encode_config_payload(config.sys_config)]
+                    node, "apply_config", [encode_config_payload(r.config.sys_config)]
                 )
-            return vm_changed
+            # A new node name (private <-> clustered) or cookie is in vm.args or the staged
+            # cookie: both need a boot, which `booted` records.
+            return vm_changed or secret
+
+    async def set_peers(self, name: str, nodes: list[str]) -> Any:
+        return await self.ops.set_peers(self.node(name), nodes)
 
     # ------------------------------------------------------------------------ observing
 
@@ -324,8 +330,8 @@ class ReleaseDriver:
             pending=meta.pending,
             answer=answer,
             health_asked=health,
-            alive=not answered and _alive(root, meta),
-            permanent=None if answered else _safe_boot_version(root),
+            alive=not answered and nodeproc.root_alive(root, meta.os_pid),
+            permanent=None if answered else release_files.safe_boot_version(root),
         )
 
     def _stopped(self, name: str) -> ObservedRelease:
@@ -336,14 +342,14 @@ class ReleaseDriver:
             name,
             node=self.node(name).name,
             pending=meta.pending,
-            permanent=_safe_boot_version(root),
+            permanent=release_files.safe_boot_version(root),
         )
 
     async def observe_all(self, *, health: bool = False) -> dict[str, ObservedRelease]:
         """Every release this host's driver installed, probed in parallel."""
         names = sorted(
             p.name
-            for p in _dirs(self.settings.releases_dir)
+            for p in release_files.subdirs(self.settings.releases_dir)
             if NAME_RE.match(p.name)
             and (m := load_meta(p)) is not None
             and m.host_id == self.settings.host_id
@@ -370,27 +376,3 @@ class ReleaseDriver:
             )
             await Upgrader(self).recover(name, meta, step)
             return step
-
-
-def _dirs(path: Path) -> list[Path]:
-    try:
-        return [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    except FileNotFoundError:
-        return []
-
-
-def _safe_boot_version(root: Path) -> str | None:
-    try:
-        return release_files.boot_version(root)
-    except reasons.DriverError:
-        return None
-
-
-def _alive(root: Path, meta: ReleaseMeta) -> bool:
-    pid = meta.os_pid
-    return (pid is not None and nodeproc.pid_belongs(pid, root)) or bool(nodeproc.node_pids(root))
-
-
-def _is_vm(pid: int) -> bool:
-    argv = nodeproc.cmdline(pid) or []
-    return "-root" in argv

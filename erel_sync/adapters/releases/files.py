@@ -15,9 +15,11 @@ tarball ships in their place (a root-level `vm.args`, relx templates `vm.args.sr
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 from erel_sync.adapters.releases.archive import (
     ArchiveLimits,
@@ -30,6 +32,7 @@ from erel_sync.adapters.releases.meta import (
     ReleaseMeta,
     create_private_dirs,
     save_meta,
+    stage_cookie,
     write_atomic,
 )
 from erel_sync.adapters.store import fsync_dir
@@ -94,15 +97,30 @@ def remove_displaced_config(root: Path, version: str) -> list[str]:
     return removed
 
 
+COOKIE_RE = re.compile(r"[!-~]{20,255}")
+
+
 def render_version_config(
-    root: Path, version: str, node: str, config: ReleaseConfig, *, loopback_only: bool
+    root: Path,
+    version: str,
+    node: str,
+    config: ReleaseConfig,
+    *,
+    loopback_only: bool,
+    ports: tuple[int, int] | None = None,
+    cookie: str | None = None,
 ) -> bool:
     """Write `releases/<vsn>/vm.args` and `sys.config`, after removing what would displace
-    them; True when vm.args changed (a running node only picks that up on its next boot)."""
+    them, and a clustered release's shared `cookie` for the next boot; True when vm.args or
+    the cookie changed (a running node only picks those up on its next boot)."""
     try:
-        files = render_config_files(node, config, loopback_only=loopback_only)
+        files = render_config_files(node, config, loopback_only=loopback_only, ports=ports)
     except RenderError as exc:
         raise reasons.driver_error(reasons.InstallFailed, f"config: {exc}") from exc
+    if cookie is not None and not COOKIE_RE.fullmatch(cookie):
+        raise reasons.driver_error(
+            reasons.InstallFailed, "the cookie must be 20 to 255 printable characters, no spaces"
+        )
     target = root / "releases" / version
     if not target.is_dir():
         raise reasons.driver_error(reasons.InstallFailed, f"{target} does not exist")
@@ -113,8 +131,9 @@ def render_version_config(
     except OSError:
         before = None
     for name, text in files.items():
-        write_atomic(target / name, text.encode("utf-8"))
-    return before != files["vm.args"]
+        write_atomic(target / name, text.encode("utf-8"), mode=0o600)  # may hold secrets
+    new_cookie = cookie is not None and stage_cookie(root, cookie)
+    return before != files["vm.args"] or new_cookie
 
 
 def install_fresh(
@@ -124,8 +143,8 @@ def install_fresh(
     version: str,
     config: ReleaseConfig,
     *,
-    loopback_only: bool,
     limits: ArchiveLimits,
+    render: dict[str, Any],
 ) -> None:
     """A first install: unpack into a staging dir beside `root`, render, record, then rename
     into place, so `root` appears complete or not at all."""
@@ -146,7 +165,7 @@ def install_fresh(
                 reasons.InstallFailed, f"the tarball boots version {boot_vsn}, not {version}"
             )
         create_private_dirs(stage)
-        render_version_config(stage, version, meta.node, config, loopback_only=loopback_only)
+        render_version_config(stage, version, meta.node, config, **render)
         save_meta(stage, meta)
         if root.exists():
             raise reasons.driver_error(reasons.NotManaged, f"{root} appeared while installing")
@@ -222,3 +241,18 @@ def unpacked_versions(root: Path) -> set[str]:
         return {e.version for e in read_releases(root)}
     except reasons.DriverError:
         return set()
+
+
+def subdirs(path: Path) -> list[Path]:
+    """The release roots under `path` (hidden names are staging dirs)."""
+    try:
+        return [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except FileNotFoundError:
+        return []
+
+
+def safe_boot_version(root: Path) -> str | None:
+    try:
+        return boot_version(root)
+    except reasons.DriverError:
+        return None

@@ -73,6 +73,27 @@ def cookie_path(root: Path) -> Path:
     return home_dir(root) / ".erlang.cookie"
 
 
+def next_cookie_path(root: Path) -> Path:
+    """A clustered release's cookie, rendered: it replaces `.erlang.cookie` at the next boot
+    (the running node, and the agent's calls to it, keep the old one until then)."""
+    return private_dir(root) / "cookie.next"
+
+
+def stage_cookie(root: Path, value: str) -> bool:
+    """Render a clustered release's shared cookie for its next boot (0400); True when it is not
+    the cookie the node has now (a restart must apply it)."""
+    try:
+        current = cookie_path(root).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        current = None
+    path = next_cookie_path(root)
+    if current == value:
+        path.unlink(missing_ok=True)
+        return False
+    store.write_atomic(path, value.encode("ascii"), mode=0o400)
+    return True
+
+
 def pipe_dir(root: Path) -> Path:
     return root / PRIVATE_DIR / "pipe"
 
@@ -129,6 +150,11 @@ def create_private_dirs(root: Path) -> Path:
         shutil.rmtree(cookie)
     elif cookie.is_symlink() or (cookie.exists() and not cookie.is_file()):
         cookie.unlink()  # never a cookie read through a link
+    staged = next_cookie_path(root)
+    if staged.is_file() and not staged.is_symlink():
+        os.chmod(staged, 0o400)
+        os.replace(staged, cookie)  # a clustered release's shared cookie, from its config
+        fsync_dir(home)
     if cookie.exists():
         os.chmod(cookie, 0o400)
         return cookie

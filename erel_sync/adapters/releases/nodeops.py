@@ -11,6 +11,8 @@ polls a condition against a deadline (no sleeps as synchronisation), and every f
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +25,7 @@ from erel_sync.adapters.releases.meta import create_private_dirs, home_dir, log_
 from erel_sync.core import facts, reasons
 from erel_sync.core.erlterm import Atom
 from erel_sync.core.facts import HealthAnswer, NodeAnswer
+from erel_sync.core.nodeconfig import node_in_vm_args
 from erel_sync.core.rpccodec import RpcOutcome, RpcStatus
 from erel_sync.core.upgrade import probe_interval
 from erel_sync.model.specs import HealthSpec
@@ -94,13 +97,20 @@ class NodeOps:
         """The node is gone for good (its release was deleted): drop what was learnt about it."""
         self._without_observe.pop(node.name, None)
 
+    async def set_peers(self, node: NodeRef, nodes: list[str]) -> Any:
+        """A clustered node's expected peers (`erel_rpc:set_peers`, docs/clustering.md); its
+        answer is its peers then ({expected, connected, missing})."""
+        payload = base64.b64encode(json.dumps(nodes).encode()).decode()
+        return await self.erel(node, "set_peers", [payload])
+
     # ------------------------------------------------------------------------ boot / wait
 
-    async def boot(self, root: Path, release: str, version: str) -> None:
-        """Spawn the VM of `version` with the config files the agent rendered for it. Callers
-        boot only when no node of this root should run, so a VM still found here is the
-        leftover of an interrupted step (an agent killed while that VM was booting): it would
-        hold the node name, so it goes first."""
+    async def boot(self, root: Path, release: str, version: str) -> str | None:
+        """Spawn the VM of `version` with the config files the agent rendered for it; returns
+        the node name those files give it (the driver records it: a clustered release's is
+        long). Callers boot only when no node of this root should run, so a VM still found
+        here is the leftover of an interrupted step (an agent killed while that VM was
+        booting): it would hold the node name, so it goes first."""
         if nodeproc.node_pids(root):
             await self.kill_now(root)
         create_private_dirs(root)  # home 0700, cookie 0400: re-asserted at every boot
@@ -110,6 +120,11 @@ class NodeOps:
         await nodeproc.spawn_daemon(
             root, release, version, home=home_dir(root), pipe=pipe_dir(root), logs=log_dir(root)
         )
+        try:
+            text = (root / "releases" / version / "vm.args").read_text(encoding="utf-8")
+        except OSError:
+            return None
+        return node_in_vm_args(text)
 
     async def wait_ready(
         self, node: NodeRef, root: Path, spec: HealthSpec, *, expect_version: str | None

@@ -198,3 +198,25 @@ def log_tail(root: Path, limit: int = reasons.TAIL_LIMIT) -> str:
             return reasons.tail(f.read(), limit)
     except OSError:
         return ""
+
+
+def root_alive(root: Path, pid: int | None) -> bool:
+    """A VM of this release root runs: the recorded pid (checked) or any process found."""
+    return (pid is not None and pid_belongs(pid, root)) or bool(node_pids(root))
+
+
+def is_vm(pid: int) -> bool:
+    """The beam process itself (run_erl and the start script carry no `-root`)."""
+    return "-root" in (cmdline(pid) or [])
+
+
+def stop_nodes_under(releases_dir: Path) -> None:
+    """Stop every release VM installed under `releases_dir`: SIGTERM (a clean init:stop), then
+    SIGKILL what is left at the deadline. PIDs are re-checked against their root each time."""
+    roots = [r for r in sorted(releases_dir.glob("*")) if r.is_dir()]
+    for root in roots:
+        kill_pids(node_pids(root), root, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for root in roots:
+        if not asyncio.run(wait_gone(root, deadline)):
+            kill_pids(node_pids(root), root, signal.SIGKILL)

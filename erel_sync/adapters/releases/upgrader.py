@@ -57,6 +57,7 @@ class ReleaseHost(Protocol):
     ) -> bool: ...
     async def start_version(self, name: str, meta: ReleaseMeta, version: str) -> bool: ...
     def record_pid(self, meta: ReleaseMeta) -> None: ...
+    def booted(self, meta: ReleaseMeta, as_name: str | None) -> NodeRef: ...
     async def observe(self, name: str, *, health: bool = False) -> ObservedRelease: ...
 
 
@@ -210,7 +211,7 @@ class Upgrader:
         try:
             release_files.set_boot_candidate(root, to)
             await ensure_epmd(self.d.settings.epmd)
-            await self.ops.boot(root, name, to)
+            node = self.d.booted(meta, await self.ops.boot(root, name, to))
             await self.ops.wait_ready(node, root, health, expect_version=to)
             answer = await self.ops.probation(node, health, health.probation)
             if not answer.healthy:

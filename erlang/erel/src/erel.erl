@@ -8,7 +8,8 @@
 -module(erel).
 
 -export([status/0, health/0, apply_config/1,
-         unpack/1, install/1, make_permanent/1, rollback/0, relup_from/1]).
+         unpack/1, install/1, make_permanent/1, rollback/0, relup_from/1,
+         set_peers/1, peers/0]).
 %% Building blocks, also used by erel_rpc and usable in `health_checks'.
 -export([apps_running/0, run_check/2, health_checks/0, releases_dir/0, with_timeout/2,
          format_reason/1]).
@@ -522,3 +523,21 @@ truncate(Text, Max) ->
     end.
 
 flat(Fmt, Args) -> lists:flatten(io_lib:format(Fmt, Args)).
+
+%% ---------------------------------------------------------------------------------------------
+%% Cluster formation (a clustered release; see erel_peers)
+
+%% @doc The peer nodes erel-sync expects this node to be connected to; connects and keeps
+%% reconnecting to them (erel_peers).
+-spec set_peers([node()]) -> ok | {error, term()}.
+set_peers(Nodes) when is_list(Nodes) ->
+    try erel_peers:set(Nodes)
+    catch Class:Reason -> {error, {Class, Reason}}
+    end.
+
+%% @doc `#{expected, connected, missing}': the peers last set, and which of them are connected.
+-spec peers() -> {ok, erel_peers:peers()} | {error, term()}.
+peers() ->
+    try {ok, erel_peers:get()}
+    catch Class:Reason -> {error, {Class, Reason}}
+    end.

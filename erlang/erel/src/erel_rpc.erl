@@ -13,7 +13,8 @@
 -module(erel_rpc).
 
 -export([status/0, health/0, check/2, observe/0, observe/2, apply_config/1,
-         unpack/1, install/1, make_permanent/1, rollback/0, relup_from/1]).
+         unpack/1, install/1, make_permanent/1, rollback/0, relup_from/1,
+         set_peers/1, peers/0]).
 %% For release authors who want to expose their own calls in the same format, and for tests.
 -export([envelope/1, decode_envelope/1]).
 
@@ -84,10 +85,60 @@ observe_with(Check) ->
                 case erel:status() of
                     {ok, S} ->
                         {ok, Health} = health_json(Check()),
-                        {ok, {[{status, status_json(S)}, {health, Health}]}};
+                        %% The peers too (a clustered release's cluster, for `status'): one
+                        %% call per tick still. Empty lists before any set_peers.
+                        {ok, Peers} = peers_json(erel:peers()),
+                        {ok, {[{status, status_json(S)}, {health, Health}, {peers, Peers}]}};
                     Error -> Error
                 end
         end).
+
+%% @doc Base64 of a JSON list of node names (`["hello@web-2.example.com", ...]'): the peers to
+%% connect to and keep connected (erel:set_peers/1). Value: the same as peers/0.
+-spec set_peers(string() | binary()) -> envelope().
+set_peers(B64) ->
+    run(fun() ->
+                case decode_nodes(B64) of
+                    {ok, Nodes} ->
+                        case erel:set_peers(Nodes) of
+                            ok -> peers_json(erel:peers());
+                            Error -> Error
+                        end;
+                    Error -> Error
+                end
+        end).
+
+%% @doc `{"expected":[...],"connected":[...],"missing":[...]}' (node names).
+-spec peers() -> envelope().
+peers() ->
+    run(fun() -> peers_json(erel:peers()) end).
+
+peers_json({ok, #{expected := E, connected := C, missing := M}}) ->
+    {ok, {[{expected, [str(N) || N <- E]}, {connected, [str(N) || N <- C]},
+           {missing, [str(N) || N <- M]}]}};
+peers_json(Error) ->
+    Error.
+
+decode_nodes(B64) ->
+    try erel_json:decode(base64:decode(B64)) of
+        {ok, Names} when is_list(Names) ->
+            case lists:all(fun is_node_name/1, Names) of
+                true -> {ok, [binary_to_atom(N, utf8) || N <- Names]};
+                false -> {error, "peers: a list of node names (name@host)"}
+            end;
+        _ ->
+            {error, "peers: not a JSON list"}
+    catch
+        _:_ -> {error, "peers: not base64 JSON"}
+    end.
+
+is_node_name(N) when is_binary(N), byte_size(N) =< 255 ->
+    case binary:split(N, <<"@">>, [global]) of
+        [Name, Host] -> Name =/= <<>> andalso Host =/= <<>>;
+        _ -> false
+    end;
+is_node_name(_) ->
+    false.
 
 %% @doc Base64 of the JSON `{"app": {"key": value}}' (value encoding: see erel_value) ->
 %% `{"changed": ["app", ...]}', the applications whose env actually changed.

@@ -147,6 +147,8 @@ observe() ->
     {ok, Alone} = unwrap(erel_rpc:status()),
     ?assertEqual([K || {K, _} <- element(1, Alone)], [K || {K, _} <- element(1, S)]),
     ?assertEqual({[{<<"healthy">>, true}]}, get(health, O)),
+    P = get(peers, O),  % the peers erel_peers keeps (a clustered release): lists of names
+    ?assert(is_list(get(expected, P)) andalso is_list(get(missing, P))),
     application:set_env(erel, health_checks, [{?MODULE, check_ok}, {?MODULE, check_fail}]),
     {ok, Bad} = unwrap(erel_rpc:observe()),
     H = get(health, Bad),

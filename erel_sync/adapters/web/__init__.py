@@ -1,0 +1,1 @@
+"""`erel-sync web`: the read-only live page (server.py, index.html)."""
