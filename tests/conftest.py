@@ -5,7 +5,7 @@ where `make setup` puts it when it is not installed system-wide (`build/tools/bi
 import asyncio
 import inspect
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,17 @@ def pytest_terminal_summary(
 # How long tasks that are already ending (a connection closing its reader, a cancelled task
 # unwinding) may take after the test and its fixtures are done before they count as leaked.
 LEAK_GRACE = 2.0
+
+
+@pytest.fixture(autouse=True)
+def _umask_kept() -> Iterator[None]:
+    """Fail a test after which the process umask changed: every child started later inherits
+    it (a leaked 0177 once made the e2e browser die at start, in whichever test came next)."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield
+    after = os.umask(before)
+    assert after == before, f"the test left the process umask at {after:04o} (was {before:04o})"
 
 
 @pytest.fixture(autouse=True)

@@ -28,6 +28,8 @@ import grp
 import json
 import logging
 import os
+import socket
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -248,14 +250,35 @@ async def serve_socket(
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    old = os.umask(0o177)  # no window in which the socket exists with a wider mode
+    sock = _bind_private(path, group)
     try:
-        server = await asyncio.start_unix_server(on_client, path=str(path), limit=MAX_LINE)
+        return await asyncio.start_unix_server(on_client, sock=sock, limit=MAX_LINE)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _bind_private(path: Path, group: str | None) -> socket.socket:
+    """Bind in a directory only we can enter, set the mode there, then rename into place: the
+    socket never exists at `path` with a wider mode. Not with os.umask: the umask belongs to
+    the whole process, and whatever another task or thread creates meanwhile would get it (a
+    restore racing another left it at 0177 for good, and every child after, such as a browser,
+    made directories it could not enter)."""
+    staging = tempfile.mkdtemp(prefix=".control-", dir=path.parent)  # mode 0700
+    tmp = os.path.join(staging, "s")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(tmp)
+        if group:
+            os.chown(tmp, -1, grp.getgrnam(group).gr_gid)
+        os.chmod(tmp, 0o660 if group else 0o600)
+        os.replace(tmp, path)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
     finally:
-        os.umask(old)
-    if group:
-        os.chown(path, -1, grp.getgrnam(group).gr_gid)
-        os.chmod(path, 0o660)
-    else:
-        os.chmod(path, 0o600)
-    return server
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        os.rmdir(staging)
+    return sock

@@ -118,3 +118,26 @@ def test_control_socket_is_private_or_group_shared(tmp_path: Path) -> None:
     mode, gid, _ = asyncio.run(_socket_mode(tmp_path / "b.sock", group))
     assert (mode, gid) == (0o660, os.getgid())
     assert socket.AF_UNIX  # the platform has Unix sockets (the agent requires them)
+
+
+def test_control_sockets_started_together_leave_the_process_umask_alone(tmp_path: Path) -> None:
+    # The umask is the whole process's: a child started after a leaked 0177 (a browser in the
+    # e2e tests) made directories it could not enter and died at start.
+    async def echo(line: bytes) -> bytes:
+        return line
+
+    async def start_four() -> list[int]:
+        paths = [tmp_path / f"{i}.sock" for i in range(4)]
+        servers = await asyncio.gather(*(serve_socket(p, echo) for p in paths))
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+        return [stat.S_IMODE(os.stat(p).st_mode) for p in paths]
+
+    before = os.umask(0o022)
+    try:
+        assert asyncio.run(start_four()) == [0o600] * 4
+        assert os.umask(0o022) == 0o022
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f"{i}.sock" for i in range(4)]
+    finally:
+        os.umask(before)
