@@ -89,7 +89,7 @@ async def rollout(spec: dict[str, object]) -> None:
             report(f"{what} {host} 0 {time.time():.6f}\n")
 
         driver = StubDriver({"hello": "0.1.0"}, float(str(spec["step_time"])), on_step)
-        agent = Agent(settings_for(spec, host), driver=driver)
+        agent = TimedAgent(settings_for(spec, host), driver=driver)
         tasks.append(asyncio.create_task(agent.run(stop)))
     print("ready - 0 0", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)

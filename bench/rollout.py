@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gitops
-from gitops import Workers, bench_cluster, git
+from gitops import Workers, bench_cluster, cpu_seconds, git
 
 # gitops' release, with a second version to upgrade to.
 RELEASE = (
@@ -87,15 +87,26 @@ def main() -> None:
             workers.wait(lambda: len(workers.times("config", 0)) >= n, 120)
             time.sleep(2)  # let the join's reports settle: the rollout is what is measured
             before = frames(c.node, "erel-agent:")
+            parties = {"agents": [p.pid for p in workers.procs], "publisher": [c.publisher.pid],
+                       "broker": [c.node.pid or 0]}  # fmt: skip
+
+            def cpu() -> dict[str, float]:
+                return {k: sum(map(cpu_seconds, pids)) for k, pids in parties.items()}
+
+            cpu_before = cpu()
             (c.clone / "groups" / "web.yaml").write_text(GROUP % ("0.2.0", limit))
             git(c.clone, "commit", "-qam", "hello 0.2.0 everywhere")
             t0 = time.time()
             git(c.clone, "push", "-q", "origin", "main")
             workers.wait(lambda: len(workers.times("done", 0)) >= n, 60 + 10 * n * step)
             total = max(workers.times("done", 0)) - t0
+            used = {k: v - cpu_before[k] for k, v in cpu().items()}
             out = min(t for (kind, _), ts in observer.events.items() if kind == "pub" for t in ts
                       if t > t0) - t0  # fmt: skip
             first = min(workers.times("start", 0)) - t0
+            seq = max((s for (kind, s) in workers.events if kind == "disk"), default=0)
+            disk = sorted(t - t0 for t in workers.times("disk", seq))
+            first_wave = sorted(workers.times("start", 0))[limit - 1] - t0
             after = frames(c.node, "erel-agent:")
             starts = sorted(workers.times("start", 0))
             dones = sorted(workers.times("done", 0))
@@ -130,8 +141,18 @@ def main() -> None:
         f"first grants); most hosts mid-change at once: {peak}"
     )
     print(
+        f"revision on every disk: median {disk[len(disk) // 2] * 1000:.0f} ms, last "
+        f"{disk[-1] * 1000:.0f} ms after the push; the first wave's last start: "
+        f"{first_wave * 1000:.0f} ms"
+    )
+    print(
         f"a place freed -> the next host started: median {gaps[len(gaps) // 2] * 1000:.1f} ms, "
         f"p90 {gaps[int(len(gaps) * 0.9)] * 1000:.1f} ms, max {gaps[-1] * 1000:.1f} ms"
+    )
+    print(
+        "CPU during the rollout: "
+        + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in used.items())
+        + f" (of {total * 2 * 1000:.0f} ms on 2 cores)"
     )
     print(
         f"broker traffic per host during the rollout: {(after - before) / n:.0f} AMQP frames "

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import functools
 import gc
+import json
 import logging
 import os
 import time
@@ -43,7 +44,13 @@ from erel_sync.agent.intake import Intake
 from erel_sync.agent.link import Link
 from erel_sync.agent.reconciler import Driver, Reconciler
 from erel_sync.agent.reporter import Reporter, read_status
-from erel_sync.agent.rollout import RolloutFollower, failure_of, restore_report
+from erel_sync.agent.rollout import (
+    RolloutFollower,
+    failure_of,
+    newest_report,
+    read_slot,
+    restore_report,
+)
 from erel_sync.core.matching import HostIdentity
 from erel_sync.core.metrics import agent_readings
 from erel_sync.core.releasestatus import statuses_from_json
@@ -57,6 +64,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("erel_sync.agent")
 
 ROLLOUT_SEND = 2.0  # how long one rollout event may take to be written
+ROLLOUT_SLOT = "rollout-step"  # the `changing` record (store.SlotFile: .slot-a/.slot-b)
 STOP_GRACE = 60.0  # SIGTERM: how long a running tick may take to finish
 LEAVE_GRACE = 2.0  # SIGTERM: how long the broker session may take to publish `left`
 ONCE_JOIN = 5.0  # `--once`: how long the one broker join may take, connection included
@@ -92,6 +100,7 @@ class Agent:
         self.instance = uuid.uuid4().hex[:12]
         self.counters: Counter[str] = Counter()
         self.metrics: Metrics | None = None  # with `metrics_listen`, once served
+        self._rollout_sending: asyncio.Task[None] | None = None  # the newest rollout event
         self.trusted = {k.key_id: k.public_key for k in settings.trusted_keys}
         self.operator_keys = {k.key_id: k.public_key for k in settings.operator_keys}
         self.host_key = HostKey(self.state_dir)  # age: secrets encrypted to this host
@@ -131,9 +140,13 @@ class Agent:
         )
         self.reconciler.applied = saved.get("applied")
         self.reconciler.attempted = saved.get("attempted")
-        # Where the host stood in its rollout (`at`, a failure) survives a restart.
-        report = restore_report(saved.get("rollout"), settings.host_id) or restore_report(
-            saved.get("report"), settings.host_id
+        # Where the host stood in its rollout (`at`, a failure) survives a restart: the
+        # newest of status.json's and the `changing` record written before a gated step.
+        self.rollout_slot = SlotFile(self.state_dir / ROLLOUT_SLOT)
+        report = newest_report(
+            restore_report(saved.get("rollout"), settings.host_id)
+            or restore_report(saved.get("report"), settings.host_id),
+            restore_report(read_slot(self.rollout_slot), settings.host_id),
         )
         self.reconciler.rollout_report = report
         self.reconciler.rollout_failure = failure_of(report)
@@ -229,11 +242,25 @@ class Agent:
         arrival. One channel keeps them in order; a broker that fails costs the event (the
         heartbeats carry the report, and the next session sends it again)."""
         self.reporter.now.set()
+        earlier = self._rollout_sending
         if report.state is HostState.CHANGING:
-            # On disk before the step it announces (fsync): a crash mid-step restarts as
-            # `changing`, and the next report, newer, frees the place.
-            with contextlib.suppress(store.StoreError):
-                await self.persist(lasting_only=True)
+            # On disk before the step it announces: a crash mid-step restarts as `changing`,
+            # and the next report, newer, frees the place. Its own small record (one pwrite
+            # and one fdatasync), not status.json: that one waits for a heartbeat's write,
+            # is encoded whole and costs two fsyncs, all between a grant and its step.
+            try:
+                self.rollout_slot.write(json.dumps(report.to_json(time="")).encode())
+            except store.StoreError as e:
+                log.error("%s: cannot record the rollout step: %s", self.s.host_id, e)
+            # The controller counts a granted host whatever it says, so the step does not
+            # wait for its announcement; events still leave one after another, in order.
+            self._rollout_sending = asyncio.create_task(self._announce_step(earlier, report))
+            return
+        await self._announce_step(earlier, report)
+
+    async def _announce_step(self, earlier: asyncio.Task[None] | None, report: HostReport) -> None:
+        if earlier is not None:
+            await earlier  # never raises: it is this method
         try:
             async with asyncio.timeout(ROLLOUT_SEND):
                 await self.link.send_rollout(report)
@@ -303,6 +330,7 @@ class Agent:
             await self._run(stop, ready)
         finally:
             self.snapshot_store.close()
+            self.rollout_slot.close()
             os.close(lock)
 
     async def once(self, join_within: float = ONCE_JOIN) -> dict[str, Any]:
@@ -318,6 +346,7 @@ class Agent:
             return self.heartbeat()
         finally:
             self.snapshot_store.close()
+            self.rollout_slot.close()
             os.close(lock)
 
     async def _run(self, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
@@ -360,6 +389,8 @@ class Agent:
             # leaves (presence `left`), if it can at once; the other tasks are cancelled.
             self._trigger.set()
             await tasks.close(finish={"reconcile": STOP_GRACE, "broker": LEAVE_GRACE})
+            if self._rollout_sending is not None:  # bounded by ROLLOUT_SEND
+                await self._rollout_sending
             self.intake.schedule_retry = None
             if self.link.commands:  # operator commands finish their driver step, like a tick
                 await asyncio.wait(self.link.commands, timeout=STOP_GRACE)

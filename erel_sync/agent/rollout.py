@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from erel_sync.adapters.store import SlotFile
 from erel_sync.core.reconcile import Action, ActionKind, Plan, SkipReason
 from erel_sync.core.releasestatus import ReleaseStatus
 from erel_sync.core.rollout import (
@@ -189,6 +190,24 @@ def restore_report(saved: Mapping[str, Any] | None, host: str) -> HostReport | N
     return HostReport.from_json(
         {**rollout, "host_id": host, "group": saved.get("group"), "revision": ""}
     )
+
+
+def read_slot(slot: SlotFile) -> Any:
+    """The JSON a `SlotFile` holds (None when empty or not JSON)."""
+    raw = slot.read()
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def newest_report(*reports: HostReport | None) -> HostReport | None:
+    """The newest of the reports kept in several places (by seq, then the time its state
+    began); on a tie the first, status.json's."""
+    found = [r for r in reports if r is not None]
+    return max(found, key=lambda r: (r.seq, r.at)) if found else None
 
 
 def failure_of(report: HostReport | None) -> HostReport | None:

@@ -107,7 +107,14 @@ class RolloutController:
         self.delivery = Delivery(counters, broker_user)
         self.book = HostBook(counters, self.delivery)
         self.publish_needed = asyncio.Event()
+        self._persisting = asyncio.Lock()
         self._load()
+        # What rollout.json holds: (signed, version, document), the newest that may be seen.
+        self._written: tuple[bytes | None, int, RolloutDoc | None] = (
+            self.signed,
+            self.version,
+            self.doc,
+        )
 
     # --- state
     def _load(self) -> None:
@@ -133,16 +140,32 @@ class RolloutController:
             with contextlib.suppress(ValueError, AttributeError):
                 self.version = int(json.loads(raw).get("version", 0))
 
-    def _persist(self, signed: bytes | None) -> None:
-        store.write_json(
-            self.state_file,
-            {
-                "format": STATE_FORMAT,
-                "kind": "rollout-state",
-                "signed": signed.decode() if signed else None,
-                "commands": self.commands,
-            },
+    def _state(self) -> bytes:
+        """rollout.json as it is now: the newest document decided and the command ids."""
+        return (
+            json.dumps(
+                {
+                    "format": STATE_FORMAT,
+                    "kind": "rollout-state",
+                    "signed": self.signed.decode() if self.signed else None,
+                    "commands": self.commands,
+                },
+                indent=1,
+                sort_keys=True,
+            ).encode()
+            + b"\n"
         )
+
+    async def _persist(self) -> None:
+        """Write rollout.json with the newest document (raises StoreError). In a thread, one
+        write at a time: the fsyncs held up every report the controller was reading. Each
+        write takes the state as it is when its turn comes, so a slower earlier one never
+        lands over a newer one."""
+        async with self._persisting:
+            written, data = (self.signed, self.version, self.doc), self._state()
+            await asyncio.to_thread(store.write_atomic, self.state_file, data)
+            if written[1] >= self._written[1]:
+                self._written = written
 
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
@@ -195,14 +218,10 @@ class RolloutController:
             return True
         version = self.version + 1 if self.epoch is None else next_seq(self.version, self.epoch)
         doc = RolloutDoc(version, utc_now(), MappingProxyType(groups), direct=True)
-        signed = sign_rollout(doc, self.key, self.key_id)
-        try:
-            self._persist(signed)  # write-ahead: on disk before any agent can see it
-        except store.StoreError as e:
-            self._count("rollout_persist_failures")
-            log.error("cannot persist the rollout (not published): %s", e)
-            return True
-        self.doc, self.signed, self.version = doc, signed, doc.version
+        # Decided, not yet seen by anyone: `publishing` writes it to disk before it publishes
+        # (write-ahead) and takes only the newest, so a burst of decisions costs one write and
+        # one publish, and no decision waits for a disk.
+        self.doc, self.signed, self.version = doc, sign_rollout(doc, self.key, self.key_id), version
         self.publish_needed.set()
         return True
 
@@ -240,11 +259,11 @@ class RolloutController:
                     "stream holds rollout version %d, local %d: taking it", newest.version,
                     self.version,
                 )  # fmt: skip
+                self.doc, self.signed, self.version = newest, raw, newest.version
                 try:
-                    self._persist(raw)
+                    await self._persist()
                 except store.StoreError as e:  # the stream keeps it meanwhile
                     log.error("cannot persist the rollout taken from the stream: %s", e)
-                self.doc, self.signed, self.version = newest, raw, newest.version
         await session.follow_status(self.on_status, STATUS_KEYS)
         await session.serve_commands(COMMAND_QUEUE, (topo.rollout_key("*"),), self.handle_command)
         self._warm_at = self.clock() + self.warmup
@@ -259,10 +278,14 @@ class RolloutController:
         while not stop.is_set():
             await self.publish_needed.wait()
             self.publish_needed.clear()
-            signed, version, doc = self.signed, self.version, self.doc
-            if signed is None:
-                continue
             try:
+                if self.version > self._written[1]:  # write-ahead: on disk before anyone sees it
+                    await self._persist()
+                signed, version, doc = self._written
+                if self.version > version:  # decided while it was written: the next round
+                    self.publish_needed.set()
+                if signed is None:
+                    continue
                 await session.publish(
                     topo.ROLLOUT_EXCHANGE,
                     topo.ROLLOUT_ROUTING_KEY,
@@ -276,10 +299,12 @@ class RolloutController:
                 if doc is not None:  # on the stream: now hosts may have their copies
                     self.delivery.streamed(signed, doc, self.book.groups_of())
                 backoff.reset()
-            except BrokerError as e:
-                self._count("rollout_publish_failures")
+            except (BrokerError, store.StoreError) as e:
+                failed = "persist" if isinstance(e, store.StoreError) else "publish"
+                stored = isinstance(e, store.StoreError)
+                self._count("rollout_persist_failures" if stored else "rollout_publish_failures")
                 delay = backoff.next()
-                log.warning("rollout publish failed, retrying in %.1fs: %s", delay, e)
+                log.warning("rollout %s failed, retrying in %.1fs: %s", failed, delay, e)
                 self.publish_needed.set()
                 await asyncio.sleep(delay)
 
@@ -313,7 +338,7 @@ class RolloutController:
             now = time.time()
             self.commands = {k: v for k, v in self.commands.items() if v >= now}
             self.commands[cmd.id] = cmd.expires
-            self._persist(self.signed)  # the id before its effect: no replay after a restart
+            await self._persist()  # the id before its effect: no replay after a restart
         except CommandRejected as e:
             self._count(f"commands_refused.{e.reason}")
             log.warning("rollout command %s refused: %s", cmd.describe(), e)

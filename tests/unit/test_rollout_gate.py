@@ -8,14 +8,17 @@ waiting, changing, converged (or failed) in that order, each handed on once.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from erel_sync.adapters.store import SlotFile
 from erel_sync.agent.reconciler import Reconciler
-from erel_sync.agent.rollout import RolloutFollower, restore_report
+from erel_sync.agent.rollout import RolloutFollower, newest_report, read_slot, restore_report
 from erel_sync.core import reasons
 from erel_sync.core.matching import HostIdentity
 from erel_sync.core.observed import ObservedRelease
@@ -346,3 +349,24 @@ def test_the_durable_rollout_record_is_what_a_restart_restores() -> None:
     changing = HostReport(HOST, "web", 4, HostState.CHANGING, "", 5.0, "4:web-1:0")
     saved = changing.to_json(time="")
     assert restore_report(saved, HOST) == replace(changing, revision="")
+
+
+def test_the_step_record_wins_over_an_older_status_json_and_loses_to_a_newer_one(
+    tmp_path: Path,
+) -> None:
+    """The `changing` record is written alone before a gated step (status.json follows after
+    the tick): a restart takes whichever of the two is newer, by seq, then `at`."""
+    waiting = HostReport(HOST, "web", 4, HostState.WAITING, "", 4.0)
+    changing = HostReport(HOST, "web", 4, HostState.CHANGING, "", 5.0, "4:web-1:0")
+    converged = HostReport(HOST, "web", 4, HostState.CONVERGED, "", 6.0, "4:web-1:0")
+    slot = SlotFile(tmp_path / "rollout-step")
+    slot.write(json.dumps(changing.to_json(time="")).encode())
+    slot.close()
+    kept = restore_report(read_slot(SlotFile(tmp_path / "rollout-step")), HOST)
+    assert kept == replace(changing, revision="")
+    assert newest_report(waiting, kept) == kept  # killed mid-step: comes back changing
+    assert newest_report(converged, kept) == converged  # the step ended and was recorded
+    newer_seq = HostReport(HOST, "web", 5, HostState.WAITING, "", 1.0)
+    assert newest_report(newer_seq, kept) == newer_seq
+    assert newest_report(None, None) is None
+    assert read_slot(SlotFile(tmp_path / "nothing")) is None
