@@ -150,7 +150,7 @@ class RolloutController:
                     "signed": self.signed.decode() if self.signed else None,
                     "commands": self.commands,
                 },
-                indent=1,
+                separators=(",", ":"),  # C-encoded; with an indent, Python
                 sort_keys=True,
             ).encode()
             + b"\n"
