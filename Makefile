@@ -86,7 +86,7 @@ test-e2e: venv examples
 # The suite runs in random order (pytest-randomly; the seed is printed: `--randomly-seed=N`
 # replays an order); PYTEST_ARGS adds flags.
 test: setup lint erlang-test examples
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q --durations=15 $(PYTEST_ARGS)
 
 # The whole system on this machine: private RabbitMQ, publisher, three agents, real releases.
 # DEMO_ARGS: more `erel-sync dev` options, e.g. DEMO_ARGS="--brokers 3 --publishers 2" (a

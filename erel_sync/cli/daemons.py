@@ -250,7 +250,10 @@ def publish_once(pub: Publisher) -> int:
         sys.stderr.write(f"erel-sync: head not published: {outcome} (see the log above)\n")
         return int(Exit.CHANGES)
     if not published:
-        sys.stderr.write(f"erel-sync: {outcome}, but no broker reachable: not published\n")
+        sys.stderr.write(
+            f"erel-sync: {outcome}, but not published: no broker reachable, or another "
+            "publisher is active (see the log above)\n"
+        )
         return int(Exit.RUNTIME)
     return int(Exit.OK)
 

@@ -294,13 +294,14 @@ class Publisher:
         recovery, state.request answers, the rollout controller's inputs, publishing; raises
         when anything of it is lost."""
         async with await self._open(stop) as session:
-            self._session = session
+            self._session, ha = session, self.s.ha
             try:
                 stream_ok = await ensure_topology(session, self.counters.extra)
-                if self.s.ha:  # stand by until active (publisher.lease)
-                    epoch = await lease.activate(session, stop, self.standby, self.s.key_id)
-                    if epoch is None:
-                        return
+                # Stand by until active (publisher.lease); --ha claims an epoch too.
+                epoch = await lease.activate(session, stop, self.standby, self.s.key_id, ha=ha)
+                if epoch is None:
+                    return
+                if self.s.ha:
                     self.epoch = self.rollout.epoch = epoch
                 if stream_ok:
                     await self._recover_seq_from_stream(session)
@@ -351,6 +352,9 @@ class Publisher:
             log.error("no broker reachable: %s", e)
             return outcome, False
         async with session:
+            if not await session.take_lock(topo.PUBLISHER_LOCK):
+                log.error("another publisher is active on this broker: not published")
+                return outcome, False
             if await ensure_topology(session, self.counters.extra):
                 await self._recover_seq_from_stream(session)
             await self._publish_current(session)

@@ -34,15 +34,27 @@ CLAIM_WAIT = 15.0  # how long the claim may take to come back from the stream
 CLAIM_LOOKBACK = dt.timedelta(hours=1)  # where reading for it starts (clocks may differ)
 
 
-async def take_turn(session: Session, stop: asyncio.Event, standby: asyncio.Event) -> bool:
+async def take_turn(
+    session: Session, stop: asyncio.Event, standby: asyncio.Event, *, ha: bool = True
+) -> bool:
     """Wait until this session holds the lock (True) or `stop` (False). `standby` is set while
-    another publisher holds it. Raises ConnectionLost when the session breaks meanwhile."""
+    another publisher holds it. Raises ConnectionLost when the session breaks meanwhile.
+    A publisher without --ha takes the lock too, so that it never publishes beside an active
+    one (its seqs are not of an epoch): it waits, and says why."""
     while not stop.is_set():
         if await session.take_lock(topo.PUBLISHER_LOCK):
             standby.clear()
             return True
         if not standby.is_set():
-            log.info("standby: another publisher holds %s", topo.PUBLISHER_LOCK)
+            if ha:
+                log.info("standby: another publisher holds %s", topo.PUBLISHER_LOCK)
+            else:
+                log.error(
+                    "another publisher is active on this broker (it holds %s): this one, "
+                    "without --ha, waits until it is gone; run every publisher of a broker "
+                    "with --ha",
+                    topo.PUBLISHER_LOCK,
+                )
             standby.set()
         if session.broken.is_set():
             raise ConnectionLost("the session ended while standing by")
@@ -79,12 +91,14 @@ async def claim_epoch(session: Session, key_id: str) -> int:
 
 
 async def activate(
-    session: Session, stop: asyncio.Event, standby: asyncio.Event, key_id: str
+    session: Session, stop: asyncio.Event, standby: asyncio.Event, key_id: str, *, ha: bool
 ) -> int | None:
     """Stand by until this session holds the lock, then claim an epoch and return it (None
-    at `stop`)."""
-    if not await take_turn(session, stop, standby):
+    at `stop`; 0 without --ha, which signs seqs of no epoch)."""
+    if not await take_turn(session, stop, standby, ha=ha):
         return None
+    if not ha:
+        return 0
     epoch = await claim_epoch(session, key_id)
     log.warning("active: holding %s, epoch %d", topo.PUBLISHER_LOCK, epoch)
     return epoch

@@ -5,6 +5,7 @@ seqs that a newer publisher already used, for other revisions."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -62,3 +63,28 @@ async def test_a_new_publisher_continues_above_a_tail_it_cannot_load(
         assert repo.readers(), "the publisher keeps its repository readers while it runs"
     assert repo.readers() == [], "a stopped publisher left git processes behind"
     assert fresh.seq == 8, "a seq the newer publisher used was signed again"
+
+
+async def test_a_publisher_without_ha_waits_while_another_is_active(
+    vhost: str, tmp_path: Path
+) -> None:
+    """Every publisher takes the broker's lock: one without --ha started beside an active one
+    signs nothing onto the stream (its seqs are of no epoch) until that one is gone, and
+    `--once` does not publish beside it."""
+    repo = GitRepo(tmp_path / "config")
+    repo.commit(FILES)
+    async with daemons(tmp_path, vhost, repo, ()) as (first, _):
+        await eventually(lambda: first.connected, what="the first publisher connected")
+        once = Publisher(replace(first.s, state_dir=tmp_path / "once"))
+        assert (await once.once())[1] is False
+        second = Publisher(replace(first.s, state_dir=tmp_path / "second"))
+        stop = asyncio.Event()
+        task = asyncio.create_task(second.run(stop))
+        await eventually(second.standby.is_set, what="the second standing by")
+        assert not second.connected and first.connected
+    # The first one stopped with the block: the second takes its turn and publishes.
+    try:
+        await eventually(lambda: second.connected, within=30, what="the second active")
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 60) is None
