@@ -290,15 +290,23 @@ def test_a_node_cut_off_pauses_its_hosts_move_and_none_regresses(
         all_on_head(c, 90)
     finally:
         network.heal(where)
-    wait_for(
-        "the node resumed and rejoined",
-        lambda: (
-            port_open(victim.amqp_port, victim.host)
-            and running_nodes(majority[0]) == sorted(n.node_name for n in nodes)
-        ),
-        120,
-        every=1.0,
-    )
+
+    def rejoined() -> bool:
+        return port_open(victim.amqp_port, victim.host) and running_nodes(majority[0]) == sorted(
+            n.node_name for n in nodes
+        )
+
+    try:
+        wait_for("the node resumed and rejoined", rejoined, 60, every=1.0)
+    except AssertionError:
+        # RabbitMQ does not always end a pause_minority partition by itself (Mnesia can stay
+        # split after the heal: rabbitmq-server#17319); its documented recovery is to restart
+        # the node of the minority. What is tested here is erel-sync: hosts keep up, none
+        # regresses, before and after.
+        print(f"\n{victim.node_name} did not rejoin by itself within 60 s: restarted")
+        victim.kill()
+        victim.start()
+        wait_for("the restarted node rejoined", rejoined, 120, every=1.0)
     change(c, 72)
     all_on_head(c, 90)
 
