@@ -235,8 +235,6 @@ async def serve_socket(
     """The local control socket: one JSON request per line, one JSON reply per line.
     Mode 0600, or 0660 owned by `group` (an operators' group)."""
     os.makedirs(path.parent, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # a socket left by a killed agent; bind would fail with EADDRINUSE
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -260,7 +258,8 @@ async def serve_socket(
 
 def _bind_private(path: Path, group: str | None) -> socket.socket:
     """Bind in a directory only we can enter, set the mode there, then rename into place: the
-    socket never exists at `path` with a wider mode. Not with os.umask: the umask belongs to
+    socket never exists at `path` with a wider mode, and the rename replaces a socket a
+    killed agent left there. Not with os.umask: the umask belongs to
     the whole process, and whatever another task or thread creates meanwhile would get it (a
     restore racing another left it at 0177 for good, and every child after, such as a browser,
     made directories it could not enter)."""

@@ -35,6 +35,7 @@ from tests.cli import erel_sync as cli
 from tests.configrepo import GitRepo
 from tests.daemons import stop_all
 from tests.integration.conftest import kill_release_processes
+from tests.leaks import plain_text_leaks
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,20 +120,7 @@ class Fleet:
 def leaks(root: Path, plain: str) -> list[str]:
     """Files under `root` other than a release's `.erlang.cookie`, and processes' command
     lines and environments, that hold `plain`."""
-    found = [
-        str(p)
-        for p in root.rglob("*")
-        if p.is_file() and not p.is_symlink() and p.name != ".erlang.cookie"
-        and plain.encode() in p.read_bytes()
-    ]  # fmt: skip
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        for part in ("cmdline", "environ"):
-            try:
-                if plain.encode() in Path(f"/proc/{pid}/{part}").read_bytes():
-                    found.append(f"/proc/{pid}/{part}")
-            except OSError:
-                continue
-    return found
+    return plain_text_leaks(root, plain, allowed=lambda p: p.name == ".erlang.cookie")
 
 
 @pytest.fixture

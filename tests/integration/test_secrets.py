@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import subprocess
 import sys
 import uuid
@@ -31,6 +30,7 @@ from tests.configrepo import group_yaml, release_yaml
 from tests.integration.conftest import kill_release_processes
 from tests.integration.test_broker_faults import new_agent, running
 from tests.integration.test_rollout_agent import Cluster, version
+from tests.leaks import plain_text_leaks
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -54,18 +54,7 @@ def released(agent: object, name: str = "hello") -> dict[str, object]:
 def leaks(root: Path, rendered: Path) -> list[str]:
     """Every file under `root` but the rendered one, and every process's command line, that
     holds the plain text."""
-    found = [
-        str(p)
-        for p in root.rglob("*")
-        if p.is_file() and not p.is_symlink() and p != rendered and PLAIN.encode() in p.read_bytes()
-    ]
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if PLAIN.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(f"/proc/{pid}/cmdline")
-        except OSError:
-            continue
-    return found
+    return plain_text_leaks(root, PLAIN, allowed=lambda p: p == rendered, proc_parts=("cmdline",))
 
 
 async def test_only_a_recipient_reads_a_secret_and_its_plain_text_is_only_in_the_rendered_file(
