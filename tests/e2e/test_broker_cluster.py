@@ -1,9 +1,10 @@
 """The broker as a 3-node RabbitMQ cluster of the test's own (erel_sync/dev/rabbitcluster.py:
 own node names, ports and data dirs, joined with `rabbitmqctl join_cluster`; each node in a
 network namespace of its own), a publisher pair and five agent processes given every node's
-URL: what each host applied is compared with what was published, Jepsen-style. A sampler reads every host's status.json all along: no host may ever
-hold or apply a lower seq after a higher one.
+URL: what each host applied is compared with what was published, Jepsen-style. A sampler reads
+every host's status.json all along: no host may ever hold or apply a lower seq after a higher one.
 
+- the hosts, connecting first, spread over the nodes (each host's own order of the URLs);
 - a node stopped for a minute: the hosts it served move to the others and catch up on commits
   made meanwhile; it comes back and nothing regresses;
 - the node that leads the config stream killed with SIGKILL while 20 commits are pushed: every
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -119,13 +121,23 @@ def sampled_fleet(
         yield c
     finally:
         sampler.halt.set()
-        sampler.join(5)
+        if sampler.ident is not None:  # started: a failed start-up must show its own error
+            sampler.join(5)
         c.stop()
     assert sampler.regressions == [], "a host went back to a lower seq"
 
 
+@dataclasses.dataclass(frozen=True)
+class CutFleet:
+    c: E2ECluster
+    network: Network
+    # Where each agent connected first, before any test moved it: agents stay where failover
+    # took them (no rebalancing), so only this shows how hosts spread over the nodes.
+    first_placement: dict[str, str]
+
+
 @pytest.fixture(scope="module")
-def cut_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[E2ECluster, Network]]:
+def cut_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CutFleet]:
     """The fleet on three nodes in network namespaces of their own (erel_sync/dev/rabbitnetns.py:
     distribution on a cluster network, AMQP on a broker network the machine reaches),
     `pause_minority` (RabbitMQ's advice for three nodes) and a 4 s net tick, so that a node can
@@ -145,14 +157,19 @@ def cut_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[E2EClu
                 erl_args="-rabbit cluster_partition_handling pause_minority -kernel net_ticktime 4",
             ),
         ) as c:
-            yield c, network
+            placed = wait_for(
+                "every agent connected",
+                lambda: (p := connections(nodes_of(c)[0])) and len(p) == len(HOSTS) and p,
+                60,
+            )
+            yield CutFleet(c, network, placed)
     finally:
         network.down()
 
 
 @pytest.fixture
-def fleet(cut_fleet: tuple[E2ECluster, Network]) -> E2ECluster:
-    return cut_fleet[0]
+def fleet(cut_fleet: CutFleet) -> E2ECluster:
+    return cut_fleet.c
 
 
 def change(c: E2ECluster, n: int) -> str:
@@ -194,17 +211,20 @@ def all_on_head(c: E2ECluster, timeout: float) -> None:
     c.wait_converged([h.host_id for h in HOSTS], timeout=timeout)
 
 
+def test_hosts_spread_over_the_nodes_when_they_first_connect(cut_fleet: CutFleet) -> None:
+    # Each host's own order of the URLs (by host id): one node does not take every connection.
+    assert len(set(cut_fleet.first_placement.values())) >= 2, cut_fleet.first_placement
+
+
 def test_hosts_of_a_stopped_node_move_to_the_others_and_catch_up(fleet: E2ECluster) -> None:
     c = fleet
-    others = nodes_of(c)[1:]
-    # Every agent connected (one may still be coming back from the test before) ...
+    # Every agent connected (one may still be coming back from the test before; an earlier
+    # test may have left them all on one node, which is then the one stopped).
     placed = wait_for(
         "every agent connected",
-        lambda: (p := connections(others[0])) and len(p) == len(HOSTS) and p,
+        lambda: (p := connections(nodes_of(c)[1])) and len(p) == len(HOSTS) and p,
         60,
     )
-    # ... and the hosts spread over the nodes (each host's own order of the URLs).
-    assert len(set(placed.values())) >= 2, placed
     victim = max(nodes_of(c), key=lambda n: list(placed.values()).count(n.node_name))
     moved = sorted(h for h, n in placed.items() if n == victim.node_name)
     assert moved
@@ -264,9 +284,9 @@ def running_nodes(node: RabbitNode) -> list[str]:
 
 
 def test_a_node_cut_off_pauses_its_hosts_move_and_none_regresses(
-    cut_fleet: tuple[E2ECluster, Network],
+    cut_fleet: CutFleet,
 ) -> None:
-    c, network = cut_fleet
+    c, network = cut_fleet.c, cut_fleet.network
     nodes = nodes_of(c)
     leader_name = stream_leader(nodes[0])
     victim = next(n for n in nodes if n.node_name == leader_name)
