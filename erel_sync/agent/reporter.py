@@ -34,10 +34,12 @@ from erel_sync.agent.intake import Intake
 from erel_sync.agent.reconciler import Reconciler
 from erel_sync.core import history
 from erel_sync.core.releasestatus import statuses_to_json
+from erel_sync.core.rollout import HostState
 from erel_sync.core.status import Heartbeat
 from erel_sync.model.settings import AgentSettings
 
 log = logging.getLogger("erel_sync.agent")
+LASTING_STATES = (HostState.CHANGING.value, HostState.FAILED.value)
 
 REPORT_SPACING = 1.0  # seconds between two change-driven heartbeats
 STATUS_FILE = "status.json"
@@ -96,8 +98,8 @@ class Reporter:
 
     async def persist(self, *, lasting_only: bool = False) -> None:
         """Write status.json when it changed; fsync only when what must survive a power loss
-        changed (failure memory, holds, the ids of mutating commands that ran, the rollout report).
-        The report and
+        changed (failure memory, holds, the ids of mutating commands that ran, a `changing` or
+        `failed` rollout report). The report and
         counters change on every tick, and losing the newest of them costs only freshness:
         they are written with the (coalesced) heartbeats as a plain tmp + rename.
         `lasting_only`: write only if what must survive changed (after each tick).
@@ -112,11 +114,14 @@ class Reporter:
         memory = statuses_to_json(r.memory)
         seen = self.commands_seen()
         # Where the host stands in its rollout must survive a crash as it was: an agent killed
-        # while `changing` comes back saying so, not with the `waiting` of before the step.
+        # while `changing` comes back saying so (and its `failed` stays). `waiting` and
+        # `converged` need no fsync: a restart finds them again at its first tick, and the
+        # fsync held up the tick that acts on a grant arriving just after the snapshot.
         rollout = r.rollout_report.to_json(time="") if r.rollout_report is not None else None
+        held = rollout if rollout is not None and rollout["state"] in LASTING_STATES else None
         past = [e.to_json() for e in self.history]
         lasting = json.dumps(
-            {"memory": memory, "holds": r.holds, "seen": seen, "rollout": rollout, "past": past},
+            {"memory": memory, "holds": r.holds, "seen": seen, "rollout": held, "past": past},
             sort_keys=True,
         )
         doc = {

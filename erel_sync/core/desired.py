@@ -63,3 +63,17 @@ def host_releases(state: DesiredState, group: GroupSpec) -> dict[str, HostReleas
             ref.distribution_over(rel),
         )
     return out
+
+
+def disturbing(state: DesiredState, group: str) -> dict[str, tuple[object, ...]]:
+    """What of `group`'s desired releases, when it changes, disturbs its hosts (an upgrade or
+    downgrade, a config or vm_args change, a delete, a new distribution): the rollout
+    controller compares it between two snapshots. Other documents, other versions listed,
+    health and upgrade policy are left out: changing them alone disturbs no host."""
+    spec = state.groups.get(group)
+    if spec is None:
+        return {}
+    return {
+        name: (r.version.version, r.config, r.distribution)
+        for name, r in host_releases(state, spec).items()
+    }

@@ -115,6 +115,18 @@ def _failure_counts(report: HostReport, retry: int) -> bool:
 TURN_GRACE = 10.0
 
 
+def _ahead(report: HostReport | None, group: str, seq: int) -> bool:
+    """May a host not heard on `seq` yet be granted its turn ahead of its report? Only one
+    whose newest report is a settled one (converged, or waiting for a grant) of an older seq
+    in this group: it follows the rollout protocol and will get the snapshot."""
+    return (
+        report is not None
+        and report.group == group
+        and report.seq < seq
+        and report.state in (HostState.CONVERGED, HostState.WAITING)
+    )
+
+
 def step(
     previous: GroupRollout | None,
     *,
@@ -127,9 +139,13 @@ def step(
     now: float,
     promote: bool = False,
     retry: bool = False,
+    disturbs: bool = False,
 ) -> GroupRollout:
     """The group's rollout after the reports in `hosts` (the group's live hosts, newest report
-    each). `versions`: the group's desired version per release at `seq` (`stable` once done)."""
+    each). `versions`: the group's desired version per release at `seq` (`stable` once done).
+    `disturbs`: the seq changes what the group's hosts run (`core.desired.disturbing`), so a
+    settled host is granted in its turn without waiting for its report on the seq: the
+    snapshot and its grant then reach it together (docs/architecture.md, "Order")."""
     same = previous is not None and previous.seq == seq
     deadline = policy.progress_deadline
     order = tuple(sorted(hosts))
@@ -207,6 +223,10 @@ def step(
             if host not in allowed or host in busy or host in done or host in failed:
                 continue
             report = mine.get(host)
+            if report is None and disturbs and _ahead(hosts.get(host), group, seq):
+                granted[host] = Grant(host, seq, grant_id(seq, host, retries), now)
+                busy.add(host)
+                continue
             if report is None:
                 # Not heard on this seq yet (the snapshot is on its way): the host keeps its
                 # turn for a while, so the order is the one `plan --hosts` shows.

@@ -237,6 +237,7 @@ class Publisher:
                 persistent=True,
             )
             self.counters.published += 1
+            self.rollout.on_stream(seq)
             if self.metrics is not None:
                 self.metrics.publish.observe(time.perf_counter() - started)
             async with self._published:

@@ -36,6 +36,7 @@ from erel_sync.adapters.broker.session import Session
 from erel_sync.adapters.clock import utc_now
 from erel_sync.core import control
 from erel_sync.core.control import CommandRejected
+from erel_sync.core.desired import disturbing
 from erel_sync.core.epochs import next_seq
 from erel_sync.core.rollout import (
     GroupRollout,
@@ -96,6 +97,8 @@ class RolloutController:
             clock,
         )
         self.target: Target | None = None
+        self.disturbs: frozenset[str] = frozenset()  # groups `set_target` saw changed
+        self.streamed = 0  # the newest seq confirmed on the config stream
         self.doc: RolloutDoc | None = None
         self.signed: bytes | None = None
         self.version = 0
@@ -173,7 +176,26 @@ class RolloutController:
     # --- inputs
     def set_target(self, seq: int, revision: str, state: DesiredState) -> None:
         if self.target is None or self.target.seq != seq:
+            before = self.target
+            # Groups whose hosts this seq disturbs, against the seq before it: their settled
+            # hosts are granted ahead of their reports. Unknown after a restart (no seq
+            # before): then every grant waits for its host's report, as it always may.
+            self.disturbs = (
+                frozenset(
+                    g for g in state.groups
+                    if disturbing(state, g) != disturbing(before.state, g)
+                )
+                if before is not None and seq > before.seq
+                else frozenset()
+            )  # fmt: skip
             self.target = Target(seq, revision, state)
+            self._kick.set()
+
+    def on_stream(self, seq: int | None) -> None:
+        """Snapshot `seq` is confirmed on the config stream: grants ahead of reports may go
+        out now (before, a grant could name a seq that never reaches its host)."""
+        if seq is not None and seq > self.streamed:
+            self.streamed = seq
             self._kick.set()
 
     async def on_status(self, key: str, body: bytes) -> None:
@@ -202,6 +224,7 @@ class RolloutController:
                 now=now,
                 promote=name in self._flags["promote"],
                 retry=name in self._flags["retry"],
+                disturbs=name in self.disturbs and self.streamed >= t.seq,
             )
             # Only a group that runs a clustered release needs its members: elsewhere a host
             # coming or going would send every host of the group a document for nothing.
