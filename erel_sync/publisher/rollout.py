@@ -8,9 +8,11 @@ through a private queue: `attach`), and signed operator commands `rollout.<group
 per group, on every input (a burst coalesced into one step) and on a 1 s timer (deadlines).
 
 Whenever the document changes its `version` goes up and it is written to
-`state_dir/rollout.json` BEFORE it is published (signed with the publisher's key) on the
-`erel.rollout` stream: a restarted publisher never forgets a place it gave. A state directory
-older than the stream (or a new machine) takes the newest document on the stream instead.
+`state_dir/rollout.slot-a|-b` (`store.SlotFile`: one `pwrite` and one `fdatasync`; an older
+publisher's `rollout.json` is read once and removed) BEFORE it is published (signed with the
+publisher's key) on the `erel.rollout` stream: a restarted publisher never forgets a place it
+gave. A state directory older than the stream (or a new machine) takes the newest document on
+the stream instead.
 After each session start the controller only listens for `warmup` seconds before it decides
 again: with no reports yet, every host would look gone.
 """
@@ -87,7 +89,8 @@ class RolloutController:
         broker_user: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.state_file = state_dir / "rollout.json"
+        self.state_file = state_dir / "rollout.json"  # an older publisher's; read once
+        self.state_slot = store.SlotFile(state_dir / "rollout")
         self.key, self.key_id, self.trusted = key, key_id, dict(trusted)
         self.operator_keys = dict(operator_keys)
         self.warmup, self.counters, self.broker_user, self.clock = (
@@ -121,7 +124,12 @@ class RolloutController:
 
     # --- state
     def _load(self) -> None:
-        state = store.read_json(self.state_file)
+        held, state = self.state_slot.read(), None
+        if held is not None:
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                state = json.loads(held)
+        else:
+            state = store.read_json(self.state_file)
         if not isinstance(state, dict):
             return
         commands = state.get("commands")
@@ -160,15 +168,19 @@ class RolloutController:
         )
 
     async def _persist(self) -> None:
-        """Write rollout.json with the newest document (raises StoreError). In a thread, one
-        write at a time: the fsyncs held up every report the controller was reading. Each
+        """Write the state with the newest document (raises StoreError). In a thread, one
+        write at a time: the flushes held up every report the controller was reading. Each
         write takes the state as it is when its turn comes, so a slower earlier one never
-        lands over a newer one."""
+        lands over a newer one. A slot file, not tmp + fsync + rename + fsync of the
+        directory: it stands between every decision and its grants going out."""
         async with self._persisting:
             written, data = (self.signed, self.version, self.doc), self._state()
-            await asyncio.to_thread(store.write_atomic, self.state_file, data)
+            await asyncio.to_thread(self.state_slot.write, data)
             if written[1] >= self._written[1]:
                 self._written = written
+            if self.state_file.exists():  # an older publisher's, now stale
+                with contextlib.suppress(OSError):
+                    self.state_file.unlink()
 
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1

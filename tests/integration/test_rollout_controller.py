@@ -24,6 +24,7 @@ from erel_sync.adapters import store
 from erel_sync.adapters.broker import messages as amqp
 from erel_sync.adapters.broker import topology as topo
 from erel_sync.adapters.clock import utc_now
+from erel_sync.adapters.store import SlotFile
 from erel_sync.core.rollout import (
     HostReport,
     HostState,
@@ -251,8 +252,8 @@ async def test_limit_holds_grants_advance_and_survive_a_publisher_restart(
         version = c.newest.version if c.newest else 0
 
     # The publisher is down: hosts mid-change finish meanwhile; a restarted publisher loads
-    # rollout.json and remembers every place it gave.
-    saved = json.loads((tmp_path / "pub" / "rollout.json").read_text())
+    # its state (rollout.slot-a|-b) and remembers every place it gave.
+    saved = json.loads(SlotFile(tmp_path / "pub" / "rollout").read() or b"{}")
     assert verify_rollout(saved["signed"].encode(), c.publisher.trusted).version == version
     async with running(c.new_publisher()), c.hosts():
         await eventually(lambda: c.newest is not None and c.newest.version >= version)

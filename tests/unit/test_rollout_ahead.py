@@ -132,3 +132,33 @@ async def test_the_controller_grants_ahead_only_once_the_snapshot_is_on_the_stre
     restarted.on_stream(2)
     restarted.refresh()
     assert restarted.doc is not None and dict(restarted.doc.groups["web"].granted) == {}
+
+
+async def test_the_controller_takes_an_older_publishers_rollout_json_once(tmp_path: Path) -> None:
+    """State written by an older publisher (rollout.json, tmp + rename) is loaded; the first
+    write goes to the slot files and removes it, so that nothing stale is read later."""
+    older = RolloutController(
+        state_dir=tmp_path, key=KEY, key_id="pub-1", trusted=TRUSTED, operator_keys={},
+        warmup=0.0, counters={}, clock=lambda: 100.0,
+    )  # fmt: skip
+    older._warm_at = 0.0
+    older.set_target(1, "r1", state("0.2.0"))
+    assert older.refresh() and older.signed is not None
+    legacy = {"format": 1, "kind": "rollout-state", "signed": older.signed.decode(), "commands": {}}
+    (tmp_path / "rollout.json").write_text(json.dumps(legacy))
+
+    ctl = RolloutController(
+        state_dir=tmp_path, key=KEY, key_id="pub-1", trusted=TRUSTED, operator_keys={},
+        warmup=0.0, counters={}, clock=lambda: 100.0,
+    )  # fmt: skip
+    assert ctl.version == older.version
+    ctl._warm_at = 0.0
+    ctl.set_target(2, "r2", state("0.3.0"))
+    ctl.refresh()
+    await ctl._persist()
+    assert not (tmp_path / "rollout.json").exists()
+    again = RolloutController(
+        state_dir=tmp_path, key=KEY, key_id="pub-1", trusted=TRUSTED, operator_keys={},
+        warmup=0.0, counters={}, clock=lambda: 100.0,
+    )  # fmt: skip
+    assert again.version == ctl.version > older.version
