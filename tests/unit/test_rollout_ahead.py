@@ -99,17 +99,23 @@ def test_what_disturbs_a_groups_hosts() -> None:
     assert disturbing(state(), "nope") == {}
 
 
+def controller(state_dir: Path) -> RolloutController:
+    """A controller past its warm-up, on a fixed clock, without a broker."""
+    ctl = RolloutController(
+        state_dir=state_dir, key=KEY, key_id="pub-1", trusted=TRUSTED, operator_keys={},
+        warmup=0.0, counters={}, clock=lambda: 100.0,
+    )  # fmt: skip
+    ctl._warm_at = 0.0  # as after a session's warm-up
+    return ctl
+
+
 async def test_the_controller_grants_ahead_only_once_the_snapshot_is_on_the_stream(
     tmp_path: Path,
 ) -> None:
     """A grant ahead of reports must not name a seq that never reaches its host: the
     controller waits for the snapshot's confirm on the config stream. After a restart (no seq
     before to compare with) it waits for the reports."""
-    ctl = RolloutController(
-        state_dir=tmp_path, key=KEY, key_id="pub-1", trusted=TRUSTED, operator_keys={},
-        warmup=0.0, counters={}, clock=lambda: 100.0,
-    )  # fmt: skip
-    ctl._warm_at = 0.0  # as after a session's warm-up
+    ctl = controller(tmp_path)
     for i in range(1, 5):
         settled = HostReport(f"web-{i}", "web", 1, OK).to_json(time="t")
         await ctl.on_status(topo.rollout_key(f"web-{i}"), json.dumps(settled).encode())
@@ -122,11 +128,7 @@ async def test_the_controller_grants_ahead_only_once_the_snapshot_is_on_the_stre
     ctl.refresh()
     assert list(ctl.doc.groups["web"].granted) == ["web-1"]  # the group's default limit: 1
 
-    restarted = RolloutController(
-        state_dir=tmp_path / "other", key=KEY, key_id="pub-1", trusted=TRUSTED,
-        operator_keys={}, warmup=0.0, counters={}, clock=lambda: 100.0,
-    )  # fmt: skip
-    restarted._warm_at = 0.0
+    restarted = controller(tmp_path / "other")
     restarted.book = ctl.book
     restarted.set_target(2, "r2", state("0.3.0"))
     restarted.on_stream(2)
@@ -137,28 +139,17 @@ async def test_the_controller_grants_ahead_only_once_the_snapshot_is_on_the_stre
 async def test_the_controller_takes_an_older_publishers_rollout_json_once(tmp_path: Path) -> None:
     """State written by an older publisher (rollout.json, tmp + rename) is loaded; the first
     write goes to the slot files and removes it, so that nothing stale is read later."""
-    older = RolloutController(
-        state_dir=tmp_path, key=KEY, key_id="pub-1", trusted=TRUSTED, operator_keys={},
-        warmup=0.0, counters={}, clock=lambda: 100.0,
-    )  # fmt: skip
-    older._warm_at = 0.0
+    older = controller(tmp_path)
     older.set_target(1, "r1", state("0.2.0"))
     assert older.refresh() and older.signed is not None
     legacy = {"format": 1, "kind": "rollout-state", "signed": older.signed.decode(), "commands": {}}
     (tmp_path / "rollout.json").write_text(json.dumps(legacy))
 
-    ctl = RolloutController(
-        state_dir=tmp_path, key=KEY, key_id="pub-1", trusted=TRUSTED, operator_keys={},
-        warmup=0.0, counters={}, clock=lambda: 100.0,
-    )  # fmt: skip
+    ctl = controller(tmp_path)
     assert ctl.version == older.version
-    ctl._warm_at = 0.0
     ctl.set_target(2, "r2", state("0.3.0"))
     ctl.refresh()
     await ctl._persist()
     assert not (tmp_path / "rollout.json").exists()
-    again = RolloutController(
-        state_dir=tmp_path, key=KEY, key_id="pub-1", trusted=TRUSTED, operator_keys={},
-        warmup=0.0, counters={}, clock=lambda: 100.0,
-    )  # fmt: skip
+    again = controller(tmp_path)
     assert again.version == ctl.version > older.version
