@@ -7,8 +7,9 @@ remembers as sent):
 - `revision_rejected:<revision>` from the publisher's `rejected` events;
 - `rollout_halted:<group>:<seq>:<retry>`, `rollout_completed:<group>:<seq>` from rollout
   documents;
-- `host_failed:<host>:<seq>:<release or grant>` from a rollout's failed hosts and from
-  heartbeats whose release is Failed;
+- `host_failed:<host>:<seq>` from a rollout's failed hosts and from heartbeats whose release
+  is Failed: one failure seen by both is one event (`host_failed:<host>:<seq>:retry-<n>` once
+  an operator's `rollout retry` let it try again);
 - `host_unreachable:<host>:<last heartbeat time>` when a host stayed silent too long without
   saying it left.
 """
@@ -92,6 +93,13 @@ def from_revision_event(doc: Mapping[str, Any]) -> list[Event]:
     ]
 
 
+def failure_id(host: str, seq: Any, retry: Any) -> str:
+    """One id per host, seq and retry, whoever saw the failure first (the rollout document
+    or a heartbeat; a heartbeat cannot tell a retry, and the rollout names it)."""
+    base = f"host_failed:{host}:{seq}"
+    return f"{base}:retry-{retry}" if isinstance(retry, int) and retry > 0 else base
+
+
 def from_rollout(doc: Mapping[str, Any]) -> list[Event]:
     out: list[Event] = []
     groups = doc.get("groups") if isinstance(doc.get("groups"), Mapping) else {}
@@ -102,7 +110,7 @@ def from_rollout(doc: Mapping[str, Any]) -> list[Event]:
         seq, rev = int(g["seq"]), str(g.get("revision") or "")
         for host, reason in sorted((g.get("failed") or {}).items()):
             out.append(
-                Event(f"host_failed:{host}:{seq}:rollout-{g.get('retry', 0)}", "host_failed",
+                Event(failure_id(host, seq, g.get("retry", 0)), "host_failed",
                       f"{host} ({name}) failed seq {seq}: {reason}", when, name, host, seq, rev,
                       str(reason))
             )  # fmt: skip
@@ -132,7 +140,7 @@ def from_heartbeat(doc: Mapping[str, Any]) -> list[Event]:
         if isinstance(r, Mapping) and r.get("state") == "Failed":
             name, why = r.get("name"), r.get("last_error") or r.get("reason") or "Failed"
             out.append(
-                Event(f"host_failed:{host}:{seq}:{name}", "host_failed",
+                Event(failure_id(host, seq, 0), "host_failed",
                       f"{host} ({group or 'no group'}): {name} failed at seq {seq}: {why}",
                       str(doc.get("time", "")), group, host,
                       seq if isinstance(seq, int) else None, rev, str(why))

@@ -156,4 +156,8 @@ def test_rejections_and_failures_reach_a_real_endpoint_signed_and_once(
     with hook.lock:
         ids = [h["X-Erel-Delivery"] for h, _ in hook.received]
     assert len(ids) == len(set(ids)), f"sent twice: {sorted(ids)}"
+    # One failure, one notification, also when the host's heartbeats show the failed release
+    # beside the rollout document's failed host (the ids are the same: tests/unit/test_notify).
+    failures = [(e["host"], e["seq"]) for e in hook.events("host_failed")]
+    assert len(failures) == len(set(failures)), failures
     assert len(ids) > before

@@ -68,7 +68,7 @@ def test_events_and_their_ids_repeat_for_the_same_thing() -> None:
     doc = {"time": "t", "groups": {"web": {"seq": 5, "revision": "r", "phase": "Halted", "retry": 0,
            "failed": {"web-1": "UpgradeFailed: health"}, "done": []}}}  # fmt: skip
     got = {x.id: x for x in notify.from_rollout(doc)}
-    assert set(got) == {"host_failed:web-1:5:rollout-0", "rollout_halted:web:5:0"}
+    assert set(got) == {"host_failed:web-1:5", "rollout_halted:web:5:0"}
     assert {x.id for x in notify.from_rollout(doc)} == set(got)  # seen again: the same ids
     done = {"groups": {"web": {"seq": 6, "phase": "Complete", "done": ["web-1", "web-2"]}}}
     assert [x.id for x in notify.from_rollout(done)] == ["rollout_completed:web:6"]
@@ -76,7 +76,13 @@ def test_events_and_their_ids_repeat_for_the_same_thing() -> None:
             "releases": [{"name": "hello", "state": "Failed", "last_error": "StartFailed: x"},
                          {"name": "ok", "state": "Ready"}]}  # fmt: skip
     (f,) = notify.from_heartbeat(beat)
-    assert f.id == "host_failed:web-2:6:hello" and f.group == "web" and f.reason == "StartFailed: x"
+    assert f.id == "host_failed:web-2:6" and f.group == "web" and f.reason == "StartFailed: x"
+    # The same failure in the rollout document is the same event; after a retry, a new one.
+    halted = {"groups": {"web": {"seq": 6, "phase": "Halted", "retry": 0,
+              "failed": {"web-2": "StartFailed: x"}}}}  # fmt: skip
+    assert f.id in {x.id for x in notify.from_rollout(halted)}
+    halted["groups"]["web"]["retry"] = 1
+    assert "host_failed:web-2:6:retry-1" in {x.id for x in notify.from_rollout(halted)}
     seen = {"a": (0.0, "web", False), "b": (0.0, "web", True), "c": (95.0, "web", False)}
     assert [x.host for x in notify.unreachable(seen, 100.0, 60.0)] == ["a"]
 
