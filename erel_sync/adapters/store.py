@@ -182,6 +182,16 @@ class SlotFile:
         self._scanned = True
         return best[1] if best else None
 
+    def read_json(self) -> Any:
+        """The JSON the newest intact content holds (None when empty or not JSON)."""
+        raw = self.read()
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+
     def _open(self) -> None:
         created = False
         for path in self.paths:

@@ -48,7 +48,6 @@ from erel_sync.agent.rollout import (
     RolloutFollower,
     failure_of,
     newest_report,
-    read_slot,
     restore_report,
 )
 from erel_sync.core.matching import HostIdentity
@@ -146,7 +145,7 @@ class Agent:
         report = newest_report(
             restore_report(saved.get("rollout"), settings.host_id)
             or restore_report(saved.get("report"), settings.host_id),
-            restore_report(read_slot(self.rollout_slot), settings.host_id),
+            restore_report(self.rollout_slot.read_json(), settings.host_id),
         )
         self.reconciler.rollout_report = report
         self.reconciler.rollout_failure = failure_of(report)

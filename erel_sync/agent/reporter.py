@@ -39,7 +39,7 @@ from erel_sync.core.status import Heartbeat
 from erel_sync.model.settings import AgentSettings
 
 log = logging.getLogger("erel_sync.agent")
-LASTING_STATES = (HostState.CHANGING.value, HostState.FAILED.value)
+LASTING_STATES = frozenset({HostState.CHANGING, HostState.FAILED})
 
 REPORT_SPACING = 1.0  # seconds between two change-driven heartbeats
 STATUS_FILE = "status.json"
@@ -117,8 +117,9 @@ class Reporter:
         # while `changing` comes back saying so (and its `failed` stays). `waiting` and
         # `converged` need no fsync: a restart finds them again at its first tick, and the
         # fsync held up the tick that acts on a grant arriving just after the snapshot.
-        rollout = r.rollout_report.to_json(time="") if r.rollout_report is not None else None
-        held = rollout if rollout is not None and rollout["state"] in LASTING_STATES else None
+        report = r.rollout_report
+        rollout = report.to_json(time="") if report is not None else None
+        held = rollout if report is not None and report.state in LASTING_STATES else None
         past = [e.to_json() for e in self.history]
         lasting = json.dumps(
             {"memory": memory, "holds": r.holds, "seen": seen, "rollout": held, "past": past},

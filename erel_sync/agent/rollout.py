@@ -26,7 +26,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from erel_sync.adapters.store import SlotFile
 from erel_sync.core.reconcile import Action, ActionKind, Plan, SkipReason
 from erel_sync.core.releasestatus import ReleaseStatus
 from erel_sync.core.rollout import (
@@ -190,17 +189,6 @@ def restore_report(saved: Mapping[str, Any] | None, host: str) -> HostReport | N
     return HostReport.from_json(
         {**rollout, "host_id": host, "group": saved.get("group"), "revision": ""}
     )
-
-
-def read_slot(slot: SlotFile) -> Any:
-    """The JSON a `SlotFile` holds (None when empty or not JSON)."""
-    raw = slot.read()
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
 
 
 def newest_report(*reports: HostReport | None) -> HostReport | None:

@@ -93,7 +93,7 @@ def from_revision_event(doc: Mapping[str, Any]) -> list[Event]:
     ]
 
 
-def failure_id(host: str, seq: Any, retry: Any) -> str:
+def failure_id(host: str, seq: Any, retry: Any = 0) -> str:
     """One id per host, seq and retry, whoever saw the failure first (the rollout document
     or a heartbeat; a heartbeat cannot tell a retry, and the rollout names it)."""
     base = f"host_failed:{host}:{seq}"
@@ -140,7 +140,7 @@ def from_heartbeat(doc: Mapping[str, Any]) -> list[Event]:
         if isinstance(r, Mapping) and r.get("state") == "Failed":
             name, why = r.get("name"), r.get("last_error") or r.get("reason") or "Failed"
             out.append(
-                Event(failure_id(host, seq, 0), "host_failed",
+                Event(failure_id(host, seq), "host_failed",
                       f"{host} ({group or 'no group'}): {name} failed at seq {seq}: {why}",
                       str(doc.get("time", "")), group, host,
                       seq if isinstance(seq, int) else None, rev, str(why))

@@ -223,17 +223,13 @@ def step(
             if host not in allowed or host in busy or host in done or host in failed:
                 continue
             report = mine.get(host)
-            if report is None and disturbs and _ahead(hosts.get(host), group, seq):
-                granted[host] = Grant(host, seq, grant_id(seq, host, retries), now)
-                busy.add(host)
-                continue
-            if report is None:
+            if report is None and not (disturbs and _ahead(hosts.get(host), group, seq)):
                 # Not heard on this seq yet (the snapshot is on its way): the host keeps its
                 # turn for a while, so the order is the one `plan --hosts` shows.
                 if now < started + TURN_GRACE:
                     break
                 continue
-            if report.state is HostState.WAITING:
+            if report is None or report.state is HostState.WAITING:
                 granted[host] = Grant(host, seq, grant_id(seq, host, retries), now)
                 busy.add(host)
 

@@ -302,7 +302,7 @@ class Publisher:
                 epoch = await lease.activate(session, stop, self.standby, self.s.key_id, ha=ha)
                 if epoch is None:
                     return
-                if self.s.ha:
+                if ha:
                     self.epoch = self.rollout.epoch = epoch
                 if stream_ok:
                     await self._recover_seq_from_stream(session)

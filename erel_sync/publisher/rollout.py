@@ -89,8 +89,10 @@ class RolloutController:
         broker_user: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.state_file = state_dir / "rollout.json"  # an older publisher's; read once
         self.state_slot = store.SlotFile(state_dir / "rollout")
+        # An older publisher's state (tmp + rename): read when no slot holds any, removed
+        # after the first write to the slots, so that nothing stale is read later.
+        self.legacy_file: Path | None = state_dir / "rollout.json"
         self.key, self.key_id, self.trusted = key, key_id, dict(trusted)
         self.operator_keys = dict(operator_keys)
         self.warmup, self.counters, self.broker_user, self.clock = (
@@ -124,12 +126,9 @@ class RolloutController:
 
     # --- state
     def _load(self) -> None:
-        held, state = self.state_slot.read(), None
-        if held is not None:
-            with contextlib.suppress(ValueError, UnicodeDecodeError):
-                state = json.loads(held)
-        else:
-            state = store.read_json(self.state_file)
+        state = self.state_slot.read_json()
+        if state is None and self.legacy_file is not None:
+            state = store.read_json(self.legacy_file)
         if not isinstance(state, dict):
             return
         commands = state.get("commands")
@@ -147,7 +146,7 @@ class RolloutController:
         except RolloutRejected as e:
             # Signed by another key (rotated): its grants cannot be republished, but the
             # version goes on above it, or agents would keep the old document.
-            log.error("%s refused (%s): rollouts start afresh", self.state_file, e)
+            log.error("stored rollout state refused (%s): rollouts start afresh", e)
             with contextlib.suppress(ValueError, AttributeError):
                 self.version = int(json.loads(raw).get("version", 0))
 
@@ -178,9 +177,10 @@ class RolloutController:
             await asyncio.to_thread(self.state_slot.write, data)
             if written[1] >= self._written[1]:
                 self._written = written
-            if self.state_file.exists():  # an older publisher's, now stale
+            if self.legacy_file is not None:
                 with contextlib.suppress(OSError):
-                    self.state_file.unlink()
+                    self.legacy_file.unlink(missing_ok=True)
+                self.legacy_file = None
 
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1

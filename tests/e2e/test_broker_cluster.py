@@ -157,12 +157,7 @@ def cut_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CutFleet]:
                 erl_args="-rabbit cluster_partition_handling pause_minority -kernel net_ticktime 4",
             ),
         ) as c:
-            placed = wait_for(
-                "every agent connected",
-                lambda: (p := connections(nodes_of(c)[0])) and len(p) == len(HOSTS) and p,
-                60,
-            )
-            yield CutFleet(c, network, placed)
+            yield CutFleet(c, network, placement(nodes_of(c)[0]))
     finally:
         network.down()
 
@@ -193,6 +188,15 @@ def connections(node: RabbitNode) -> dict[str, str]:
     return found
 
 
+def placement(node: RabbitNode) -> dict[str, str]:
+    """`connections` once every agent is connected (asked through `node`)."""
+    return wait_for(
+        "every agent connected",
+        lambda: (p := connections(node)) and len(p) == len(HOSTS) and p,
+        60,
+    )
+
+
 def stream_leader(node: RabbitNode, stream: str = "erel.config") -> str:
     """The node leading `stream`. rabbitmqctl leaves out a stream it could not ask in time (a
     busy node, a leader being elected): asked again until it is listed."""
@@ -220,11 +224,7 @@ def test_hosts_of_a_stopped_node_move_to_the_others_and_catch_up(fleet: E2EClust
     c = fleet
     # Every agent connected (one may still be coming back from the test before; an earlier
     # test may have left them all on one node, which is then the one stopped).
-    placed = wait_for(
-        "every agent connected",
-        lambda: (p := connections(nodes_of(c)[1])) and len(p) == len(HOSTS) and p,
-        60,
-    )
+    placed = placement(nodes_of(c)[1])
     victim = max(nodes_of(c), key=lambda n: list(placed.values()).count(n.node_name))
     moved = sorted(h for h, n in placed.items() if n == victim.node_name)
     assert moved

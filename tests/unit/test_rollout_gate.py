@@ -18,7 +18,7 @@ from typing import Any
 
 from erel_sync.adapters.store import SlotFile
 from erel_sync.agent.reconciler import Reconciler
-from erel_sync.agent.rollout import RolloutFollower, newest_report, read_slot, restore_report
+from erel_sync.agent.rollout import RolloutFollower, newest_report, restore_report
 from erel_sync.core import reasons
 from erel_sync.core.matching import HostIdentity
 from erel_sync.core.observed import ObservedRelease
@@ -362,11 +362,11 @@ def test_the_step_record_wins_over_an_older_status_json_and_loses_to_a_newer_one
     slot = SlotFile(tmp_path / "rollout-step")
     slot.write(json.dumps(changing.to_json(time="")).encode())
     slot.close()
-    kept = restore_report(read_slot(SlotFile(tmp_path / "rollout-step")), HOST)
+    kept = restore_report(SlotFile(tmp_path / "rollout-step").read_json(), HOST)
     assert kept == replace(changing, revision="")
     assert newest_report(waiting, kept) == kept  # killed mid-step: comes back changing
     assert newest_report(converged, kept) == converged  # the step ended and was recorded
     newer_seq = HostReport(HOST, "web", 5, HostState.WAITING, "", 1.0)
     assert newest_report(newer_seq, kept) == newer_seq
     assert newest_report(None, None) is None
-    assert read_slot(SlotFile(tmp_path / "nothing")) is None
+    assert SlotFile(tmp_path / "nothing").read_json() is None
