@@ -117,7 +117,7 @@ class RolloutController:
         self.publish_needed = asyncio.Event()
         self._persisting = asyncio.Lock()
         self._load()
-        # What rollout.json holds: (signed, version, document), the newest that may be seen.
+        # What the state slots hold: (signed, version, document), the newest that may be seen.
         self._written: tuple[bytes | None, int, RolloutDoc | None] = (
             self.signed,
             self.version,
@@ -151,7 +151,7 @@ class RolloutController:
                 self.version = int(json.loads(raw).get("version", 0))
 
     def _state(self) -> bytes:
-        """rollout.json as it is now: the newest document decided and the command ids."""
+        """The state as it is now: the newest document decided and the command ids."""
         return (
             json.dumps(
                 {

@@ -2,7 +2,9 @@
 in the config repository sends a rejected revision and a failed host (a canary whose new
 version fails its health check, which halts the rollout), each signed with HMAC-SHA256 over
 the exact body. Restarted, the notifier sends none of them again; a revert's completed
-rollout arrives after the restart, and every delivery id was received exactly once."""
+rollout arrives after the restart, and every delivery id was received exactly once. Last, a
+host whose agent is killed is announced unreachable, and one whose agent stopped cleanly (it
+said it left) is not."""
 
 from __future__ import annotations
 
@@ -43,8 +45,9 @@ NOTIFICATION = """apiVersion: erel/v1
 kind: Notification
 metadata: {name: ops}
 spec:
-  events: [revision_rejected, host_failed, rollout_halted, rollout_completed]
+  events: [revision_rejected, host_failed, rollout_halted, rollout_completed, host_unreachable]
   groups: [web]
+  unreachable_after: 5s
   endpoint: {type: webhook, url: "http://127.0.0.1:%d/hook", secret_env: EREL_TEST_HOOK_KEY}
 """
 
@@ -151,6 +154,18 @@ def test_rejections_and_failures_reach_a_real_endpoint_signed_and_once(
             lambda: any(e["seq"] == c.publisher_seq() for e in hook.events("rollout_completed")),
             120,
         )
+
+        # web-1 stops cleanly (its presence says it left), then web-2's agent dies: only web-2
+        # is unreachable. web-1 has been silent longer, so by the time web-2 is announced, a
+        # wrong announcement of web-1 would have been sent too (the check runs every second).
+        def unreachable(host: str) -> list[dict[str, Any]]:
+            return [e for e in hook.events("host_unreachable") if e["host"] == host]
+
+        earlier = len(unreachable("web-1"))  # (a heartbeat late under load, before this)
+        c.stop_process("web-1")
+        c.kill_process("web-2")
+        wait_for("web-2 announced unreachable", lambda: unreachable("web-2"), 60)
+        assert len(unreachable("web-1")) == earlier, unreachable("web-1")
     finally:
         stop(proc)
     with hook.lock:
