@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from erel_sync.core.clusterview import parse_time
+
 
 @dataclass(frozen=True)
 class Event:
@@ -149,13 +151,36 @@ def from_heartbeat(doc: Mapping[str, Any]) -> list[Event]:
 
 
 def unreachable(
-    last_seen: Mapping[str, tuple[float, str | None, bool]], now: float, after: float
+    last_seen: Mapping[str, tuple[float, str | None, bool]],
+    now: float,
+    after: float,
+    counted_from: float = 0.0,
 ) -> Iterable[Event]:
-    """`last_seen`: host -> (last heartbeat, unix seconds; its group; said it left)."""
+    """`last_seen`: host -> (last heard of, unix seconds; its group; said it left). Silence is
+    counted from `counted_from` at the earliest (the notifier's start: what happened while it
+    was down is not known, so a host gets `after` from then to be heard); the id keeps the
+    last time the host was heard of, so a restarted notifier names the same silence again."""
     for host, (seen, group, left) in sorted(last_seen.items()):
-        if not left and now - seen >= after:
+        if not left and now - max(seen, counted_from) >= after:
             yield Event(
                 f"host_unreachable:{host}:{int(seen)}", "host_unreachable",
                 f"{host} ({group or 'no group'}) sent no heartbeat for {now - seen:.0f}s",
                 "", group, host, reason="Unreachable",
             )  # fmt: skip
+
+
+def last_presence(
+    records: Iterable[Mapping[str, Any]],
+) -> dict[str, tuple[float, str | None, bool]]:
+    """Per host, its newest presence record (in stream order): (sent, unix seconds; its group;
+    it said it left). A live agent sends one at every session start and every 30 s, so this
+    names hosts the notifier has not heard a heartbeat from, and an older `left` is undone by
+    the host's return."""
+    out: dict[str, tuple[float, str | None, bool]] = {}
+    for rec in records:
+        host, sent = rec.get("host_id"), parse_time(rec.get("sent"))
+        if not isinstance(host, str) or sent is None:
+            continue
+        group = rec.get("group")
+        out[host] = (sent, group if isinstance(group, str) else None, rec.get("state") == "left")
+    return out

@@ -7,7 +7,9 @@ without duplicates after a restart.
   repository) and validated with the whole revision, as the publisher did.
 - Sources (operator credentials, read-only): `erel.revisions` (rejections), the rollout
   documents (halted, complete, failed hosts), heartbeats (a Failed release; silence for
-  `unreachable_after` without presence `left`).
+  `unreachable_after` without presence `left`). The hosts known are kept with the outbox and
+  completed from the presence stream at each session start, so a host that died while the
+  notifier was down is announced too (`unreachable_after` after the notifier's start).
 - Deliveries: each (notification, event id) once. It is written to the outbox in the state
   directory (`notify.json`, atomically) before the first try, retried with backoff (1 s
   doubling to 5 min) until the endpoint answers 2xx, then remembered as sent for a week.
@@ -45,6 +47,7 @@ log = logging.getLogger("erel_sync.notify")
 KEEP_SENT = 7 * 24 * 3600.0
 RETRY = (1.0, 300.0)
 CHECK_EVERY = 1.0  # the outbox and host silence are looked at this often
+PRESENCE_SINCE = 3600.0  # presence records read back this far (a live agent sends one in 30 s)
 
 
 class Notifier:
@@ -56,9 +59,11 @@ class Notifier:
         self.since: str = saved.get("since") or utc_now()
         self.sent: dict[str, float] = dict(saved.get("sent") or {})
         self.outbox: dict[str, dict[str, Any]] = dict(saved.get("outbox") or {})
+        # host -> (last heard of, unix seconds; its group; said it left)
+        self.seen: dict[str, tuple[float, str | None, bool]] = _seen_of(saved.get("seen"))
+        self.started = time.time()  # silence is counted from here at the earliest
         self.notifications: Mapping[str, NotificationSpec] = {}
         self.revision: str | None = None
-        self.seen: dict[str, tuple[float, str | None, bool]] = {}  # host -> last heartbeat
         self.backlog = True  # while the streams' backlog is read
         self.env = os.environ
         self.counters: dict[str, int] = {}  # task restarts (adapters.supervisor)
@@ -67,7 +72,11 @@ class Notifier:
     def persist(self) -> None:
         now = time.time()
         self.sent = {k: t for k, t in self.sent.items() if now - t < KEEP_SENT}
-        doc = {"since": self.since, "sent": self.sent, "outbox": self.outbox}
+        self.seen = {h: v for h, v in self.seen.items() if now - v[0] < KEEP_SENT}
+        # The hosts heard of go with the deliveries: an unreachable host's id (its last time
+        # heard of) is then the same after a restart, and its announcement is not repeated.
+        seen = {h: list(v) for h, v in self.seen.items()}
+        doc = {"since": self.since, "sent": self.sent, "outbox": self.outbox, "seen": seen}
         store.write_json(self.state_file, doc)
 
     # --- what the broker carries
@@ -84,12 +93,15 @@ class Notifier:
         self.seen[host] = (time.time(), doc.get("group"), False)
         self.offer(notify.from_heartbeat(doc), backlog=False)
 
-    def on_presence(self, doc: Mapping[str, Any]) -> None:
-        """A host that said it left is not unreachable (a newer heartbeat says it is back)."""
-        host = str(doc.get("host_id"))
-        if doc.get("state") == "left" and host in self.seen:
-            seen, group, _ = self.seen[host]
-            self.seen[host] = (seen, group, True)
+    def on_presence(self, docs: Iterable[Mapping[str, Any]]) -> None:
+        """Each host's newest presence record: one that said it left is not unreachable (a
+        newer heartbeat or record says it is back); a live one counts as heard of."""
+        for host, (sent, group, left) in notify.last_presence(docs).items():
+            seen, known_group, _ = self.seen.get(host, (0.0, None, False))
+            self.seen[host] = (max(seen, sent), group or known_group, left)
+
+    def _wants_unreachable(self) -> bool:
+        return any("host_unreachable" in n.events for n in self.notifications.values())
 
     def silent(self) -> float | None:
         """The shortest `unreachable_after` wanted, if any host has been silent that long."""
@@ -98,7 +110,9 @@ class Notifier:
         if not afters:
             return None
         now, after = time.time(), min(afters)
-        quiet = any(not left and now - t >= after for t, _, left in self.seen.values())
+        quiet = any(
+            not left and now - max(t, self.started) >= after for t, _, left in self.seen.values()
+        )
         return after if quiet else None
 
     def _configure(self, revision: str) -> None:
@@ -146,11 +160,12 @@ class Notifier:
         left (read only when someone is silent: it appends a marker to the stream)."""
         if self.silent() is None:
             return
-        for doc in await client.read_presence(time.time() - 3600):
-            self.on_presence(doc)
+        self.on_presence(await client.read_presence(time.time() - PRESENCE_SINCE))
         for n in self.notifications.values():
             if "host_unreachable" in n.events:
-                found = notify.unreachable(self.seen, time.time(), n.unreachable_after)
+                found = notify.unreachable(
+                    self.seen, time.time(), n.unreachable_after, self.started
+                )
                 self.offer(found, backlog=False)
 
     async def _deliver(
@@ -216,6 +231,8 @@ class Notifier:
             await client.follow_rollouts(self.on_rollout)
             self.backlog = False
             await client.follow_heartbeats(self.on_heartbeat)
+            if self._wants_unreachable():
+                self.on_presence(await client.read_presence(time.time() - PRESENCE_SINCE))
             await client.hold(stop, every=5 * CHECK_EVERY, tick=lambda: self._check_silence(client))
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -232,3 +249,16 @@ class Notifier:
             await tasks.close()
             with contextlib.suppress(store.StoreError):
                 self.persist()
+
+
+def _seen_of(saved: Any) -> dict[str, tuple[float, str | None, bool]]:
+    """The hosts heard of, from notify.json; anything malformed is dropped, not fatal."""
+    out: dict[str, tuple[float, str | None, bool]] = {}
+    if isinstance(saved, dict):
+        for host, v in saved.items():
+            if (
+                isinstance(host, str) and isinstance(v, list) and len(v) == 3
+                and isinstance(v[0], int | float) and isinstance(v[2], bool)
+            ):  # fmt: skip
+                out[host] = (float(v[0]), v[1] if isinstance(v[1], str) else None, v[2])
+    return out

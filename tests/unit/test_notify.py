@@ -85,6 +85,25 @@ def test_events_and_their_ids_repeat_for_the_same_thing() -> None:
     assert "host_failed:web-2:6:retry-1" in {x.id for x in notify.from_rollout(halted)}
     seen = {"a": (0.0, "web", False), "b": (0.0, "web", True), "c": (95.0, "web", False)}
     assert [x.host for x in notify.unreachable(seen, 100.0, 60.0)] == ["a"]
+    # Counted from the notifier's start at the earliest; the id keeps the last time heard of.
+    assert list(notify.unreachable(seen, 100.0, 60.0, counted_from=50.0)) == []
+    (late,) = notify.unreachable(seen, 110.0, 60.0, counted_from=50.0)
+    assert late.id == "host_unreachable:a:0"
+
+
+def test_the_newest_presence_record_of_each_host_decides() -> None:
+    records = [
+        {"host_id": "a", "state": "left", "group": "web", "sent": "2026-01-01T00:00:00Z"},
+        {"host_id": "a", "state": "alive", "group": "web", "sent": "2026-01-01T00:01:00Z"},
+        {"host_id": "b", "state": "alive", "sent": "2026-01-01T00:00:00Z"},
+        {"host_id": "b", "state": "left", "group": "db", "sent": "2026-01-01T00:02:00Z"},
+        {"host_id": "c", "state": "alive", "sent": "not a time"},
+        {"state": "alive", "sent": "2026-01-01T00:00:00Z"},
+    ]
+    latest = notify.last_presence(records)
+    assert sorted(latest) == ["a", "b"]
+    assert latest["a"][1:] == ("web", False) and latest["b"][1:] == ("db", True)
+    assert latest["b"][0] - latest["a"][0] == 60.0
 
 
 def test_who_wants_what_and_the_payloads() -> None:
