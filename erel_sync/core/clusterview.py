@@ -55,6 +55,11 @@ class Known:
 
 def known_hosts(records: Iterable[Mapping[str, Any]]) -> dict[str, Known]:
     """Latest presence per host; hosts whose latest record says they left are dropped."""
+    return {h: k for h, k in latest_presence(records).items() if k.last.get("state") != "left"}
+
+
+def latest_presence(records: Iterable[Mapping[str, Any]]) -> dict[str, Known]:
+    """Latest presence per host, those that left included."""
     out: dict[str, Known] = {}
     for rec in records:
         host = rec.get("host_id")
@@ -71,7 +76,7 @@ def known_hosts(records: Iterable[Mapping[str, Any]]) -> dict[str, Known]:
                 k.instances.pop(inst, None)
             else:
                 k.instances[inst] = max(sent, k.instances.get(inst, 0.0))
-    return {h: k for h, k in out.items() if k.last.get("state") != "left"}
+    return out
 
 
 def _release_row(r: Mapping[str, Any]) -> dict[str, Any]:

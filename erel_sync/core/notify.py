@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from erel_sync.core.clusterview import parse_time
+from erel_sync.core.clusterview import latest_presence
 
 
 @dataclass(frozen=True)
@@ -172,15 +172,12 @@ def unreachable(
 def last_presence(
     records: Iterable[Mapping[str, Any]],
 ) -> dict[str, tuple[float, str | None, bool]]:
-    """Per host, its newest presence record (in stream order): (sent, unix seconds; its group;
-    it said it left). A live agent sends one at every session start and every 30 s, so this
-    names hosts the notifier has not heard a heartbeat from, and an older `left` is undone by
-    the host's return."""
-    out: dict[str, tuple[float, str | None, bool]] = {}
-    for rec in records:
-        host, sent = rec.get("host_id"), parse_time(rec.get("sent"))
-        if not isinstance(host, str) or sent is None:
-            continue
-        group = rec.get("group")
-        out[host] = (sent, group if isinstance(group, str) else None, rec.get("state") == "left")
-    return out
+    """Per host, its newest presence record: (sent, unix seconds; its group; it said it left).
+    A live agent sends one at every session start and every 30 s, so this names hosts the
+    notifier has not heard a heartbeat from, and an older `left` is undone by the host's
+    return."""
+    return {
+        host: (k.last_seen, g if isinstance(g := k.last.get("group"), str) else None,
+               k.last.get("state") == "left")
+        for host, k in latest_presence(records).items()
+    }  # fmt: skip

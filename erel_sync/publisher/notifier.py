@@ -100,20 +100,17 @@ class Notifier:
             seen, known_group, _ = self.seen.get(host, (0.0, None, False))
             self.seen[host] = (max(seen, sent), group or known_group, left)
 
-    def _wants_unreachable(self) -> bool:
-        return any("host_unreachable" in n.events for n in self.notifications.values())
+    def _watching(self) -> list[NotificationSpec]:
+        """The Notifications that want `host_unreachable`."""
+        return [n for n in self.notifications.values() if "host_unreachable" in n.events]
+
+    def _unreachable(self, after: float) -> list[Event]:
+        return list(notify.unreachable(self.seen, time.time(), after, self.started))
 
     def silent(self) -> float | None:
         """The shortest `unreachable_after` wanted, if any host has been silent that long."""
-        afters = [n.unreachable_after for n in self.notifications.values()
-                  if "host_unreachable" in n.events]  # fmt: skip
-        if not afters:
-            return None
-        now, after = time.time(), min(afters)
-        quiet = any(
-            not left and now - max(t, self.started) >= after for t, _, left in self.seen.values()
-        )
-        return after if quiet else None
+        afters = [n.unreachable_after for n in self._watching()]
+        return min(afters) if afters and self._unreachable(min(afters)) else None
 
     def _configure(self, revision: str) -> None:
         if revision == self.revision:
@@ -161,12 +158,8 @@ class Notifier:
         if self.silent() is None:
             return
         self.on_presence(await client.read_presence(time.time() - PRESENCE_SINCE))
-        for n in self.notifications.values():
-            if "host_unreachable" in n.events:
-                found = notify.unreachable(
-                    self.seen, time.time(), n.unreachable_after, self.started
-                )
-                self.offer(found, backlog=False)
+        for n in self._watching():
+            self.offer(self._unreachable(n.unreachable_after), backlog=False)
 
     async def _deliver(
         self, session: aiohttp.ClientSession, key: str, item: dict[str, Any]
@@ -231,7 +224,7 @@ class Notifier:
             await client.follow_rollouts(self.on_rollout)
             self.backlog = False
             await client.follow_heartbeats(self.on_heartbeat)
-            if self._wants_unreachable():
+            if self._watching():
                 self.on_presence(await client.read_presence(time.time() - PRESENCE_SINCE))
             await client.hold(stop, every=5 * CHECK_EVERY, tick=lambda: self._check_silence(client))
 

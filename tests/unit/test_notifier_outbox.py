@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from erel_sync.core import notify
 from erel_sync.core.notify import Event
 from erel_sync.model.notify import NotificationSpec
 from erel_sync.publisher.notifier import Notifier
@@ -63,8 +64,6 @@ UNREACHABLE = NotificationSpec(
 
 
 def test_a_restart_knows_the_hosts_and_names_a_silence_once(tmp_path: Path) -> None:
-    from erel_sync.core import notify
-
     n = notifier(tmp_path)
     n.notifications = {"down": UNREACHABLE}
     n.on_heartbeat({"host_id": "web-1", "group": "web"})
