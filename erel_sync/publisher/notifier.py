@@ -220,13 +220,17 @@ class Notifier:
     async def _session(self, stop: asyncio.Event) -> None:
         async with OpsClient(self.urls) as client:
             self.backlog = True
-            await client.follow_revisions(self.on_revision)
-            await client.follow_rollouts(self.on_rollout)
+            absent = await client.follow_all(
+                functools.partial(client.follow_revisions, self.on_revision),
+                functools.partial(client.follow_rollouts, self.on_rollout),
+            )
             self.backlog = False
             await client.follow_heartbeats(self.on_heartbeat)
             if self._watching():
                 self.on_presence(await client.read_presence(time.time() - PRESENCE_SINCE))
-            await client.hold(stop, every=5 * CHECK_EVERY, tick=lambda: self._check_silence(client))
+            await client.hold(
+                stop, every=5 * CHECK_EVERY, tick=lambda: self._check_silence(client), absent=absent
+            )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop`; a task that keeps dying ends the process (TaskFailed: exit 4)."""

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 PRESENCE_IDLE = 0.12  # the presence backlog is delivered at once: this much silence ends it
 REVISION_KINDS = ("published", "rejected")
 
+Follower = Callable[[], Awaitable[bool]]  # a stream followed; False: the stream is not there
+
 
 class TopologyMissing(NotFound):
     """The vhost lacks an exchange or stream of erel-sync: nothing was set up there yet (an
@@ -117,10 +119,12 @@ class OpsClient:
         *,
         every: float = 5.0,
         tick: Callable[[], Awaitable[None]] | None = None,
+        absent: Sequence[Follower] = (),
     ) -> None:
         """A long-lived reader's session (`web`, `notify`): return at `stop`, raise
         ConnectionLost when the connection goes (`keep_session` then connects again); `tick`
-        runs every `every` seconds meanwhile."""
+        runs every `every` seconds meanwhile, and so does each follower of `absent` (from
+        `follow_all`) until its stream exists."""
         lost = asyncio.Event()
         self._conn.close_callbacks.add(lambda *_: lost.set())
         if self._conn.is_closed:
@@ -129,7 +133,10 @@ class OpsClient:
         try:
             while not any(t.done() for t in ends):
                 await asyncio.wait(ends, timeout=every, return_when=asyncio.FIRST_COMPLETED)
-                if tick is not None and not any(t.done() for t in ends):
+                if any(t.done() for t in ends):
+                    break
+                absent = await self.follow_all(*absent)
+                if tick is not None:
                     await tick()
         finally:
             for t in ends:
@@ -310,6 +317,13 @@ class OpsClient:
 
         with _translated(f"follow {topo.STATUS_EXCHANGE}"):
             await broker.consume_status(self.channel, on_status, pattern=pattern)
+
+    async def follow_all(self, *followers: Follower) -> list[Follower]:
+        """Start each follower (a `follow_revisions`/`follow_rollouts` call bound to its
+        handler); the ones whose stream does not exist yet are returned, for `hold(absent=)`.
+        A reader started before the publisher ever ran (a fresh vhost, the exchanges there
+        but not yet the streams) would otherwise never see a revision until it reconnects."""
+        return [f for f in followers if not await f()]
 
     async def follow_revisions(
         self, handler: Callable[[dict[str, Any]], None], *, max_wait: float = 3.0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -32,6 +33,7 @@ log = logging.getLogger("erel_sync.web")
 
 PUSH_EVERY = 0.5
 KEEPALIVE = 15.0
+FOLLOW_RETRY = 2.0  # a stream not there yet (the publisher never ran) is looked for again
 
 
 class WebView:
@@ -56,12 +58,14 @@ class WebView:
 
     async def _session(self, stop: asyncio.Event) -> None:
         async with OpsClient(self.urls) as client:
-            await client.follow_revisions(self.fleet.on_revision)
-            await client.follow_rollouts(self.fleet.on_rollout)
+            absent = await client.follow_all(
+                functools.partial(client.follow_revisions, self.fleet.on_revision),
+                functools.partial(client.follow_rollouts, self.fleet.on_rollout),
+            )
             await client.follow_heartbeats(self.fleet.on_heartbeat)
             self.connected = True
             self.fleet.version += 1
-            await client.hold(stop)
+            await client.hold(stop, every=FOLLOW_RETRY, absent=absent)
 
     async def index(self, request: web.Request) -> web.Response:
         del request
