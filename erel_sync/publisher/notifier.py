@@ -220,10 +220,7 @@ class Notifier:
     async def _session(self, stop: asyncio.Event) -> None:
         async with OpsClient(self.urls) as client:
             self.backlog = True
-            absent = await client.follow_all(
-                functools.partial(client.follow_revisions, self.on_revision),
-                functools.partial(client.follow_rollouts, self.on_rollout),
-            )
+            absent = await client.follow_publisher(self.on_revision, self.on_rollout)
             self.backlog = False
             await client.follow_heartbeats(self.on_heartbeat)
             if self._watching():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import time
@@ -318,11 +319,24 @@ class OpsClient:
         with _translated(f"follow {topo.STATUS_EXCHANGE}"):
             await broker.consume_status(self.channel, on_status, pattern=pattern)
 
-    async def follow_all(self, *followers: Follower) -> list[Follower]:
-        """Start each follower (a `follow_revisions`/`follow_rollouts` call bound to its
-        handler); the ones whose stream does not exist yet are returned, for `hold(absent=)`.
-        A reader started before the publisher ever ran (a fresh vhost, the exchanges there
-        but not yet the streams) would otherwise never see a revision until it reconnects."""
+    async def follow_publisher(
+        self,
+        on_revision: Callable[[dict[str, Any]], None],
+        on_rollout: Callable[[dict[str, Any]], None],
+    ) -> list[Follower]:
+        """A long-lived reader's view of the publisher (`web`, `notify`): its revision events
+        and rollout documents. The followers whose stream does not exist yet are returned, for
+        `hold(absent=)`: a reader started before the publisher ever ran (a fresh vhost, the
+        exchanges there but not yet the streams) would otherwise never see a revision until
+        it reconnects."""
+        return await self.follow_all(
+            functools.partial(self.follow_revisions, on_revision),
+            functools.partial(self.follow_rollouts, on_rollout),
+        )
+
+    @staticmethod
+    async def follow_all(*followers: Follower) -> list[Follower]:
+        """Start each follower; the ones whose stream is not there are returned."""
         return [f for f in followers if not await f()]
 
     async def follow_revisions(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import time
@@ -58,10 +57,7 @@ class WebView:
 
     async def _session(self, stop: asyncio.Event) -> None:
         async with OpsClient(self.urls) as client:
-            absent = await client.follow_all(
-                functools.partial(client.follow_revisions, self.fleet.on_revision),
-                functools.partial(client.follow_rollouts, self.fleet.on_rollout),
-            )
+            absent = await client.follow_publisher(self.fleet.on_revision, self.fleet.on_rollout)
             await client.follow_heartbeats(self.fleet.on_heartbeat)
             self.connected = True
             self.fleet.version += 1
